@@ -1,0 +1,1 @@
+"""Globus Compute functions the flow calls: thin, JSON in and out."""

@@ -1,0 +1,97 @@
+"""Array-module selection: NumPy on the CPU, CuPy on GPUs, same code.
+
+A numerical function finds its module with :func:`get_array_module` from its
+inputs and then uses only ``xp.*``. Host/device copies happen only at I/O
+boundaries (:func:`to_device`, :func:`to_host`). CuPy is optional.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any
+
+import numpy as np
+
+from recon.errors import DeviceError
+
+#: Default dtypes, in one place.
+REAL = np.float32
+COMPLEX = np.complex64
+
+
+@functools.cache
+def cupy_module() -> Any | None:
+    """CuPy if it is installed and sees at least one GPU, else None."""
+    try:
+        import cupy  # type: ignore[import-not-found]
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+        return cupy
+    except Exception:  # ImportError, or CUDA driver/runtime errors
+        return None
+
+
+def gpu_count() -> int:
+    """Number of CUDA devices CuPy can use (0 without CuPy)."""
+    cp = cupy_module()
+    return 0 if cp is None else int(cp.cuda.runtime.getDeviceCount())
+
+
+def get_array_module(*arrays: Any) -> Any:
+    """The array module (numpy or cupy) of the given arrays."""
+    cp = cupy_module()
+    if cp is not None:
+        return cp.get_array_module(*arrays)
+    return np
+
+
+def is_cupy(xp: Any) -> bool:
+    return xp is not np
+
+
+def resolve_backend(name: str) -> Any:
+    """``"numpy"``, ``"cupy"`` or ``"auto"`` (CuPy when a GPU is usable) to a module."""
+    if name == "numpy":
+        return np
+    cp = cupy_module()
+    if name == "cupy":
+        if cp is None:
+            raise DeviceError(
+                "backend 'cupy' was asked for, but CuPy is not installed or sees no GPU "
+                "(install the 'gpu' extra on a CUDA 12 machine, or use --backend numpy)"
+            )
+        return cp
+    if name == "auto":
+        return np if cp is None else cp
+    raise DeviceError(f"unknown array backend {name!r}; expected auto, numpy or cupy")
+
+
+def device_context(xp: Any, device: int) -> Any:
+    """Context manager that makes ``device`` current for CuPy; a no-op for NumPy."""
+    if is_cupy(xp):
+        return xp.cuda.Device(device)
+    return contextlib.nullcontext()
+
+
+def to_device(array: Any, xp: Any, device: int = 0) -> Any:
+    """Copy a host array onto ``device`` of module ``xp`` (no copy for NumPy)."""
+    if is_cupy(xp):
+        with xp.cuda.Device(device):
+            return xp.asarray(array)
+    return np.asarray(array)
+
+
+def to_host(array: Any) -> np.ndarray:
+    """A NumPy copy of an array from any module."""
+    if isinstance(array, np.ndarray):
+        return array
+    return array.get()
+
+
+def synchronize(xp: Any, device: int = 0) -> None:
+    """Wait for queued GPU work on ``device`` (for honest timings); no-op on NumPy."""
+    if is_cupy(xp):
+        with xp.cuda.Device(device):
+            xp.cuda.Stream.null.synchronize()

@@ -1,0 +1,118 @@
+"""Reconstruction options: one validated dataclass.
+
+The same object is the flow input's ``recon`` section and the compute
+function's keyword arguments, so it round-trips through JSON and rejects
+unknown keys with a message that lists the known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from enum import StrEnum
+from typing import Any
+
+from recon.errors import OptionsError
+
+
+class CostFunction(StrEnum):
+    """The noise model the solver maximises the likelihood of."""
+
+    POISSON = "poisson"  #: photon counting noise; the default
+    GAUSSIAN = "gaussian"  #: Gaussian noise on the amplitudes (least squares on sqrt(counts))
+
+
+class ArrayBackend(StrEnum):
+    """Where the arrays live."""
+
+    AUTO = "auto"  #: CuPy when a GPU is usable, else NumPy
+    NUMPY = "numpy"  #: CPU
+    CUPY = "cupy"  #: NVIDIA GPUs through CuPy
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconOptions:
+    """Options of one reconstruction."""
+
+    iterations: int = 100
+    """Number of solver iterations; each refines the object and then the probe."""
+
+    cost: CostFunction = CostFunction.POISSON
+    """Noise model: ``poisson`` (maximum likelihood for counts) or ``gaussian`` (amplitudes)."""
+
+    refine_probe: bool = True
+    """Refine the probe as well as the object (alternating). False keeps the probe guess."""
+
+    probe_start: int = 1
+    """First iteration (0-based) at which the probe is refined; early object-only iterations
+    keep the probe from absorbing object structure while the object is still flat."""
+
+    devices: int | None = None
+    """Number of devices (GPUs, or partitions on the CPU) to split the view over.
+    None chooses from the view size (small views use one device)."""
+
+    backend: ArrayBackend = ArrayBackend.AUTO
+    """Array backend: ``auto`` (CuPy when a GPU is usable), ``numpy`` or ``cupy``."""
+
+    def __post_init__(self) -> None:
+        # Coerce strings to enums so JSON input works, and check ranges.
+        for field, enum in (("cost", CostFunction), ("backend", ArrayBackend)):
+            value = getattr(self, field)
+            try:
+                object.__setattr__(self, field, enum(value))
+            except ValueError:
+                choices = ", ".join(e.value for e in enum)
+                raise OptionsError(
+                    f"option {field}={value!r} is not one of: {choices}"
+                ) from None
+        _check_int("iterations", self.iterations, minimum=1)
+        _check_int("probe_start", self.probe_start, minimum=0)
+        if self.devices is not None:
+            _check_int("devices", self.devices, minimum=1)
+        if not isinstance(self.refine_probe, bool):
+            raise OptionsError(f"option refine_probe={self.refine_probe!r} must be true or false")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> ReconOptions:
+        """Options from a mapping; unknown keys are an error naming the known ones."""
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise OptionsError(
+                f"unknown reconstruction option(s) {', '.join(unknown)}; "
+                f"known options: {', '.join(cls.field_names())}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (enums as their string values)."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, StrEnum):
+                out[key] = value.value
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ReconOptions:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise OptionsError(f"reconstruction options are not valid JSON: {err}") from err
+        if not isinstance(values, dict):
+            raise OptionsError("reconstruction options must be a JSON object")
+        return cls.from_dict(values)
+
+    def replace(self, **changes: Any) -> ReconOptions:
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionsError(f"option {name}={value!r} must be an integer >= {minimum}")
