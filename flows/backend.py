@@ -1,0 +1,115 @@
+"""What a backend is: the contract between run starting (``run-flow``, the
+watcher) and the two ways of executing the flow (Globus Flows, local).
+
+The launcher creates the compute-side directory pair once per scan
+(:meth:`Backend.prepare_scan`), starts one run per view (:meth:`Backend.start_view`)
+and asks for progress (:meth:`Backend.poll`). Both backends run the same flow
+definition with the same flow input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class RunStatus(StrEnum):
+    """Ledger and backend states of one view's run."""
+
+    PENDING = "pending"  #: recorded, not yet handed to the backend
+    SUBMITTING = "submitting"  #: handed to the backend; run id not yet known
+    ACTIVE = "active"  #: the backend accepted the run and it is executing
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED)
+
+
+class Trigger(StrEnum):
+    AUTO = "auto"  #: started by the watcher
+    MANUAL = "manual"  #: started by a person (run-flow)
+
+
+#: Stage names, in flow order; ``other`` is everything the three stages do not cover.
+STAGES = ("transfer_in", "compute", "transfer_out")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewRequest:
+    """One view of one scan to reconstruct."""
+
+    scan_id: int
+    view: int
+    view_file: str
+    """File name of the view inside the scan folder, e.g. ``view003.cxi``."""
+    scan_folder: str
+    """Name of the scan folder on the acquisition side, e.g. ``scan100``."""
+    recon: dict[str, Any]
+    """Reconstruction options (``recon.options.ReconOptions.to_dict()``)."""
+    trigger: Trigger = Trigger.MANUAL
+
+    @property
+    def label(self) -> str:
+        """Run label shown in the Globus web app: ``scan100-v003``."""
+        return f"scan{self.scan_id}-v{self.view:03d}"
+
+    @property
+    def tags(self) -> list[str]:
+        return [
+            "ptychography",
+            f"scan:{self.scan_id}",
+            f"view:{self.view}",
+            f"trigger:{Trigger(self.trigger).value}",
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
+class StartedRun:
+    """What a backend returns once it has accepted a run."""
+
+    run_id: str
+    web_url: str | None = None
+    """Link to the run in the Globus web app (None on the local backend)."""
+
+
+@dataclasses.dataclass
+class RunProgress:
+    """What a backend knows about a run right now."""
+
+    status: RunStatus
+    stage: str | None = None
+    """The stage executing now (one of :data:`STAGES`), or None."""
+    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Seconds spent in each finished stage (keys from :data:`STAGES`)."""
+    error: str | None = None
+    """Why the run failed, in words a user can act on."""
+    output: dict[str, Any] | None = None
+    """The compute function's summary, once the run succeeded."""
+
+
+class Backend(Protocol):
+    """One way of executing the flow."""
+
+    name: str
+
+    def prepare_scan(self, scan_id: int) -> None:
+        """Create ``input/<id>/`` and ``recon/<id>/`` on the compute side (idempotent)."""
+
+    def start_view(self, request: ViewRequest) -> StartedRun:
+        """Start the flow for one view and return as soon as the backend accepted it."""
+
+    def poll(self, run_id: str) -> RunProgress:
+        """The run's status now."""
+
+    def find_run(self, request: ViewRequest) -> StartedRun | None:
+        """A run already started for this request (found by its label and tags), if any.
+
+        Used after a crash between starting a run and recording its id, so that
+        the run is adopted rather than started twice.
+        """
+
+    def close(self) -> None:
+        """Release what the backend holds (engines, threads, clients)."""
