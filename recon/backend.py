@@ -95,3 +95,45 @@ def synchronize(xp: Any, device: int = 0) -> None:
     if is_cupy(xp):
         with xp.cuda.Device(device):
             xp.cuda.Stream.null.synchronize()
+
+
+def fft2(x: Any) -> Any:
+    """Unitary 2-D FFT over the last two axes (zero frequency at the corner), dtype kept."""
+    xp = get_array_module(x)
+    if is_cupy(xp):
+        return xp.fft.fft2(x, norm="ortho")
+    import scipy.fft
+
+    return scipy.fft.fft2(x, norm="ortho", workers=-1, overwrite_x=False)
+
+
+def ifft2(x: Any) -> Any:
+    """Inverse of :func:`fft2` (also its adjoint, since it is unitary)."""
+    xp = get_array_module(x)
+    if is_cupy(xp):
+        return xp.fft.ifft2(x, norm="ortho")
+    import scipy.fft
+
+    return scipy.fft.ifft2(x, norm="ortho", workers=-1, overwrite_x=False)
+
+
+def copy_to(array: Any, xp: Any, device: int) -> Any:
+    """Copy an array of module ``xp`` onto ``device`` (peer to peer between GPUs).
+
+    For NumPy this returns the array itself: partitions on the CPU share memory.
+    """
+    if not is_cupy(xp):
+        return array
+    if array.device.id == device:
+        return array
+    source = xp.ascontiguousarray(array)
+    with xp.cuda.Device(device):
+        out = xp.empty(source.shape, dtype=source.dtype)
+        out.data.copy_from_device(source.data, source.nbytes)
+    return out
+
+
+def real_inner(a: Any, b: Any) -> float:
+    """Re <a, b> = Re sum(conj(a) * b), accumulated in float64, as a Python float."""
+    xp = get_array_module(a, b)
+    return float(xp.sum(a.real * b.real + a.imag * b.imag, dtype=xp.float64))

@@ -62,9 +62,7 @@ class ReconOptions:
                 object.__setattr__(self, field, enum(value))
             except ValueError:
                 choices = ", ".join(e.value for e in enum)
-                raise OptionsError(
-                    f"option {field}={value!r} is not one of: {choices}"
-                ) from None
+                raise OptionsError(f"option {field}={value!r} is not one of: {choices}") from None
         _check_int("iterations", self.iterations, minimum=1)
         _check_int("probe_start", self.probe_start, minimum=0)
         if self.devices is not None:
