@@ -113,7 +113,7 @@ def compare_objects(
     region = region[: common[0], : common[1]]
 
     # Coarse phase alignment first, so the registration sees similar images.
-    recon = _remove_phase_ramp(recon, truth, region)[0]
+    recon, first_ramp, first_phase = _remove_phase_ramp(recon, truth, region)
     shift = _locate(recon, truth, region)
     # The window shared by both images biases the estimate towards zero: refine
     # the residual after moving the reconstruction a few times.
@@ -134,6 +134,8 @@ def compare_objects(
         if np.count_nonzero(region) < 49:
             raise ValueError("after locating the reconstruction, too little overlap is left")
     recon, ramp, global_phase = _remove_phase_ramp(recon, truth, region)
+    ramp = (first_ramp[0] + ramp[0], first_ramp[1] + ramp[1])
+    global_phase = float(np.angle(np.exp(1j * (first_phase + global_phase))))
 
     truth_phase = np.angle(truth)
     recon_phase = truth_phase + np.angle(recon * truth.conj())
