@@ -1,0 +1,246 @@
+"""Result files: one HDF5 file per reconstructed view, and a PNG preview beside it.
+
+Layout of ``<view>.h5`` (the data contract in ``DESIGN.md``):
+
+- datasets ``object`` (OBJ_H, OBJ_W) complex64, ``probe`` (H, W) complex64,
+  ``cost`` (N_ITER,) float64, ``positions`` (N_POS, 2) float32 (row, col) object pixels;
+- attributes ``options`` (JSON), ``pixel_size`` (metres, NaN when unknown),
+  ``iterations``, ``devices`` (JSON list), ``timings`` (JSON, seconds per stage),
+  ``backend``, ``created`` (ISO 8601, UTC), ``ptychoflow_version``, and
+  ``json_attributes`` (JSON list of the attribute names stored as JSON).
+
+``<view>.png`` shows the phase and the amplitude of the scanned region side by side.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import pathlib
+from typing import Any
+
+import h5py
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from recon.backend import COMPLEX, REAL
+from recon.cxi import write_hdf5_atomically
+from recon.errors import InputError, InputFileNotFound
+
+#: Panels are enlarged (nearest neighbour) to at least this many pixels tall ...
+PREVIEW_MIN_SIZE = 256
+#: ... and reduced to at most this many pixels on their longer side.
+PREVIEW_MAX_SIZE = 1024
+#: White space between and around the panels, pixels.
+PREVIEW_GAP = 8
+#: Height of the label strip above each panel, pixels.
+PREVIEW_LABEL_HEIGHT = 22
+#: Percentiles that set each panel's grey scale (robust against a few hot pixels).
+PREVIEW_PERCENTILES = (1.0, 99.0)
+
+DATASETS = ("object", "probe", "cost", "positions")
+JSON_ATTRIBUTES = ("options", "devices", "timings")
+
+
+def ptychoflow_version() -> str:
+    try:
+        return importlib.metadata.version("ptychoflow")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def write_result(
+    path: str | os.PathLike[str],
+    *,
+    object: np.ndarray,
+    probe: np.ndarray,
+    cost: Any,
+    positions: np.ndarray,
+    options: dict[str, Any],
+    pixel_size: float | None,
+    iterations: int,
+    devices: list[Any],
+    timings: dict[str, float],
+    backend: str,
+    extra_attrs: dict[str, Any] | None = None,
+) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write the result file (atomically: a temporary file beside it, then a rename)
+    and its PNG preview ``<stem>.png``. Arrays must be on the host (NumPy).
+
+    object : (OBJ_H, OBJ_W) complex; probe : (H, W) complex (or with leading modes);
+    cost : (N_ITER,) floats; positions : (N_POS, 2) (row, col) object pixels.
+    extra_attrs : more attributes; strings and numbers are stored as they are,
+        anything else as JSON (and decoded again by :func:`read_result`).
+
+    Returns (h5_path, png_path).
+    """
+    path = pathlib.Path(path)
+    object_ = np.asarray(object, dtype=COMPLEX)
+    probe = np.asarray(probe, dtype=COMPLEX)
+    cost = np.asarray(cost, dtype=np.float64).reshape(-1)
+    positions = np.asarray(positions, dtype=REAL)
+    if object_.ndim != 2:
+        raise ValueError(f"object has shape {object_.shape}; expected (OBJ_H, OBJ_W)")
+    if positions.ndim != 2 or positions.shape[1] != 2:
+        raise ValueError(f"positions has shape {positions.shape}; expected (N_POS, 2)")
+    attributes: dict[str, Any] = {
+        "options": json.dumps(options, default=str),
+        "pixel_size": float("nan") if pixel_size is None else float(pixel_size),
+        "iterations": int(iterations),
+        "devices": json.dumps(list(devices), default=str),
+        "timings": json.dumps({str(k): float(v) for k, v in timings.items()}),
+        "backend": str(backend),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "ptychoflow_version": ptychoflow_version(),
+    }
+    json_names = list(JSON_ATTRIBUTES)
+    for name, value in (extra_attrs or {}).items():
+        if name in attributes or name in DATASETS or name == "json_attributes":
+            raise ValueError(f"extra attribute {name!r} would overwrite a standard one")
+        if isinstance(value, str | int | float | bool | np.integer | np.floating):
+            attributes[name] = value
+        else:
+            attributes[name] = json.dumps(value, default=str)
+            json_names.append(name)
+    attributes["json_attributes"] = json.dumps(json_names)
+
+    def fill(handle: h5py.File) -> None:
+        handle.create_dataset("object", data=object_)
+        handle.create_dataset("probe", data=probe)
+        handle.create_dataset("cost", data=cost)
+        handle.create_dataset("positions", data=positions)
+        for name, value in attributes.items():
+            handle.attrs[name] = value
+
+    write_hdf5_atomically(path, fill)
+    probe_shape = probe.shape[-2:]
+    png_path = save_preview(path.with_suffix(".png"), object_, positions, probe_shape)
+    return path, png_path
+
+
+def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a result file: the datasets as NumPy arrays and the attributes, with the
+    JSON ones decoded and a NaN ``pixel_size`` returned as None."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InputFileNotFound(f"{path}: no such result file")
+    try:
+        with h5py.File(path, "r") as handle:
+            missing = [name for name in DATASETS if name not in handle]
+            if missing:
+                raise InputError(
+                    f"{path}: not a ptychoflow result file ({', '.join(missing)} missing)"
+                )
+            result: dict[str, Any] = {name: handle[name][()] for name in DATASETS}
+            attributes = {name: handle.attrs[name] for name in handle.attrs}
+    except OSError as err:
+        raise InputError(
+            f"{path}: not a readable HDF5 file (truncated or another format): {err}"
+        ) from err
+    json_names = json.loads(_text(attributes.pop("json_attributes", json.dumps(JSON_ATTRIBUTES))))
+    for name, value in attributes.items():
+        if isinstance(value, bytes | str):
+            value = _text(value)
+            if name in json_names:
+                value = json.loads(value)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        result[name] = value
+    if isinstance(result.get("pixel_size"), float) and math.isnan(result["pixel_size"]):
+        result["pixel_size"] = None
+    return result
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --------------------------------------------------------------------------- preview
+
+
+def save_preview(
+    png_path: str | os.PathLike[str],
+    object: np.ndarray,
+    positions: np.ndarray | None = None,
+    probe_shape: tuple[int, int] | None = None,
+) -> pathlib.Path:
+    """Save a PNG with the object's phase (left) and amplitude (right).
+
+    object : (OBJ_H, OBJ_W) complex. With ``positions`` ((N_POS, 2) row, col) and
+    ``probe_shape`` the image is cropped to the scanned region. The global phase is
+    removed first; each panel's grey scale spans its 1st..99th percentile, written in
+    the label above it ("phase -1.2 to 1.3 rad", "amplitude 0.61 to 1.02").
+    """
+    png_path = pathlib.Path(png_path)
+    object_ = np.asarray(object)
+    if object_.ndim != 2:
+        raise ValueError(f"object has shape {object_.shape}; expected (OBJ_H, OBJ_W)")
+    if positions is not None and probe_shape is not None and len(positions):
+        positions = np.asarray(positions, dtype=np.float64)
+        top, left = np.floor(positions.min(axis=0)).astype(int)
+        bottom, right = np.ceil(positions.max(axis=0)).astype(int) + np.asarray(probe_shape)
+        top, left = max(top, 0), max(left, 0)
+        bottom, right = min(bottom, object_.shape[0]), min(right, object_.shape[1])
+        if bottom > top and right > left:
+            object_ = object_[top:bottom, left:right]
+    total = complex(np.sum(object_))
+    if total != 0:
+        object_ = object_ * np.exp(-1j * np.angle(total))
+    panels = []
+    for name, values, unit in (
+        ("phase", np.angle(object_), " rad"),
+        ("amplitude", np.abs(object_), ""),
+    ):
+        grey, low, high = _to_grey(values)
+        panels.append((f"{name}  {low:.3g} to {high:.3g}{unit}", _resize_panel(grey)))
+    font = _font()
+    width = PREVIEW_GAP + sum(image.width + PREVIEW_GAP for _, image in panels)
+    height = PREVIEW_LABEL_HEIGHT + max(image.height for _, image in panels) + 2 * PREVIEW_GAP
+    canvas = Image.new("L", (width, height), color=255)
+    draw = ImageDraw.Draw(canvas)
+    x = PREVIEW_GAP
+    for label, image in panels:
+        draw.text((x, PREVIEW_GAP // 2), label, fill=0, font=font)
+        canvas.paste(image, (x, PREVIEW_GAP + PREVIEW_LABEL_HEIGHT))
+        x += image.width + PREVIEW_GAP
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    temp_path = png_path.with_name(f".{png_path.name}.tmp")
+    canvas.save(temp_path, format="PNG")
+    os.replace(temp_path, png_path)
+    return png_path
+
+
+def _to_grey(values: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Scale to uint8 between robust percentiles; returns (image, low, high)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.zeros(values.shape, dtype=np.uint8), 0.0, 0.0
+    low, high = (float(v) for v in np.percentile(finite, PREVIEW_PERCENTILES))
+    if high <= low:
+        high = low + 1e-12
+    scaled = np.clip((np.nan_to_num(values, nan=low) - low) / (high - low), 0, 1)
+    return (scaled * 255 + 0.5).astype(np.uint8), low, high
+
+
+def _resize_panel(grey: np.ndarray) -> Image.Image:
+    image = Image.fromarray(grey)
+    longest = max(image.width, image.height)
+    if image.height < PREVIEW_MIN_SIZE:
+        factor = math.ceil(PREVIEW_MIN_SIZE / image.height)
+        factor = max(1, min(factor, PREVIEW_MAX_SIZE // max(longest, 1)))
+        image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    elif longest > PREVIEW_MAX_SIZE:
+        scale = PREVIEW_MAX_SIZE / longest
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.LANCZOS)
+    return image
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=14)
+    except (TypeError, OSError):  # Pillow without FreeType
+        return ImageFont.load_default()
