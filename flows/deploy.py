@@ -162,7 +162,6 @@ def deploy(
     identity or group URNs the flow grants on every run.
     """
     now = now or (lambda: datetime.datetime.now(datetime.UTC))
-    validate_flow(flows_client, definition, input_schema)
     messages: list[str] = []
     new_state = dataclasses.replace(state)
 
@@ -185,6 +184,8 @@ def deploy(
     if state.flow_id and state.flow_hash == flow_hash:
         flow_change = Change.UNCHANGED
     elif state.flow_id:
+        # Only content about to be sent is validated: an unchanged flow costs no request.
+        validate_flow(flows_client, definition, input_schema)
         try:
             flows_client.update_flow(state.flow_id, **flow_fields)
             flow_change = Change.UPDATED
@@ -200,9 +201,16 @@ def deploy(
         except globus_sdk.NetworkError as err:
             raise translate(err, f"updating flow {state.flow_id}") from err
     else:
+        validate_flow(flows_client, definition, input_schema)
         new_state.flow_id = _create_flow(flows_client, flow_fields)
         flow_change = Change.CREATED
     new_state.flow_hash = flow_hash
+    if flow_change is not Change.UNCHANGED:
+        new_state.deployed_at = now().isoformat(timespec="seconds")
+        if state_dir is not None:
+            # Saved before the function step: if registration fails, the next
+            # deploy updates this flow instead of creating a second one.
+            save_state(state_dir, new_state)
 
     function_hash = function_source_hash(function)
     if state.function_id and state.function_hash == function_hash:
@@ -214,7 +222,7 @@ def deploy(
     if compute_endpoint is not None:
         new_state.compute_endpoint = compute_endpoint
 
-    if flow_change is not Change.UNCHANGED or function_change is not Change.UNCHANGED:
+    if function_change is not Change.UNCHANGED:
         new_state.deployed_at = now().isoformat(timespec="seconds")
     if state_dir is not None and new_state != state:
         save_state(state_dir, new_state)
