@@ -31,7 +31,6 @@ import globus_sdk
 from globus_sdk.globus_app.config import resolve_by_login_flow
 from globus_sdk.scopes import FlowsScopes, Scope
 from globus_sdk.token_storage import JSONTokenStorage
-from globus_sdk.transport import RetryCheckResult, RetryConfig, RetryContext
 
 from flows.config import Config
 from flows.state import ensure_private_dir
@@ -159,28 +158,6 @@ def make_app(
     return globus_sdk.UserApp(APP_NAME, client_id=client_id, config=app_config)
 
 
-def _do_not_retry_mkdir_exists(context: RetryContext) -> RetryCheckResult:
-    """Transfer answers "directory exists" with HTTP 502: an answer, not an outage."""
-    response = context.response
-    if response is None or response.status_code != 502:
-        return RetryCheckResult.no_decision
-    try:
-        code = str(response.json().get("code", ""))
-    except ValueError:
-        return RetryCheckResult.no_decision
-    if code.startswith("ExternalError.MkdirFailed.Exists"):
-        return RetryCheckResult.do_not_retry
-    return RetryCheckResult.no_decision
-
-
-def transfer_retry_config() -> RetryConfig:
-    """The SDK's retry policy, except that "directory exists" is not retried."""
-    retry_config = RetryConfig()
-    # Registered before the client adds the standard checks, so it decides first.
-    retry_config.checks.register_check(_do_not_retry_mkdir_exists)
-    return retry_config
-
-
 def _client_auth(app: globus_sdk.GlobusApp | None, authorizer: Any) -> dict[str, Any]:
     if (app is None) == (authorizer is None):
         raise TypeError("give exactly one of app or authorizer")
@@ -223,10 +200,12 @@ def transfer_client(
     authorizer: Any = None,
     data_access_collections: Iterable[str] = (),
 ) -> globus_sdk.TransferClient:
-    """Transfer client (mkdir of the compute-side folders), with the mkdir-exists retry fix."""
-    client = globus_sdk.TransferClient(
-        **_client_auth(app, authorizer), retry_config=transfer_retry_config()
-    )
+    """Transfer client (mkdir of the compute-side folders).
+
+    Its transport does not retry Transfer's ``ExternalError`` answers (such as
+    "directory exists", sent as HTTP 502), so an existing folder costs one request.
+    """
+    client = globus_sdk.TransferClient(**_client_auth(app, authorizer))
     collections = list(data_access_collections)
     if collections and app is not None:
         client.add_app_data_access_scope(collections)

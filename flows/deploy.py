@@ -119,18 +119,24 @@ def validate_flow(
 
 
 def _validation_details(err: globus_sdk.GlobusAPIError) -> str:
-    """The service's message, plus each ``loc: msg`` detail when it sent a list."""
-    parts = [err.message or err.text]
-    error = err.raw_json.get("error") if isinstance(err.raw_json, dict) else None
-    details = error.get("detail") if isinstance(error, dict) else None
-    if isinstance(details, list):
-        for item in details:
-            if isinstance(item, dict) and "msg" in item:
-                where = ".".join(str(part) for part in item.get("loc", []))
-                line = f"{where}: {item['msg']}"
-                if line not in parts[0]:
-                    parts.append(line)
-    return "; ".join(str(part) for part in parts if part)
+    """The service's summary message, else each ``where: what`` detail, else the raw text."""
+    raw = err.raw_json if isinstance(err.raw_json, dict) else {}
+    error = raw.get("error")
+    if isinstance(error, dict):
+        if isinstance(error.get("message"), str) and error["message"]:
+            return str(error["message"])
+        details = error.get("detail")
+        if isinstance(details, list):
+            lines = [
+                ".".join(str(part) for part in item.get("loc", [])) + f": {item['msg']}"
+                for item in details
+                if isinstance(item, dict) and "msg" in item
+            ]
+            if lines:
+                return "; ".join(lines)
+        if isinstance(details, str):
+            return details
+    return err.message or err.text or err.http_reason
 
 
 def deploy(
