@@ -40,6 +40,9 @@ DETECTOR_PIXEL_M = 75e-6
 APERTURE_DIAMETER_PX = 24
 #: Defocus as the phase at the aperture's edge, in units of pi: gives the probe its rings.
 DEFOCUS_PI = 2.0
+#: The probe guess written into simulated files is the optics model with this relative
+#: defocus error, as a beamline's modelled probe would be: close, but to be refined.
+GUESS_DEFOCUS_ERROR = 0.3
 #: Nominal probe width as a fraction of the detector, used to choose the scan step.
 PROBE_WIDTH_FRACTION = 1 / 3
 #: Linear overlap of neighbouring probe positions.
@@ -64,6 +67,7 @@ class SimulatedView:
         ``positions`` (N_POS, 2) float32, ``pixel_size`` and ``wavelength`` filled.
     true_object : (OBJ_H, OBJ_W) complex64, on the grid of ``scan.positions``.
     true_probe : (D, D) complex64, scaled so that the data are |FFT(probe x patch)|^2.
+    The scan's ``probe`` is the modelled guess (defocus off by GUESS_DEFOCUS_ERROR), or None.
     """
 
     scan: ScanData
@@ -73,16 +77,17 @@ class SimulatedView:
     distance_m: float = DISTANCE_M
 
 
-def focused_probe(detector: int) -> np.ndarray:
+def focused_probe(detector: int, defocus_pi: float = DEFOCUS_PI) -> np.ndarray:
     """A probe focused by a circular aperture with some defocus: a bright core with rings.
 
+    defocus_pi : phase at the aperture's edge in units of pi.
     Returns (detector, detector) complex64 with unit maximum amplitude, centred.
     """
     frequency = (np.arange(detector) - detector // 2) / detector
     ky, kx = np.meshgrid(frequency, frequency, indexing="ij")
     k_squared = kx**2 + ky**2
     radius = APERTURE_DIAMETER_PX / detector / 2
-    pupil = (k_squared <= radius**2) * np.exp(1j * math.pi * DEFOCUS_PI * k_squared / radius**2)
+    pupil = (k_squared <= radius**2) * np.exp(1j * math.pi * defocus_pi * k_squared / radius**2)
     probe = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(pupil)))
     probe /= np.abs(probe).max()
     return probe.astype(COMPLEX)
@@ -166,6 +171,7 @@ def simulate_view(
     seed: int = 0,
     view: int = 0,
     jitter: float = 0.1,
+    probe_guess: bool = True,
 ) -> SimulatedView:
     """Simulate one view of a far-field ptychography scan.
 
@@ -176,6 +182,8 @@ def simulate_view(
     seed, view : the random generator is seeded with (seed, view); ``view`` also rotates
         the object by ``view * DEGREES_PER_VIEW`` degrees, as in a tomographic series
     jitter : position jitter as a fraction of the step
+    probe_guess : give the scan a modelled probe guess (the optics model with a
+        GUESS_DEFOCUS_ERROR relative defocus error), as a beamline would
     """
     rng = np.random.default_rng([seed, view])
     step = (1 - OVERLAP) * PROBE_WIDTH_FRACTION * detector
@@ -194,9 +202,13 @@ def simulate_view(
         intensity = rng.poisson(intensity).astype(REAL)
     wavelength = wavelength_from_energy(ENERGY_J)
     pixel_size = wavelength * DISTANCE_M / (detector * DETECTOR_PIXEL_M)
+    guess = None
+    if probe_guess:
+        guess = focused_probe(detector, DEFOCUS_PI * (1 - GUESS_DEFOCUS_ERROR)) * np.sqrt(scale)
     scan = validated_scan(
         intensity,
         positions,
+        probe=guess,
         pixel_size=pixel_size,
         wavelength=wavelength,
         source=f"<simulated view {view}>",
@@ -213,10 +225,12 @@ def write_simulated_scan(
     photons: float | None = None,
     seed: int = 0,
     marker: str | None = None,
+    probe_guess: bool = True,
 ) -> list[pathlib.Path]:
-    """Write a simulated scan folder: ``view000.cxi``, ``view001.cxi``, ... (no probe
-    guess in them), the ground truth in ``truth/view000.npz`` (``object``, ``probe``,
-    ``positions``), and last the marker file ``marker`` if given. Returns the CXI paths.
+    """Write a simulated scan folder: ``view000.cxi``, ``view001.cxi``, ... (with the
+    modelled probe guess unless ``probe_guess`` is False), the ground truth in
+    ``truth/view000.npz`` (``object``, ``probe``, ``positions``), and last the marker
+    file ``marker`` if given. Returns the CXI paths.
     """
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -225,7 +239,12 @@ def write_simulated_scan(
     paths = []
     for view in range(n_views):
         simulated = simulate_view(
-            detector=detector, n_positions=n_positions, photons=photons, seed=seed, view=view
+            detector=detector,
+            n_positions=n_positions,
+            photons=photons,
+            seed=seed,
+            view=view,
+            probe_guess=probe_guess,
         )
         scan = simulated.scan
         path = write_cxi(
@@ -235,6 +254,7 @@ def write_simulated_scan(
             scan.pixel_size,
             energy_j=simulated.energy_j,
             distance_m=simulated.distance_m,
+            probe=scan.probe,
         )
         np.savez(
             truth_folder / f"view{view:03d}.npz",

@@ -1,0 +1,71 @@
+"""One call from a file to a result file: what the CLI and the compute function use."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from collections.abc import Sequence
+
+from recon.options import ReconOptions
+from recon.ptycho import ProgressCallback, reconstruct
+
+
+def reconstruct_file(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    options: ReconOptions | None = None,
+    device_ids: Sequence[int] | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict:
+    """Load a view (CXI, or the npz test format), reconstruct it, write the result.
+
+    Writes ``output_path`` (HDF5, see ``recon.result``) and a PNG preview beside it.
+    Returns a small JSON-ready summary: output and preview paths, iterations, final
+    cost, devices, backend and seconds per stage (load, solve, write). Raises
+    :class:`recon.errors.InputError` (naming the file and dataset) for bad input.
+    """
+    from recon.cxi import load_scan
+    from recon.result import write_result
+
+    options = options or ReconOptions()
+    output_path = pathlib.Path(output_path)
+    seconds: dict[str, float] = {}
+
+    start = time.perf_counter()
+    scan = load_scan(input_path)
+    seconds["load"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    result = reconstruct(scan, options, device_ids=device_ids, progress=progress)
+    seconds["solve"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    per_iteration = sum(result.seconds_per_iteration) / max(len(result.seconds_per_iteration), 1)
+    h5_path, png_path = write_result(
+        output_path,
+        object=result.object,
+        probe=result.probe,
+        cost=result.cost,
+        positions=result.positions,
+        options=options.to_dict(),
+        pixel_size=scan.pixel_size,
+        iterations=options.iterations,
+        devices=result.devices,
+        timings={**seconds, "per_iteration": per_iteration},
+        backend=result.backend,
+        extra_attrs={"input": str(input_path)},
+    )
+    seconds["write"] = time.perf_counter() - start
+    return {
+        "output": str(h5_path),
+        "preview": str(png_path),
+        "iterations": options.iterations,
+        "initial_cost": float(result.cost[0]),
+        "final_cost": float(result.cost[-1]),
+        "devices": list(result.devices),
+        "backend": result.backend,
+        "seconds": seconds,
+        "seconds_per_iteration": per_iteration,
+    }

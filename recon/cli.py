@@ -1,0 +1,92 @@
+"""``ptychoflow recon``: reconstruct one view file on this machine."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "recon",
+        help="reconstruct one view (CXI file, or the npz test format) on this machine",
+        description="Reconstruct one ptychography view and write OUTPUT.h5 with a PNG "
+        "preview (phase and amplitude) beside it.",
+    )
+    parser.add_argument("input", help="view file: .cxi/.h5, or .npz/.npz.bz2 (test data format)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="result file to write (HDF5, e.g. out/view000.h5)"
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="solver iterations (default 100)"
+    )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="devices to split the view over: GPUs with CuPy, partitions on the CPU (default 1)",
+    )
+    parser.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="keep the probe guess fixed (refine the object only)",
+    )
+    parser.add_argument(
+        "--cost",
+        choices=["poisson", "gaussian"],
+        default=None,
+        help="noise model (default poisson)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "numpy", "cupy"],
+        default=None,
+        help="array backend (default auto: CuPy when a GPU is usable)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from tqdm import tqdm
+
+    from recon.api import reconstruct_file
+    from recon.options import ReconOptions
+
+    changes = {
+        "iterations": args.iterations,
+        "devices": args.devices,
+        "cost": args.cost,
+        "backend": args.backend,
+    }
+    options = ReconOptions.from_dict({k: v for k, v in changes.items() if v is not None})
+    if args.no_probe:
+        options = options.replace(refine_probe=False)
+
+    bar = tqdm(
+        total=options.iterations,
+        desc="reconstructing",
+        unit="it",
+        disable=args.quiet,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+    def progress(iteration: int, cost: float, seconds: float) -> None:
+        bar.set_postfix_str(f"cost {cost:.4g}, {seconds * 1000:.0f} ms/it", refresh=False)
+        bar.update(1)
+
+    try:
+        summary = reconstruct_file(args.input, args.output, options, progress=progress)
+    finally:
+        bar.close()
+    print(
+        f"wrote {summary['output']} and {summary['preview']} "
+        f"(cost {summary['initial_cost']:.4g} -> {summary['final_cost']:.4g}, "
+        f"{summary['seconds_per_iteration'] * 1000:.0f} ms/iteration on {summary['backend']})"
+    )
+    if not args.quiet:
+        print(json.dumps(summary, indent=2), file=sys.stderr)
+    return 0
