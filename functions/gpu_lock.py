@@ -72,11 +72,8 @@ def _parse_gpu_id(token: str) -> GpuId:
     return int(token) if token.isdigit() else token
 
 
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22).
-
-    None when ``/proc`` is not available or the process does not exist.
-    """
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks since boot) from ``/proc/<pid>/stat``."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             text = stat.read().decode("ascii", "replace")
@@ -85,15 +82,29 @@ def process_start_time(pid: int) -> int | None:
     # The command name (field 2) is in parentheses and may hold spaces: split after it.
     fields = text[text.rfind(")") + 2 :].split()
     try:
-        return int(fields[19])  # field 22 overall; fields[0] is field 3
+        return fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
     except (IndexError, ValueError):
         return None
 
 
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22).
+
+    None when ``/proc`` is not available or the process does not exist.
+    """
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[1]
+
+
 def claim_is_alive(claim: dict) -> bool:
-    """Whether the process recorded in ``claim`` ({"pid", "start"}) still runs."""
+    """Whether the process recorded in ``claim`` ({"pid", "start"}) still runs.
+
+    A zombie (exited, not yet reaped by its parent) counts as dead: its GPU
+    contexts are gone. A PID whose start time differs from the recorded one was
+    reused by a newer process and counts as dead too.
+    """
     pid = claim.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -101,11 +112,14 @@ def claim_is_alive(claim: dict) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    recorded = claim.get("start")
-    if recorded is not None:
-        current = process_start_time(pid)
-        if current is not None and current != recorded:
-            return False  # the PID was reused by a newer process
+    stat = _proc_stat(pid)
+    if stat is not None:
+        state, started = stat
+        if state == "Z":
+            return False
+        recorded = claim.get("start")
+        if recorded is not None and started != recorded:
+            return False
     return True
 
 

@@ -182,3 +182,17 @@ def test_requested_wins_and_is_capped():
 )
 def test_automatic_choice_from_view_size(n_positions, shape, available, expected):
     assert choose_gpu_count(n_positions, shape, available) == expected
+
+
+def test_zombie_claimant_is_reclaimed(state_path):
+    # Exited but not reaped: os.kill(pid, 0) still succeeds, /proc says state Z.
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        start = process_start_time(zombie.pid)
+        if start is None:
+            pytest.skip("/proc/<pid>/stat not available")
+        state_path.write_text(json.dumps({"0": {"pid": zombie.pid, "start": start}}))
+        os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, still unreaped
+        assert GpuPool(state_path, gpus=[0]).claim(1, timeout=0) == [0]
+    finally:
+        zombie.wait()
