@@ -1,0 +1,151 @@
+"""The Globus Compute function the flow's Reconstruct state calls.
+
+Registered with Globus Compute and run on the endpoint's workers (Polaris, or
+the local engine). Globus Compute serializes the function itself, so the body
+is self-contained: every import is inside it and it reads no module globals.
+Paths and options in, a small JSON summary out; one call into ``recon``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def reconstruct_view(
+    input_path: str,
+    output_dir: str,
+    recon: dict | None = None,
+    view_name: str | None = None,
+    gpu_lock_path: str | None = None,
+) -> dict[str, Any]:
+    """Reconstruct one view (a CXI file) into ``<output_dir>/<view name>.h5`` and a preview.
+
+    Parameters
+    ----------
+    input_path
+        The view's CXI file on the compute side, e.g. ``.../input/100/view003.cxi``.
+    output_dir
+        Where the result file and its PNG preview go (created when missing).
+    recon
+        Reconstruction options, the flow input's ``recon`` section
+        (:class:`recon.options.ReconOptions` fields); None for the defaults.
+    view_name
+        Stem of the result file; default the input file's stem (``view003``).
+    gpu_lock_path
+        The node-local GPU lock file; default ``$PTYCHOFLOW_GPU_LOCK`` or
+        ``/dev/shm/availgpus``.
+
+    Returns
+    -------
+    dict, JSON-ready and small (well under Globus Compute's 10 MB):
+        ``output``, ``preview`` (paths), ``iterations`` (int), ``final_cost`` (float),
+        ``devices`` (device ordinals used), ``backend`` (``numpy``/``cupy``),
+        ``host``, ``input``, ``gpus`` (GPU ids claimed on the node; empty on CPU),
+        ``seconds`` ({``load``, ``solve``, ``write``, ``gpu_wait``, ``total``}).
+
+    Raises
+    ------
+    recon.errors.InputFileNotFound, recon.errors.InputError
+        The input is missing or malformed; the message names the file and the reason
+        (``scan100/view000.cxi: /entry_1/data_1/data is missing``).
+    recon.errors.OptionsError
+        An unknown or out-of-range option.
+    recon.errors.DeviceError, functions.gpu_lock.GpuUnavailableError
+        The GPUs asked for do not exist, or stayed busy for ``$PTYCHOFLOW_GPU_WAIT``
+        seconds (default 3600).
+
+    GPUs: when the backend resolves to CuPy, the number of GPUs comes from
+    ``recon["devices"]`` or from the view's size (``choose_gpu_count``); they are
+    claimed through the node's fcntl lock and released when done, even on failure.
+    On the CPU no lock is taken and ``devices`` is the number of NumPy partitions.
+    """
+    import json
+    import os
+    import pathlib
+    import socket
+    import time
+
+    import h5py
+
+    from functions.gpu_lock import GpuPool, choose_gpu_count
+    from recon.backend import is_cupy, resolve_backend
+    from recon.errors import InputError, InputFileNotFound, OptionsError
+    from recon.options import ReconOptions
+
+    data_path = "/entry_1/data_1/data"
+    started = time.perf_counter()
+    source = pathlib.Path(input_path)
+    label = "/".join(source.parts[-2:])  # "scan100/view000.cxi": enough to find it
+
+    try:
+        options = ReconOptions.from_dict(recon)
+    except OptionsError as err:
+        raise OptionsError(f"{label}: {err}") from err
+    if view_name is not None and (
+        not view_name or view_name in (".", "..") or "/" in view_name or "\\" in view_name
+    ):
+        raise InputError(f"{label}: view name {view_name!r} must be a plain file stem")
+
+    # The view's size, cheaply: only the dataset's shape is read.
+    if not source.is_file():
+        raise InputFileNotFound(f"{label}: input file not found ({source})")
+    try:
+        with h5py.File(source, "r") as cxi:
+            dataset = cxi.get(data_path)
+            if not isinstance(dataset, h5py.Dataset):
+                raise InputError(f"{label}: {data_path} is missing")
+            shape = tuple(int(n) for n in dataset.shape)
+    except OSError as err:
+        raise InputError(f"{label}: not a readable HDF5/CXI file ({err})") from err
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(
+            f"{label}: {data_path} has shape {shape}; expected (N_POS, DET_H, DET_W) "
+            "with at least one pattern"
+        )
+
+    output = pathlib.Path(output_dir) / f"{view_name or source.stem}.h5"
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    xp = resolve_backend(options.backend.value)
+    pool = None
+    gpus: list = []
+    device_ids = None
+    gpu_wait = 0.0
+    if is_cupy(xp):
+        pool = GpuPool(gpu_lock_path)
+        count = choose_gpu_count(
+            shape[0], shape[1:], available=len(pool.gpus), requested=options.devices
+        )
+        waited_from = time.perf_counter()
+        gpus = pool.claim(count, timeout=float(os.environ.get("PTYCHOFLOW_GPU_WAIT", "3600")))
+        gpu_wait = time.perf_counter() - waited_from
+        device_ids = pool.device_ordinals(gpus)
+    try:
+        from recon.api import reconstruct_file
+
+        try:
+            result = reconstruct_file(str(source), str(output), options, device_ids=device_ids)
+        except InputError as err:
+            if source.name in str(err):
+                raise
+            raise InputError(f"{label}: {err}") from err
+    finally:
+        if pool is not None and gpus:
+            pool.release(gpus)
+
+    summary = dict(result)
+    summary.update(host=socket.gethostname(), input=str(source), gpus=list(gpus))
+    summary["seconds"] = {
+        **dict(result.get("seconds") or {}),
+        "gpu_wait": gpu_wait,
+        "total": time.perf_counter() - started,
+    }
+
+    def plain(value: Any) -> Any:  # NumPy scalars and arrays, paths -> JSON types
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise TypeError(f"{type(value).__name__} in the summary is not JSON data")
+
+    return json.loads(json.dumps(summary, default=plain))

@@ -1,0 +1,203 @@
+"""LocalComputeEngine: a real GlobusComputeEngine (Parsl HTEX, LocalProvider), no cloud.
+
+One engine serves the whole module (starting one costs a few seconds); the shutdown
+test stops it and a later test would start a fresh one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from flows.local_compute import (
+    ComputeTaskError,
+    LocalComputeEngine,
+    _descendants,
+    _is_running,
+    default_config_path,
+    parse_remote_exception,
+)
+from recon.errors import ConfigError, InputError
+
+
+# Task functions: module level, so the workers import them from this module by name.
+def worker_identity(x: int) -> dict:
+    return {"double": 2 * x, "pid": os.getpid(), "cwd": os.getcwd()}
+
+
+def raise_value_error(message: str) -> None:
+    raise ValueError(message)
+
+
+def raise_input_error_from_key_error() -> None:
+    try:
+        {}["data"]
+    except KeyError as err:
+        raise InputError("scan100/view000.cxi: /entry_1/data_1/data is missing") from err
+
+
+@pytest.fixture(scope="module")
+def shared_engine(tmp_path_factory):
+    holder: dict[str, LocalComputeEngine | None] = {"engine": None}
+    yield holder
+    if holder["engine"] is not None:
+        holder["engine"].shutdown()
+
+
+@pytest.fixture
+def engine(shared_engine, tmp_path_factory) -> LocalComputeEngine:
+    current = shared_engine["engine"]
+    if current is None or current.engine is None:
+        run_dir = tmp_path_factory.mktemp("endpoint-run")
+        current = LocalComputeEngine(run_dir=run_dir).start()
+        shared_engine["engine"] = current
+    return current
+
+
+@pytest.mark.timeout(120)
+def test_function_runs_in_a_worker_process(engine):
+    started = time.monotonic()
+    result = engine.submit(worker_identity, 21).result(timeout=90)
+    print(f"first result after {time.monotonic() - started:.2f} s")
+    assert result["double"] == 42
+    assert result["pid"] != os.getpid()
+    # The endpoint's execute_task ran it in the engine's task working directory.
+    assert result["cwd"].startswith(str(engine.run_dir))
+
+
+def test_remote_exception_message_reaches_the_caller(engine):
+    future = engine.submit(raise_value_error, "bad value: 17 is not a view")
+    with pytest.raises(ComputeTaskError) as info:
+        future.result(timeout=60)
+    err = info.value
+    assert str(err) == "ValueError: bad value: 17 is not a view"
+    assert err.remote_type == "ValueError"
+    assert "raise_value_error" in err.remote_traceback
+
+
+def test_chained_project_error_keeps_file_and_reason(engine):
+    with pytest.raises(ComputeTaskError) as info:
+        engine.submit(raise_input_error_from_key_error).result(timeout=60)
+    err = info.value
+    assert err.remote_type == "recon.errors.InputError"
+    assert err.remote_message == "scan100/view000.cxi: /entry_1/data_1/data is missing"
+    assert str(err) == "InputError: scan100/view000.cxi: /entry_1/data_1/data is missing"
+
+
+def test_concurrent_submits_from_many_threads(engine):
+    def submit_batch(start: int) -> list[concurrent.futures.Future]:
+        return [engine.submit(worker_identity, start + i) for i in range(10)]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        batches = list(pool.map(submit_batch, range(0, 80, 10)))
+    futures = [f for batch in batches for f in batch]
+    results = [f.result(timeout=60)["double"] for f in futures]
+    assert results == [2 * i for i in range(80)]
+
+
+def test_reconstruct_view_bad_input_fails_with_file_and_reason(engine, tmp_path):
+    from functions.reconstruct import reconstruct_view
+
+    path = tmp_path / "scan100" / "view000.cxi"
+    path.parent.mkdir()
+    with h5py.File(path, "w") as cxi:
+        cxi["/entry_1/sample_1/geometry_1/translation"] = np.zeros((3, 3))
+    future = engine.submit(reconstruct_view, str(path), str(tmp_path / "recon"))
+    with pytest.raises(ComputeTaskError) as info:
+        future.result(timeout=60)
+    assert info.value.remote_message == "scan100/view000.cxi: /entry_1/data_1/data is missing"
+    assert info.value.remote_type == "recon.errors.InputError"
+
+
+def test_reconstruct_view_through_the_engine(engine, tmp_path):
+    """Needs recon.api: the real function, packed as an endpoint gets it, on a worker."""
+    from functions.reconstruct import reconstruct_view
+    from tests.unit.test_reconstruct_function import write_cxi
+
+    view = write_cxi(tmp_path / "input" / "100" / "view000.cxi")
+    future = engine.submit(
+        reconstruct_view, view, str(tmp_path / "recon" / "100"), {"iterations": 2}
+    )
+    summary = future.result(timeout=120)
+    assert summary["output"] == str(tmp_path / "recon" / "100" / "view000.h5")
+    assert os.path.isfile(summary["output"])
+    assert summary["iterations"] == 2 and summary["backend"] == "numpy"
+
+
+def test_shutdown_leaves_no_processes(engine):
+    assert engine.submit(worker_identity, 1).result(timeout=60)["double"] == 2
+    run_dir = str(engine.run_dir)
+    engine_pids = _descendants(os.getpid()) | processes_mentioning(run_dir)
+    assert len(engine_pids) >= 2, "expected at least the interchange and a worker pool"
+    engine.shutdown()
+    still_running = {pid for pid in engine_pids if _is_running(pid)}
+    assert still_running == set()
+    assert processes_mentioning(run_dir) == set()
+    with pytest.raises(RuntimeError, match="not started"):
+        engine.submit(worker_identity, 1)
+    engine.shutdown()  # twice is fine
+
+
+def processes_mentioning(text: str) -> set[int]:
+    """Running PIDs whose command line holds ``text`` (the worker pools are detached)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if text.encode() in cmdline.read() and _is_running(int(entry)):
+                    found.add(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+# -- no engine needed -------------------------------------------------------------------
+
+
+def test_default_config_is_the_packaged_local_one():
+    path = default_config_path()
+    assert path.parts[-3:] == ("endpoint_config", "local", "config.yaml")
+    assert path.is_file()
+
+
+def test_missing_or_invalid_config_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read endpoint config"):
+        LocalComputeEngine(config_path=tmp_path / "nope.yaml").start()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("engine:\n  type: NoSuchEngine\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: invalid endpoint config: .*NoSuchEngine"):
+        LocalComputeEngine(config_path=bad).start()
+
+
+def test_submit_before_start_is_refused():
+    with pytest.raises(RuntimeError, match="not started"):
+        LocalComputeEngine().submit(worker_identity, 1)
+
+
+def test_parse_remote_exception_forms():
+    chained = (
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n'
+        "    {}['a']\n"
+        "KeyError: 'a'\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 3, in f\n'
+        "    raise InputError(...)\n"
+        "    ^^^^^^^^^^^^^^^^^^^^^\n"
+        "recon.errors.InputError: a.cxi: bad\nsecond line\n"
+    )
+    assert parse_remote_exception(chained) == ("recon.errors.InputError", "a.cxi: bad\nsecond line")
+    assert parse_remote_exception("MaxResultSizeExceeded(12, 10)") == (
+        "",
+        "MaxResultSizeExceeded(12, 10)",
+    )
+    bare = "Traceback (most recent call last):\n  File 'x', line 1\nKeyboardInterrupt\n"
+    assert parse_remote_exception(bare) == ("KeyboardInterrupt", "")
