@@ -1,0 +1,177 @@
+"""A real, file-backed backend for tests of the launcher and the watcher.
+
+Every call that changes something is appended as one JSON line to a log file
+(``O_APPEND``, one ``write`` per line, so lines from several processes never
+interleave). That makes the log the backend's own record of what it was asked,
+readable after the process that asked was killed with SIGKILL:
+
+- ``prepare_scan`` -> ``{"event": "prepare", "scan_id": ...}``
+- ``start_view`` -> ``{"event": "start", "run_id", "label", "tags", "scan_id",
+  "view", "view_file", "scan_folder", "recon", "time", "pid"}``
+
+A run "executes" for ``finish_after_s`` seconds from its start record and then
+succeeds, or fails for views listed in ``fail_views`` (the compute stage fails
+with a reason). ``transient_errors=N`` makes the first N ``start_view`` calls of
+this instance raise :class:`flows.launcher.TransientBackendError` before
+anything is recorded; ``reject_views`` makes ``start_view`` refuse those views
+permanently. ``runs_die_with_owner=True`` makes it behave like the local backend
+for recovery (an active run of a dead process is considered dead).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from flows.backend import RunProgress, RunStatus, StartedRun, ViewRequest
+from flows.launcher import TransientBackendError
+from recon.errors import PtychoflowError
+
+
+class BackendRefused(PtychoflowError, RuntimeError):
+    """The recording backend was told to refuse this view."""
+
+
+class RecordingBackend:
+    name = "recording"
+
+    def __init__(
+        self,
+        log_path: pathlib.Path | str,
+        *,
+        finish_after_s: float = 0.0,
+        fail_views: Iterable[int] = (),
+        reject_views: Iterable[int] = (),
+        transient_errors: int = 0,
+        runs_die_with_owner: bool = False,
+        start_delay_s: float = 0.0,
+    ):
+        self.log_path = pathlib.Path(log_path)
+        self.finish_after_s = finish_after_s
+        self.fail_views = set(fail_views)
+        self.reject_views = set(reject_views)
+        self.transient_errors = transient_errors
+        self.runs_die_with_owner = runs_die_with_owner
+        self.start_delay_s = start_delay_s
+        self.closed = False
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.touch()
+
+    # -- the Backend protocol ------------------------------------------------------------------
+
+    def prepare_scan(self, scan_id: int) -> None:
+        self._append({"event": "prepare", "scan_id": scan_id, "time": time.time()})
+
+    def start_view(self, request: ViewRequest) -> StartedRun:
+        if self.transient_errors > 0:
+            self.transient_errors -= 1
+            raise TransientBackendError(f"{request.label}: service unavailable (503), try later")
+        if request.view in self.reject_views:
+            raise BackendRefused(f"{request.label}: refused by the recording backend")
+        if self.start_delay_s:
+            time.sleep(self.start_delay_s)
+        run_id = str(uuid.uuid4())
+        self._append(
+            {
+                "event": "start",
+                "run_id": run_id,
+                "label": request.label,
+                "tags": request.tags,
+                "scan_id": request.scan_id,
+                "view": request.view,
+                "view_file": request.view_file,
+                "scan_folder": request.scan_folder,
+                "recon": request.recon,
+                "time": time.time(),
+                "pid": os.getpid(),
+            }
+        )
+        return StartedRun(run_id=run_id, web_url=f"https://example.invalid/runs/{run_id}")
+
+    def poll(self, run_id: str) -> RunProgress:
+        record = next((r for r in self.starts() if r["run_id"] == run_id), None)
+        if record is None:
+            raise KeyError(f"run {run_id} is not in {self.log_path}")
+        elapsed = time.time() - record["time"]
+        if elapsed < self.finish_after_s:
+            return RunProgress(RunStatus.ACTIVE, stage="compute")
+        split = {
+            "transfer_in": 0.2 * self.finish_after_s,
+            "compute": 0.6 * self.finish_after_s,
+            "transfer_out": 0.1 * self.finish_after_s,
+        }
+        if record["view"] in self.fail_views:
+            return RunProgress(
+                RunStatus.FAILED,
+                stage_seconds={"transfer_in": split["transfer_in"]},
+                error=f"{record['view_file']}: reconstruction failed (told to fail)",
+            )
+        return RunProgress(
+            RunStatus.SUCCEEDED,
+            stage_seconds=split,
+            output={"files": [f"recon/{record['scan_id']}/{record['view']:03d}.h5"]},
+        )
+
+    def find_run(self, request: ViewRequest) -> StartedRun | None:
+        for record in self.starts():
+            if record["label"] == request.label and record["tags"] == request.tags:
+                return StartedRun(
+                    run_id=record["run_id"],
+                    web_url=f"https://example.invalid/runs/{record['run_id']}",
+                )
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+    # -- reading the log -----------------------------------------------------------------------
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_log(self.log_path)
+
+    def starts(self) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r["event"] == "start"]
+
+    def _append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_log(path: pathlib.Path | str) -> list[dict[str, Any]]:
+    """Every complete line of a recording backend's log."""
+    text = pathlib.Path(path).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def write_view_file(path: pathlib.Path | str, patterns: int = 2, size: int = 4) -> pathlib.Path:
+    """A minimal valid CXI view: ``/entry_1/data_1/data`` (patterns, size, size) float32."""
+    import h5py
+    import numpy as np
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as file:
+        file["/entry_1/data_1/data"] = np.ones((patterns, size, size), np.float32)
+    return path
+
+
+def write_scan(
+    root: pathlib.Path, scan_id: int, views: int = 2, marker: str | None = "scan.done"
+) -> pathlib.Path:
+    """``root/scan<id>/view000.cxi ...`` and, last, the marker file (when given)."""
+    folder = pathlib.Path(root) / f"scan{scan_id}"
+    for view in range(views):
+        write_view_file(folder / f"view{view:03d}.cxi")
+    if marker:
+        (folder / marker).touch()
+    return folder
