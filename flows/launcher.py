@@ -99,6 +99,10 @@ class RetryPolicy:
         ]
 
 
+#: The retry policy used unless one is given.
+DEFAULT_RETRY = RetryPolicy()
+
+
 def make_backend(config: Config) -> Backend:
     """The backend ``config.backend`` names, imported only when asked for."""
     if config.backend == "local":
@@ -225,7 +229,7 @@ class Launcher:
         backend: Backend,
         ledger: Ledger,
         *,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         poll_interval_s: float = 1.0,
         stop_event: threading.Event | None = None,
         sleep: Callable[[float], None] = time.sleep,

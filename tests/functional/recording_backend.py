@@ -175,3 +175,114 @@ def write_scan(
     if marker:
         (folder / marker).touch()
     return folder
+
+
+#: Runs ``watcher.service.WatcherService`` with a RecordingBackend in its own process.
+#: argv[1]: JSON {"config": path, "log": path, "polling": bool, "backend": {kwargs}}.
+WATCHER_SCRIPT = """
+import json, sys
+from flows.config import load_config
+from flows.launcher import RetryPolicy
+from tests.functional.recording_backend import RecordingBackend
+from watcher.service import WatcherService, configure_logging
+
+settings = json.loads(sys.argv[1])
+configure_logging()
+service = WatcherService(
+    load_config(settings["config"]),
+    lambda config: RecordingBackend(settings["log"], **settings.get("backend", {})),
+    polling=settings.get("polling", False),
+    polling_interval_s=settings.get("polling_interval_s", 0.1),
+    tick_s=0.02,
+    refresh_interval_s=0.2,
+    retry=RetryPolicy(attempts=3, first_delay_s=0.01),
+)
+sys.exit(service.run_forever())
+"""
+
+
+class WatcherProcess:
+    """The watcher in a subprocess (real signals, real SIGKILL), its log lines collected."""
+
+    def __init__(self, config_path, log_path, *, polling=False, backend=None, cwd=None):
+        import subprocess
+        import sys
+        import threading
+
+        repo = pathlib.Path(__file__).resolve().parents[2]
+        settings = {
+            "config": str(config_path),
+            "log": str(log_path),
+            "polling": polling,
+            "backend": backend or {},
+        }
+        env = {**os.environ, "PYTHONPATH": str(repo)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", WATCHER_SCRIPT, json.dumps(settings)],
+            cwd=cwd or repo,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for_line(self, text: str, timeout_s: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            if self.process.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no log line with {text!r}; log:\n" + "\n".join(self.lines))
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout_s: float = 30.0) -> int:
+        code = self.process.wait(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        return code
+
+    def __enter__(self) -> WatcherProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.wait()
+
+
+def write_config(path: pathlib.Path, root: pathlib.Path, **settings: Any) -> pathlib.Path:
+    """A TOML config for a watcher test: acquisition root, ledger, marker/settle."""
+    values = {
+        "acquisition_root": str(root),
+        "compute_root": str(path.parent / "compute"),
+        "ledger": str(path.parent / "ledger.sqlite"),
+        "state_dir": str(path.parent / "state"),
+        **settings,
+    }
+    lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wait_until(predicate, timeout_s: float = 30.0, interval_s: float = 0.05, what: str = ""):
+    """Poll ``predicate()`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate}")
+        time.sleep(interval_s)
