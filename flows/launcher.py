@@ -17,6 +17,7 @@ or ``run-flow``'s main thread).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import pathlib
@@ -243,6 +244,7 @@ class Launcher:
         self._sleep = sleep
         #: Runs this launcher started or adopted and has not seen finish: (scan, view) -> run id.
         self.in_flight: dict[tuple[int, int], str] = {}
+        self._refresh_pass: collections.deque[tuple[int, int]] = collections.deque()
 
     # -- starting ------------------------------------------------------------------------------
 
@@ -434,22 +436,36 @@ class Launcher:
 
     # -- following -----------------------------------------------------------------------------
 
-    def refresh(self) -> int:
-        """Poll the runs in flight, record their progress; returns how many are still running."""
-        for (scan_id, view), run_id in list(self.in_flight.items()):
-            progress = self._poll(scan_id, view, run_id)
+    def refresh(self, max_seconds: float | None = None) -> bool:
+        """Poll runs in flight and record their progress; True when a full pass is done.
+
+        With ``max_seconds`` the pass stops after that long and the next call goes
+        on where it stopped (round robin), so a caller with other duties (the
+        watcher) is never blocked for long by many runs in flight.
+        """
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        if not self._refresh_pass:
+            self._refresh_pass.extend(self.in_flight)
+        while self._refresh_pass:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            key = self._refresh_pass.popleft()
+            run_id = self.in_flight.get(key)
+            if run_id is None:
+                continue
+            progress = self._poll(*key, run_id)
             if progress is None:
                 continue
-            record = self.ledger.update_progress(scan_id, view, progress)
+            record = self.ledger.update_progress(*key, progress)
             if record.status.terminal:
-                del self.in_flight[(scan_id, view)]
+                del self.in_flight[key]
                 log.info(
                     "%s %s%s",
                     record.label,
                     record.status.value,
                     f": {record.error}" if record.error else "",
                 )
-        return len(self.in_flight)
+        return True
 
     def _poll(self, scan_id: int, view: int, run_id: str) -> RunProgress | None:
         try:

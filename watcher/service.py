@@ -206,15 +206,18 @@ class WatcherService:
                 )
             self._catch_up()
             last_refresh = time.monotonic()
+            refreshing = False
             while not self.stop_event.is_set():
                 self._drain_events()
                 for scan_path in self.tracker.ready():
                     if self.stop_event.is_set():
                         break  # not handed over; the next start's catch-up will
                     self._handle(scan_path)
-                if time.monotonic() - last_refresh >= self.refresh_interval_s:
-                    self.launcher.refresh()
-                    last_refresh = time.monotonic()
+                # Follow runs in flight in short slices, so new scans are never held up.
+                if refreshing or time.monotonic() - last_refresh >= self.refresh_interval_s:
+                    refreshing = not self.launcher.refresh(max_seconds=self.tick_s / 2)
+                    if not refreshing:
+                        last_refresh = time.monotonic()
         except BaseException as err:  # the watcher must say why it stops
             log.exception("watcher worker failed: %s", err)
             self.failed = err

@@ -94,7 +94,7 @@ class RecordingBackend:
         return StartedRun(run_id=run_id, web_url=f"https://example.invalid/runs/{run_id}")
 
     def poll(self, run_id: str) -> RunProgress:
-        record = next((r for r in self.starts() if r["run_id"] == run_id), None)
+        record = self._start_record(run_id)
         if record is None:
             raise KeyError(f"run {run_id} is not in {self.log_path}")
         elapsed = time.time() - record["time"]
@@ -133,6 +133,23 @@ class RecordingBackend:
 
     def records(self) -> list[dict[str, Any]]:
         return read_log(self.log_path)
+
+    def _start_record(self, run_id: str) -> dict[str, Any] | None:
+        """The start record of ``run_id``, reading only what was appended since last time."""
+        if not hasattr(self, "_by_run_id"):
+            self._by_run_id: dict[str, dict[str, Any]] = {}
+            self._read_offset = 0
+        if run_id not in self._by_run_id:
+            with open(self.log_path, "rb") as file:
+                file.seek(self._read_offset)
+                chunk = file.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            self._read_offset += len(complete)
+            for line in complete.decode().splitlines():
+                record = json.loads(line)
+                if record["event"] == "start":
+                    self._by_run_id[record["run_id"]] = record
+        return self._by_run_id.get(run_id)
 
     def starts(self) -> list[dict[str, Any]]:
         return [r for r in self.records() if r["event"] == "start"]
