@@ -1,0 +1,574 @@
+"""Starting runs: the one code path shared by ``run-flow`` and the watcher.
+
+For a scan: find its folder and views, create the compute-side folder pair once
+(``Backend.prepare_scan``), then for every view: claim it in the ledger
+(``pending``), mark it ``submitting``, ask the backend to start it, record the
+run id (``active``). A view that is already running or done is skipped; a view
+that cannot start (unreadable file, backend error) is recorded as failed with
+its reason and the other views go on. Transient backend errors are retried with
+exponential backoff, asking the backend first whether the run exists after all.
+
+``Launcher.recover`` picks up rows left behind by a process that died (see
+:mod:`flows.ledger`); ``Launcher.wait`` polls until a scan's runs have finished.
+
+A ``Launcher`` is used from one thread at a time (the watcher's worker thread,
+or ``run-flow``'s main thread).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import pathlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+import h5py
+
+from flows.backend import Backend, RunProgress, RunStatus, StartedRun, Trigger, ViewRequest
+from flows.config import Config
+from flows.ledger import Ledger, RunRecord, ScanState
+from recon.errors import (
+    ConfigError,
+    InputError,
+    InputFileNotFound,
+    OptionsError,
+    PtychoflowError,
+)
+
+log = logging.getLogger("ptychoflow.launcher")
+
+#: Dataset every view file must hold: (N, H, W) diffraction patterns.
+VIEW_DATA_PATH = "/entry_1/data_1/data"
+
+
+class TransientBackendError(PtychoflowError, ConnectionError):
+    """The backend could not act now but may succeed if asked again (network error,
+    HTTP 429/5xx, engine still starting). Backends raise a subclass of this; the
+    launcher retries it with backoff."""
+
+
+class LaunchError(PtychoflowError, RuntimeError):
+    """A scan could not be handed to the backend as a whole (e.g. its folders not created)."""
+
+
+class ViewAction(StrEnum):
+    """What ``start_scan`` / ``recover`` did with a view."""
+
+    STARTED = "started"  #: a new run was started
+    ADOPTED = "adopted"  #: a run that already existed at the backend was recorded
+    SKIPPED = "skipped"  #: the ledger shows it running or done; nothing was started
+    FAILED = "failed"  #: it could not be started; ``error`` says why
+    INTERRUPTED = "interrupted"  #: a stop was requested before it was reached
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewOutcome:
+    """The result of handing one view to the backend."""
+
+    scan_id: int
+    view: int
+    view_file: str
+    action: ViewAction
+    status: RunStatus | None
+    """The ledger status after the action (None when interrupted before claiming)."""
+    run_id: str | None = None
+    web_url: str | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for transient backend errors: ``first_delay_s * factor**k``
+    seconds (capped at ``max_delay_s``) between at most ``attempts`` tries."""
+
+    attempts: int = 5
+    first_delay_s: float = 0.5
+    factor: float = 2.0
+    max_delay_s: float = 10.0
+
+    def delays(self) -> list[float]:
+        """The sleeps between the tries (``attempts - 1`` of them)."""
+        return [
+            min(self.max_delay_s, self.first_delay_s * self.factor**k)
+            for k in range(max(0, self.attempts - 1))
+        ]
+
+
+#: The retry policy used unless one is given.
+DEFAULT_RETRY = RetryPolicy()
+
+
+def make_backend(config: Config) -> Backend:
+    """The backend ``config.backend`` names, imported only when asked for."""
+    if config.backend == "local":
+        from flows.local_backend import LocalBackend
+
+        return LocalBackend(config)
+    if config.backend == "globus":
+        from flows.globus_backend import GlobusBackend
+
+        return GlobusBackend(config)
+    raise ConfigError(
+        f"backend = {config.backend!r} is not known; expected 'local' or 'globus'"
+        + (f" (in {config.source})" if config.source else "")
+    )
+
+
+def runs_die_with_owner(backend: Backend) -> bool:
+    """True when the backend executes runs inside the starting process (the local one),
+    so a run marked active by a process that died is dead too."""
+    return bool(getattr(backend, "runs_die_with_owner", backend.name == "local"))
+
+
+def parse_views(text: str) -> list[int]:
+    """``"0,3-5"`` -> ``[0, 3, 4, 5]`` (sorted, without duplicates). Also used for scan ids."""
+    values: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not match:
+            raise OptionsError(
+                f"{text!r}: {part!r} is not a number or a range like 3-5 "
+                "(expected a comma-separated list such as 0,3-5)"
+            )
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        if last < first:
+            raise OptionsError(f"{text!r}: range {part!r} runs backwards")
+        values.update(range(first, last + 1))
+    return sorted(values)
+
+
+def scan_folders(config: Config) -> dict[int, list[pathlib.Path]]:
+    """Scan folders directly under the acquisition root, by scan id."""
+    root = config.acquisition_root
+    if not root.is_dir():
+        raise InputFileNotFound(f"acquisition root {root} does not exist or is not a folder")
+    found: dict[int, list[pathlib.Path]] = {}
+    for entry in sorted(root.iterdir()):
+        scan_id = config.scan_id_of(entry.name)
+        if scan_id is not None and entry.is_dir():
+            found.setdefault(scan_id, []).append(entry)
+    return found
+
+
+def discover_views(config: Config, scan_id: int) -> tuple[pathlib.Path, list[tuple[int, str]]]:
+    """The scan folder of ``scan_id`` and its views as (view index, file name).
+
+    Views are the files matching ``config.view_glob``, sorted by name; the index
+    is the position in that order.
+    """
+    folders = scan_folders(config)
+    matches = folders.get(scan_id, [])
+    if not matches:
+        known = ", ".join(str(i) for i in sorted(folders)[:20]) or "none"
+        raise InputFileNotFound(
+            f"scan {scan_id}: no folder matching {config.scan_pattern!r} with id {scan_id} "
+            f"under {config.acquisition_root} (scan ids found there: {known})"
+        )
+    if len(matches) > 1:
+        names = ", ".join(p.name for p in matches)
+        raise InputError(f"scan {scan_id}: several folders have this id ({names}); rename one")
+    folder = matches[0]
+    try:
+        files = sorted(p.name for p in folder.glob(config.view_glob) if p.is_file())
+        present = sorted(p.name for p in folder.iterdir())
+    except OSError as err:
+        raise InputError(f"{folder}: cannot list the scan folder: {err}") from err
+    if not files:
+        shown = ", ".join(present[:10]) + (" ..." if len(present) > 10 else "")
+        raise InputError(
+            f"{folder}: no view files matching {config.view_glob!r} "
+            f"(found: {shown or 'an empty folder'})"
+        )
+    return folder, list(enumerate(files))
+
+
+def check_view_file(path: pathlib.Path) -> None:
+    """Raise :class:`InputError` unless ``path`` is an HDF5 file with (N, H, W) patterns
+    at ``/entry_1/data_1/data`` (a quick check before a run is spent on it)."""
+    where = f"{path.parent.name}/{path.name}"
+    try:
+        with h5py.File(path, "r") as file:
+            if VIEW_DATA_PATH not in file:
+                raise InputError(f"{where}: {VIEW_DATA_PATH} is missing")
+            data = file[VIEW_DATA_PATH]
+            if not isinstance(data, h5py.Dataset) or data.ndim != 3:
+                shape = getattr(data, "shape", "a group")
+                raise InputError(
+                    f"{where}: {VIEW_DATA_PATH} must be (N, H, W) patterns, found {shape}"
+                )
+            if data.shape[0] == 0:
+                raise InputError(f"{where}: {VIEW_DATA_PATH} holds no patterns")
+    except OSError as err:
+        raise InputError(f"{where}: not a readable HDF5/CXI file ({err})") from err
+
+
+def describe_error(err: BaseException) -> str:
+    """A one-line reason for the ledger: our own errors as their message, others with type."""
+    if isinstance(err, PtychoflowError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+class Launcher:
+    """Starts, recovers and follows runs for ``config`` on ``backend``, recording in ``ledger``.
+
+    ``stop_event``: when set, ``start_scan`` finishes the view it is submitting and
+    returns; the views it did not reach stay unclaimed (a later start picks them up).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        backend: Backend,
+        ledger: Ledger,
+        *,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        poll_interval_s: float = 1.0,
+        stop_event: threading.Event | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.config = config
+        self.backend = backend
+        self.ledger = ledger
+        self.retry = retry
+        self.poll_interval_s = poll_interval_s
+        self.stop_event = stop_event or threading.Event()
+        self._sleep = sleep
+        #: Runs this launcher started or adopted and has not seen finish: (scan, view) -> run id.
+        self.in_flight: dict[tuple[int, int], str] = {}
+        self._refresh_pass: collections.deque[tuple[int, int]] = collections.deque()
+
+    # -- starting ------------------------------------------------------------------------------
+
+    def start_scan(
+        self,
+        scan_id: int,
+        *,
+        views: list[int] | None = None,
+        recon_overrides: dict[str, Any] | None = None,
+        trigger: Trigger = Trigger.MANUAL,
+        force: bool = False,
+    ) -> list[ViewOutcome]:
+        """Start one run per (selected) view of ``scan_id``; see the module docstring.
+
+        Raises for problems of the scan as a whole (missing folder, no views, bad
+        options, compute-side folders not created), after recording them in the
+        ledger's ``scans`` table when the folder exists.
+        """
+        try:
+            folder, all_views = discover_views(self.config, scan_id)
+        except InputError as err:
+            # The folder exists but holds no views (or the id is ambiguous): record it.
+            self.ledger.scan_failed(scan_id, f"scan{scan_id}", str(err))
+            raise
+        recon = self.config.recon.replace(**(recon_overrides or {})).to_dict()
+        selected = all_views
+        if views is not None:
+            available = {index for index, _ in all_views}
+            missing = sorted(set(views) - available)
+            if missing:
+                raise InputError(
+                    f"{folder}: no view(s) {', '.join(map(str, missing))}; "
+                    f"this scan has views 0-{len(all_views) - 1}"
+                )
+            selected = [(i, name) for i, name in all_views if i in set(views)]
+        self.ledger.scan_seen(scan_id, folder.name)
+        log.info("scan %d (%s): %d view(s) to hand over", scan_id, folder.name, len(selected))
+
+        outcomes: list[ViewOutcome] = []
+        prepared = False
+        prepare_error: str | None = None
+        for index, file_name in selected:
+            request = ViewRequest(
+                scan_id=scan_id,
+                view=index,
+                view_file=file_name,
+                scan_folder=folder.name,
+                recon=recon,
+                trigger=trigger,
+            )
+            if self.stop_event.is_set():
+                outcomes.append(
+                    ViewOutcome(scan_id, index, file_name, ViewAction.INTERRUPTED, None)
+                )
+                continue
+            if not self.ledger.claim(request, self.backend.name, force=force):
+                outcomes.append(self._outcome(request, ViewAction.SKIPPED))
+                continue
+            try:
+                check_view_file(folder / file_name)
+            except InputError as err:
+                outcomes.append(self._fail(request, str(err)))
+                continue
+            if not prepared and prepare_error is None:
+                try:
+                    self._with_retry(
+                        lambda: self.backend.prepare_scan(scan_id),
+                        f"scan {scan_id}: creating input/{scan_id} and recon/{scan_id}",
+                    )
+                    prepared = True
+                except Exception as err:  # every failure is recorded, none stops the rest
+                    prepare_error = (
+                        f"scan {scan_id}: could not create the compute-side folders "
+                        f"input/{scan_id} and recon/{scan_id}: {describe_error(err)}"
+                    )
+                    self.ledger.scan_failed(scan_id, folder.name, prepare_error)
+            if prepare_error is not None:
+                outcomes.append(self._fail(request, prepare_error))
+                continue
+            self._wait_for_slot()
+            outcomes.append(self._submit(request))
+        if prepare_error is not None:
+            raise LaunchError(prepare_error)
+        if not self.stop_event.is_set():
+            self.ledger.scan_submitted(scan_id)
+        return outcomes
+
+    def _submit(self, request: ViewRequest) -> ViewOutcome:
+        """Hand a claimed (pending) request to the backend and record the result."""
+        self.ledger.mark_submitting(request.scan_id, request.view)
+        delays = self.retry.delays()
+        for attempt in range(len(delays) + 1):
+            try:
+                started = self.backend.start_view(request)
+                return self._record_started(request, started, ViewAction.STARTED)
+            except TransientBackendError as err:
+                # The request may have reached the backend before the error: look first.
+                try:
+                    existing = self.backend.find_run(request)
+                except TransientBackendError:
+                    existing = None
+                if existing is not None:
+                    return self._record_started(request, existing, ViewAction.ADOPTED)
+                if attempt == len(delays):
+                    return self._fail(
+                        request,
+                        f"backend {self.backend.name} still unavailable after "
+                        f"{attempt + 1} attempts: {describe_error(err)}",
+                    )
+                log.warning(
+                    "%s: transient backend error (%s); retrying in %.1f s",
+                    request.label,
+                    err,
+                    delays[attempt],
+                )
+                self._sleep(delays[attempt])
+            except Exception as err:  # recorded with its reason; other views go on
+                return self._fail(request, describe_error(err))
+        raise AssertionError("unreachable")
+
+    def _record_started(
+        self, request: ViewRequest, started: StartedRun, action: ViewAction
+    ) -> ViewOutcome:
+        self.ledger.mark_started(request.scan_id, request.view, started)
+        self.in_flight[(request.scan_id, request.view)] = started.run_id
+        log.info(
+            "%s %s: run %s%s",
+            request.label,
+            action.value,
+            started.run_id,
+            f" {started.web_url}" if started.web_url else "",
+        )
+        return ViewOutcome(
+            request.scan_id,
+            request.view,
+            request.view_file,
+            action,
+            RunStatus.ACTIVE,
+            run_id=started.run_id,
+            web_url=started.web_url,
+        )
+
+    def _fail(self, request: ViewRequest, reason: str) -> ViewOutcome:
+        self.ledger.mark_failed(request.scan_id, request.view, reason)
+        log.error("%s failed to start: %s", request.label, reason)
+        return ViewOutcome(
+            request.scan_id,
+            request.view,
+            request.view_file,
+            ViewAction.FAILED,
+            RunStatus.FAILED,
+            error=reason,
+        )
+
+    def _outcome(self, request: ViewRequest, action: ViewAction) -> ViewOutcome:
+        record = self.ledger.get(request.scan_id, request.view)
+        assert record is not None
+        return ViewOutcome(
+            request.scan_id,
+            request.view,
+            request.view_file,
+            action,
+            record.status,
+            run_id=record.run_id,
+            web_url=record.web_url,
+            error=record.error,
+        )
+
+    def _with_retry(self, call: Callable[[], Any], what: str) -> Any:
+        delays = self.retry.delays()
+        for attempt in range(len(delays) + 1):
+            try:
+                return call()
+            except TransientBackendError as err:
+                if attempt == len(delays):
+                    raise
+                log.warning(
+                    "%s: transient error (%s); retrying in %.1f s", what, err, delays[attempt]
+                )
+                self._sleep(delays[attempt])
+        raise AssertionError("unreachable")
+
+    def _wait_for_slot(self) -> None:
+        """Block until fewer than ``config.concurrency`` runs are in flight."""
+        while len(self.in_flight) >= self.config.concurrency:
+            self.refresh()
+            if len(self.in_flight) >= self.config.concurrency:
+                self._sleep(self.poll_interval_s)
+
+    # -- following -----------------------------------------------------------------------------
+
+    def refresh(self, max_seconds: float | None = None) -> bool:
+        """Poll runs in flight and record their progress; True when a full pass is done.
+
+        With ``max_seconds`` the pass stops after that long and the next call goes
+        on where it stopped (round robin), so a caller with other duties (the
+        watcher) is never blocked for long by many runs in flight.
+        """
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        if not self._refresh_pass:
+            self._refresh_pass.extend(self.in_flight)
+        while self._refresh_pass:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            key = self._refresh_pass.popleft()
+            run_id = self.in_flight.get(key)
+            if run_id is None:
+                continue
+            progress = self._poll(*key, run_id)
+            if progress is None:
+                continue
+            record = self.ledger.update_progress(*key, progress)
+            if record.status.terminal:
+                del self.in_flight[key]
+                log.info(
+                    "%s %s%s",
+                    record.label,
+                    record.status.value,
+                    f": {record.error}" if record.error else "",
+                )
+        return True
+
+    def _poll(self, scan_id: int, view: int, run_id: str) -> RunProgress | None:
+        try:
+            return self.backend.poll(run_id)
+        except TransientBackendError as err:
+            log.warning("scan %d view %d: poll of run %s failed (%s)", scan_id, view, run_id, err)
+            return None
+        except Exception as err:
+            return RunProgress(
+                RunStatus.FAILED, error=f"cannot follow run {run_id}: {describe_error(err)}"
+            )
+
+    def wait(
+        self,
+        scan_id: int,
+        progress_callback: Callable[[list[RunRecord]], None] | None = None,
+        poll_interval_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> list[RunRecord]:
+        """Poll until every ledger row of ``scan_id`` is finished; returns the rows.
+
+        Rows started by another process are polled too when the backend's runs
+        outlive their starter (Globus); otherwise their owner's updates are read.
+        ``progress_callback(rows)`` is called after every round.
+        """
+        interval = self.poll_interval_s if poll_interval_s is None else poll_interval_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        shared = not runs_die_with_owner(self.backend)
+        while True:
+            self.refresh()
+            rows = self.ledger.runs(scan_id)
+            for row in rows:
+                key = (row.scan_id, row.view)
+                if (
+                    shared
+                    and row.status is RunStatus.ACTIVE
+                    and row.run_id
+                    and key not in self.in_flight
+                    and row.backend == self.backend.name
+                ):
+                    progress = self._poll(row.scan_id, row.view, row.run_id)
+                    if progress is not None:
+                        self.ledger.update_progress(row.scan_id, row.view, progress)
+            rows = self.ledger.runs(scan_id)
+            if progress_callback is not None:
+                progress_callback(rows)
+            if all(row.status.terminal for row in rows):
+                return rows
+            if deadline is not None and time.monotonic() > deadline:
+                unfinished = [r.label for r in rows if not r.status.terminal]
+                raise TimeoutError(f"runs still unfinished after {timeout_s} s: {unfinished}")
+            self._sleep(interval)
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    def recover(self) -> list[ViewOutcome]:
+        """Pick up unfinished ledger rows whose owner process died (on this host).
+
+        - ``pending``: the backend was never asked -> start it.
+        - ``submitting``: the backend may have accepted it -> adopt the run
+          ``find_run`` returns, else start it.
+        - ``active`` on a backend whose runs die with their process (local) ->
+          restart it (same row, attempt + 1); otherwise keep following it.
+        """
+        outcomes: list[ViewOutcome] = []
+        for record in self.ledger.orphans(self.backend.name):
+            if self.stop_event.is_set():
+                break
+            if not self.ledger.take_over(record):
+                continue  # another process recovered it first
+            request = record.request()
+            log.info(
+                "recovering %s (%s, attempt %d, owner pid %d gone)",
+                record.label,
+                record.status.value,
+                record.attempt,
+                record.owner.pid,
+            )
+            if record.status is RunStatus.ACTIVE:
+                if runs_die_with_owner(self.backend):
+                    self.ledger.restart(record.scan_id, record.view)
+                else:
+                    assert record.run_id is not None
+                    self.in_flight[(record.scan_id, record.view)] = record.run_id
+                    outcomes.append(self._outcome(request, ViewAction.ADOPTED))
+                    continue
+            elif record.status is RunStatus.SUBMITTING:
+                try:
+                    existing = self._with_retry(
+                        lambda r=request: self.backend.find_run(r), f"{request.label}: find_run"
+                    )
+                except Exception as err:
+                    outcomes.append(self._fail(request, describe_error(err)))
+                    continue
+                if existing is not None:
+                    outcomes.append(self._record_started(request, existing, ViewAction.ADOPTED))
+                    continue
+            self._wait_for_slot()
+            outcomes.append(self._submit(request))
+        return outcomes
+
+    def scan_settled_in_ledger(self, scan_id: int) -> bool:
+        """True when the ledger shows the scan handed over completely (or failed as a whole),
+        so a watcher must not start it again."""
+        record = self.ledger.scan(scan_id)
+        return record is not None and record.status in (ScanState.SUBMITTED, ScanState.FAILED)

@@ -1,0 +1,129 @@
+"""The settle stage with real files and an injected monotonic clock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+
+from watcher.settle import SettleTracker, file_opens
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def write_view(path):
+    with h5py.File(path, "w") as file:
+        file["/entry_1/data_1/data"] = np.zeros((2, 4, 4), np.float32)
+
+
+def test_marker_mode_waits_for_the_marker_only(tmp_path):
+    clock = Clock()
+    scan = tmp_path / "scan1"
+    scan.mkdir()
+    write_view(scan / "view000.cxi")
+    tracker = SettleTracker("scan.done", settle_seconds=1.0, clock=clock)
+    assert tracker.touch(scan)
+    clock.now += 3600  # however long it stays unchanged
+    assert tracker.ready() == []
+    (scan / "scan.done").touch()
+    assert tracker.ready() == [scan]
+    assert tracker.ready() == []  # reported once
+    assert not tracker.touch(scan)  # later events for a reported scan are ignored
+    assert tracker.ready() == []
+
+
+def test_settle_mode_needs_quiet_time_and_files_that_open(tmp_path):
+    clock = Clock()
+    scan = tmp_path / "scan2"
+    scan.mkdir()
+    tracker = SettleTracker(None, settle_seconds=2.0, clock=clock, give_up_seconds=100)
+    tracker.touch(scan)
+    clock.now += 5
+    assert tracker.ready() == []  # an empty folder is not a complete scan
+    write_view(scan / "view000.cxi")
+    tracker.touch(scan)
+    clock.now += 1.5
+    assert tracker.ready() == []  # changed 1.5 s ago
+    tracker.touch(scan)  # another change restarts the wait
+    clock.now += 1.5
+    assert tracker.ready() == []
+    clock.now += 0.6
+    assert tracker.ready() == [scan]
+
+
+def test_settle_mode_waits_while_an_hdf5_file_is_open_for_writing(tmp_path):
+    clock = Clock()
+    scan = tmp_path / "scan3"
+    scan.mkdir()
+    tracker = SettleTracker("", settle_seconds=1.0, clock=clock, give_up_seconds=100)
+    # Another process (the instrument) holds the file open for writing.
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, h5py; f = h5py.File(sys.argv[1], 'w');"
+            "f.create_dataset('/entry_1/data_1/data', (0, 4, 4), maxshape=(None, 4, 4));"
+            "f.flush(); print('open', flush=True); sys.stdin.read(); f.close()",
+            str(scan / "view000.cxi"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        tracker.touch(scan)
+        clock.now += 10
+        assert not file_opens(scan / "view000.cxi")  # the HDF5 library locks it
+        assert tracker.ready() == []
+    finally:
+        writer.stdin.close()
+        assert writer.wait(timeout=30) == 0
+    clock.now += 1.1
+    assert tracker.ready() == [scan]
+
+
+def test_settle_mode_gives_up_on_a_file_that_never_opens(tmp_path):
+    clock = Clock()
+    scan = tmp_path / "scan4"
+    scan.mkdir()
+    (scan / "view000.cxi").write_bytes(b"garbage, not HDF5")
+    tracker = SettleTracker(None, settle_seconds=1.0, clock=clock, give_up_seconds=30)
+    tracker.touch(scan)
+    clock.now += 5
+    assert tracker.ready() == []
+    clock.now += 30
+    assert tracker.ready() == [scan]  # handed over so the failure gets recorded
+
+
+def test_catch_up_age_counts_towards_the_settle_time(tmp_path):
+    clock = Clock()
+    scan = tmp_path / "scan5"
+    scan.mkdir()
+    write_view(scan / "view000.cxi")
+    tracker = SettleTracker(None, settle_seconds=5.0, clock=clock)
+    tracker.touch(scan, age_seconds=60)  # last written a minute before the watcher started
+    assert tracker.ready() == [scan]
+
+
+def test_forget_and_removed_folders(tmp_path):
+    clock = Clock()
+    tracker = SettleTracker("scan.done", settle_seconds=1.0, clock=clock, give_up_seconds=10)
+    gone = tmp_path / "scan6"
+    tracker.touch(gone)
+    clock.now += 11
+    assert tracker.ready() == [] and tracker.pending == []
+    known = tmp_path / "scan7"
+    known.mkdir()
+    (known / "scan.done").touch()
+    tracker.touch(known)
+    tracker.forget(known)
+    assert tracker.ready() == []
