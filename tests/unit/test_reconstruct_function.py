@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import sys
 import types
 
 import h5py
@@ -153,6 +152,7 @@ class RecordingSolver:
 @pytest.fixture
 def fake_gpu_node(monkeypatch, tmp_path):
     """Four GPUs 4-7 visible (CuPy ordinals 0-3), CuPy 'resolved', and a recording solver."""
+    import recon.api  # import the solver before recon.backend is patched below
     import recon.backend
 
     fake_cupy = types.SimpleNamespace(name="cupy-on-a-fake-node")
@@ -162,14 +162,7 @@ def fake_gpu_node(monkeypatch, tmp_path):
     lock = tmp_path / "availgpus"
     pool = GpuPool(lock)
     solver = RecordingSolver(pool)
-    try:
-        import recon.api
-
-        monkeypatch.setattr(recon.api, "reconstruct_file", solver)
-    except ImportError:  # before recon.api exists: a module holding only the double
-        monkeypatch.setitem(
-            sys.modules, "recon.api", types.SimpleNamespace(reconstruct_file=solver)
-        )
+    monkeypatch.setattr(recon.api, "reconstruct_file", solver)
     return types.SimpleNamespace(lock=str(lock), pool=pool, solver=solver)
 
 
