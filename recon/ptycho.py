@@ -136,6 +136,24 @@ def initial_probe(scan: ScanData) -> np.ndarray:
     return (probe * np.sqrt(counts / power)).astype(COMPLEX)
 
 
+#: On the CPU each partition is processed in chunks of patterns whose complex arrays
+#: are about this large, so temporaries stay in cache and are reused by the allocator
+#: instead of being mapped and zeroed anew by the kernel. On GPUs one chunk per device.
+CPU_CHUNK_BYTES = 4 * 2**20
+
+
+class _Chunk:
+    """A run of consecutive patterns of one partition, with their far fields."""
+
+    def __init__(self, model: Ptycho, cost: Any):
+        self.model = model
+        self.cost = cost
+        self.farfield: Any = None
+        self.intensity: Any = None
+        self.patches: Any = None  # object patches during a probe step
+        self.line: tuple[Any, Any, Any] | None = None  # (far, cross, |far|^2) during LS
+
+
 class _Partition:
     """One device's share: patterns, far fields and a copy of its object region."""
 
@@ -160,12 +178,20 @@ class _Partition:
         r1 = min(int(corner[:, 0].max()) + det[0] + 1, object_shape[0])
         c1 = min(int(corner[:, 1].max()) + det[1] + 1, object_shape[1])
         self.region = (slice(int(r0), r1), slice(int(c0), c1))
+        self.shape = (r1 - int(r0), c1 - int(c0))
         local = (positions - np.array([r0, c0], dtype=REAL)).astype(REAL)
+        if is_cupy(xp):
+            size = len(indices)
+        else:
+            size = max(1, CPU_CHUNK_BYTES // (det[0] * det[1] * np.dtype(COMPLEX).itemsize))
+        self.chunks: list[_Chunk] = []
         with device_context(xp, device):
-            self.data = to_device(np.ascontiguousarray(data_corner[indices]), xp, device)
             mask = None if mask_corner is None else to_device(mask_corner, xp, device)
-            self.cost = make_cost(options.cost, self.data, mask)
-            self.model = Ptycho(Patches(to_device(local, xp, device), (r1 - r0, c1 - c0), det))
+            for first in range(0, len(indices), size):
+                block = slice(first, first + size)
+                data = to_device(np.ascontiguousarray(data_corner[indices[block]]), xp, device)
+                patches = Patches(to_device(local[block], xp, device), self.shape, det)
+                self.chunks.append(_Chunk(Ptycho(patches), make_cost(options.cost, data, mask)))
 
     def context(self) -> Any:
         return device_context(self.xp, self.device)
@@ -202,20 +228,23 @@ class _Reconstruction:
             part.object = copy_to(self.object[part.region], xp, part.device).copy()
             part.probe = copy_to(self.probe, xp, part.device).copy()
             with part.context():
-                part.farfield = part.model.fwd_object(part.object, part.probe)
-                part.intensity = _abs2(part.farfield)
-        self.cost = self._total(lambda p: p.cost.value(p.intensity))
+                for chunk in part.chunks:
+                    chunk.farfield = chunk.model.fwd_object(part.object, part.probe)
+                    chunk.intensity = _abs2(chunk.farfield)
+        self.cost = self._total(lambda chunk: chunk.cost.value(chunk.intensity))
         self.object_cg = CGState()
         self.probe_cg = CGState()
+        self._object_precond: Any = None  # depends on the probe only; reset when it changes
 
     # -- reductions in a fixed order -------------------------------------------------
 
-    def _total(self, partial: Callable[[_Partition], float]) -> float:
-        """Sum a scalar over partitions, in partition order (LS all-reduce)."""
+    def _total(self, partial: Callable[[_Chunk], float]) -> float:
+        """Sum a scalar over partitions and their chunks, in order (LS all-reduce)."""
         total = 0.0
         for part in self.parts:
             with part.context():
-                total += partial(part)
+                for chunk in part.chunks:
+                    total += partial(chunk)
         return total
 
     def _gather_object(self, partial: Sequence[Any], dtype: Any) -> Any:
@@ -245,7 +274,7 @@ class _Reconstruction:
         grad: Any,
         precond: Any,
         scatter: Callable[[_Partition, Any], Any],
-        far_direction: Callable[[_Partition, Any], Any],
+        far_direction: Callable[[_Partition, _Chunk, Any], Any],
     ) -> tuple[Any, list[Any], float]:
         """DIR, LS: returns (direction on home, per-partition pieces, accepted step)."""
         xp = self.xp
@@ -261,29 +290,43 @@ class _Reconstruction:
             if not slope < 0:  # not a descent direction: restart
                 direction = -precond_grad
                 slope = 2 * real_inner(grad, direction)
-        pieces, cached = [], []
+        pieces = []
         for part in self.parts:
             piece = scatter(part, direction)
             with part.context():
-                far = far_direction(part, piece)
-                # |psi + t b|^2 = |psi|^2 + t (2 Re(conj(psi) b) + t |b|^2): no FFT per trial.
-                cross = 2 * (part.farfield.real * far.real + part.farfield.imag * far.imag)
-                cached.append((far, cross, _abs2(far)))
+                for chunk in part.chunks:
+                    far = far_direction(part, chunk, piece)
+                    # |psi + t b|^2 = |psi|^2 + t (2 Re(conj(psi) b) + t |b|^2): no FFT per trial.
+                    psi = chunk.farfield
+                    cross = psi.real * far.real
+                    cross += psi.imag * far.imag
+                    cross *= 2
+                    chunk.line = (far, cross, _abs2(far))
             pieces.append(piece)
 
-        def cost_at(step: float) -> float:
-            total = 0.0
-            for part, (_, cross, far2) in zip(self.parts, cached, strict=True):
-                with part.context():
-                    total += part.cost.value(part.intensity + step * (cross + step * far2))
-            return total
+        def trial_cost(step: float) -> Callable[[_Chunk], float]:
+            def cost(chunk: _Chunk) -> float:
+                _, cross, far2 = chunk.line
+                intensity = far2 * step
+                intensity += cross
+                intensity *= step
+                intensity += chunk.intensity
+                # Exactly >= 0; rounding can dip below where the model is dark.
+                return chunk.cost.value(xp.maximum(intensity, 0, out=intensity))
 
-        search = backtracking(cost_at, self.cost, slope, first_step=2 * state.step)
+            return cost
+
+        search = backtracking(
+            lambda step: self._total(trial_cost(step)), self.cost, slope, first_step=2 * state.step
+        )
+        for part in self.parts:
+            with part.context():
+                for chunk in part.chunks:
+                    if search.step > 0:
+                        chunk.farfield += search.step * chunk.line[0]
+                        chunk.intensity = _abs2(chunk.farfield)
+                    chunk.line = None
         if search.step > 0:
-            for part, (far, _, _) in zip(self.parts, cached, strict=True):
-                with part.context():
-                    part.farfield += search.step * far
-                    part.intensity = _abs2(part.farfield)
             self.cost = search.cost
             state.step = search.step
             state.previous_grad, state.previous_direction = grad, direction
@@ -296,25 +339,39 @@ class _Reconstruction:
         grads, illums = [], []
         for part in self.parts:  # GRAD
             with part.context():
-                back = ifft2(part.cost.gradient_factor(part.intensity) * part.farfield)
-                patches = part.model.patches
-                shape = patches.object_shape
-                grad = xp.zeros(shape, dtype=ACCUMULATE_COMPLEX)
-                grads.append(patches.adj(back * part.probe.conj(), out=grad))
-                power = xp.broadcast_to(_abs2(part.probe), back.shape)
-                illums.append(patches.adj(power, out=xp.zeros(shape, dtype=ACCUMULATE_REAL)))
+                grad = xp.zeros(part.shape, dtype=ACCUMULATE_COMPLEX)
+                illum = (
+                    None
+                    if self._object_precond is not None
+                    else xp.zeros(part.shape, dtype=ACCUMULATE_REAL)
+                )
+                probe_conj = part.probe.conj()
+                power = _abs2(part.probe)
+                for chunk in part.chunks:
+                    back = ifft2(chunk.cost.gradient_factor(chunk.intensity) * chunk.farfield)
+                    back *= probe_conj
+                    chunk.model.patches.adj(back, out=grad)
+                    if illum is not None:
+                        chunk.model.patches.adj(xp.broadcast_to(power, back.shape), out=illum)
+                grads.append(grad)
+                illums.append(illum)
         grad = self._gather_object(grads, COMPLEX)
-        illumination = self._gather_object(illums, REAL)
-        with device_context(xp, self.home):
-            precond = 1 / (illumination + PRECONDITIONER_ALPHA * illumination.max())
+        if self._object_precond is None:
+            illumination = self._gather_object(illums, REAL)
+            with device_context(xp, self.home):
+                self._object_precond = 1 / (
+                    illumination + PRECONDITIONER_ALPHA * illumination.max()
+                )
 
         def scatter(part: _Partition, direction: Any) -> Any:
             return copy_to(direction[part.region], xp, part.device).copy()
 
-        def far_direction(part: _Partition, piece: Any) -> Any:
-            return part.model.fwd_object(piece, part.probe)
+        def far_direction(part: _Partition, chunk: _Chunk, piece: Any) -> Any:
+            return chunk.model.fwd_object(piece, part.probe)
 
-        direction, pieces, step = self._step(self.object_cg, grad, precond, scatter, far_direction)
+        direction, pieces, step = self._step(
+            self.object_cg, grad, self._object_precond, scatter, far_direction
+        )
         if step > 0:  # UPDATE
             with device_context(xp, self.home):
                 self.object += step * direction
@@ -325,33 +382,41 @@ class _Reconstruction:
 
     def probe_step(self) -> float:
         xp = self.xp
-        grads, powers, patches = [], [], []
+        grads, powers = [], []
         for part in self.parts:  # GRAD
             with part.context():
-                obj_patches = part.model.patches.fwd(part.object)
-                back = ifft2(part.cost.gradient_factor(part.intensity) * part.farfield)
-                grads.append((back * obj_patches.conj()).sum(axis=0, dtype=ACCUMULATE_COMPLEX))
-                powers.append(_abs2(obj_patches).sum(axis=0, dtype=ACCUMULATE_REAL))
-                patches.append(obj_patches)
+                grad = xp.zeros(part.probe.shape, dtype=ACCUMULATE_COMPLEX)
+                power = xp.zeros(part.probe.shape, dtype=ACCUMULATE_REAL)
+                for chunk in part.chunks:
+                    chunk.patches = chunk.model.patches.fwd(part.object)
+                    back = ifft2(chunk.cost.gradient_factor(chunk.intensity) * chunk.farfield)
+                    back *= chunk.patches.conj()
+                    grad += back.sum(axis=0, dtype=ACCUMULATE_COMPLEX)
+                    power += _abs2(chunk.patches).sum(axis=0, dtype=ACCUMULATE_REAL)
+                grads.append(grad)
+                powers.append(power)
         grad = self._gather_probe(grads, COMPLEX)
         power = self._gather_probe(powers, REAL)
         with device_context(xp, self.home):
             precond = 1 / (power + PRECONDITIONER_ALPHA * power.max())
-        patch_of = {id(part): p for part, p in zip(self.parts, patches, strict=True)}
 
         def scatter(part: _Partition, direction: Any) -> Any:
             return copy_to(direction, xp, part.device)
 
-        def far_direction(part: _Partition, piece: Any) -> Any:
-            return fft2(patch_of[id(part)] * piece)
+        def far_direction(part: _Partition, chunk: _Chunk, piece: Any) -> Any:
+            return fft2(chunk.patches * piece)
 
         direction, pieces, step = self._step(self.probe_cg, grad, precond, scatter, far_direction)
+        for part in self.parts:
+            for chunk in part.chunks:
+                chunk.patches = None
         if step > 0:  # UPDATE
             with device_context(xp, self.home):
                 self.probe += step * direction
             for part, piece in zip(self.parts, pieces, strict=True):
                 with part.context():
                     part.probe += step * piece
+            self._object_precond = None
         return step
 
     def synchronize(self) -> None:
