@@ -66,3 +66,7 @@ def _version() -> str:
         return version("ptychoflow")
     except PackageNotFoundError:
         return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
