@@ -1,0 +1,393 @@
+"""``ptychoflow`` subcommands of the flow: run (run-flow), status, init, demo, deploy, login.
+
+Thin: argument parsing here, the work in ``flows.launcher``, ``flows.ledger`` and the
+backends. Heavy imports happen inside the handlers so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="start one flow run per view of a scan (also: run-flow)",
+        description="Start one flow run per view of a scan: the compute-side input/recon "
+        "folders are created, each view is recorded in the run ledger and started "
+        "(a view already done or running is skipped unless --force).",
+    )
+    run.add_argument("--scan", required=True, help="scan id(s): 100, or 100-103,110")
+    run.add_argument("--views", help="views to run: 0,3-5 (default: all views of the scan)")
+    run.add_argument("--iterations", type=int, help="solver iterations (default from config)")
+    run.add_argument("--devices", type=int, help="GPUs per view (default: chosen from view size)")
+    run.add_argument(
+        "--force", action="store_true", help="start again even if a view already succeeded"
+    )
+    run.add_argument("--wait", action="store_true", help="wait; exit 1 if any view failed")
+    _common(run)
+    run.set_defaults(handler=run_command)
+
+    status = subparsers.add_parser(
+        "status", help="table of runs: state, stage, per-stage seconds, errors, links"
+    )
+    status.add_argument("--scan", help="only these scan id(s): 100, or 100-103")
+    _common(status)
+    status.set_defaults(handler=status_command)
+
+    init = subparsers.add_parser("init", help="write a commented config file (TOML)")
+    init.add_argument("--backend", choices=["local", "globus"], default="local")
+    init.add_argument("--path", default="ptychoflow.toml", help="where to write it")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(handler=init_command)
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="simulate a 3-view scan and run it through the local backend end to end",
+    )
+    demo.add_argument("dir", nargs="?", default="ptychoflow-demo", help="working folder")
+    demo.add_argument("--views", type=int, default=3, help="number of views (default 3)")
+    demo.add_argument("--iterations", type=int, default=60, help="solver iterations per view")
+    demo.set_defaults(handler=demo_command)
+
+    deploy = subparsers.add_parser(
+        "deploy",
+        help="validate and create/update the Globus flow, register the compute function",
+    )
+    deploy.add_argument("--config", help="config file (default ./ptychoflow.toml)")
+    deploy.set_defaults(handler=deploy_command)
+
+    login = subparsers.add_parser("login", help="log in to Globus (people; not the watcher)")
+    login.add_argument("--config", help="config file (default ./ptychoflow.toml)")
+    login.add_argument("--force", action="store_true", help="log in again even if tokens exist")
+    login.set_defaults(handler=login_command)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="config file (default ./ptychoflow.toml, else defaults)")
+    parser.add_argument("--backend", choices=["local", "globus"], help="override the config")
+
+
+def _load(args: argparse.Namespace):
+    from flows.config import load_config
+
+    config = load_config(args.config)
+    if getattr(args, "backend", None):
+        config.backend = args.backend
+    return config
+
+
+# -- run -------------------------------------------------------------------------------
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import logging
+
+    from flows.backend import Trigger
+    from flows.launcher import Launcher, make_backend, parse_views
+    from flows.ledger import Ledger
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    config = _load(args)
+    scans = parse_views(args.scan)
+    views = parse_views(args.views) if args.views else None
+    overrides = {
+        key: value
+        for key, value in (("iterations", args.iterations), ("devices", args.devices))
+        if value is not None
+    }
+    ledger = Ledger(config.ledger)
+    backend = make_backend(config)
+    failed = False
+    try:
+        launcher = Launcher(config, backend, ledger)
+        launcher.recover()
+        for scan_id in scans:
+            outcomes = launcher.start_scan(
+                scan_id,
+                views=views,
+                recon_overrides=overrides,
+                trigger=Trigger.MANUAL,
+                force=args.force,
+            )
+            for outcome in outcomes:
+                print(f"scan{scan_id}-v{outcome.view:03d}: {_describe_outcome(outcome)}")
+        if args.wait:
+            for scan_id in scans:
+                printer = _TransitionPrinter()
+                rows = launcher.wait(scan_id, progress_callback=printer)
+                print(format_status(rows))
+                failed |= any(row.status.value == "failed" for row in rows)
+        elif backend.name == "local":
+            # Local runs execute inside this process: wait for them, or they would die with it.
+            for scan_id in scans:
+                rows = launcher.wait(scan_id, progress_callback=_TransitionPrinter())
+                print(format_status(rows))
+                failed |= any(row.status.value == "failed" for row in rows)
+    finally:
+        backend.close()
+        ledger.close()
+    return 1 if failed else 0
+
+
+def _describe_outcome(outcome) -> str:
+    text = outcome.action.value
+    if getattr(outcome, "run_id", None):
+        text += f" (run {outcome.run_id})"
+    detail = getattr(outcome, "detail", None) or getattr(outcome, "error", None)
+    if detail:
+        text += f": {detail}"
+    return text
+
+
+class _TransitionPrinter:
+    """Prints a line to stderr whenever a view changes state or stage."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, int], tuple[str, str | None]] = {}
+
+    def __call__(self, rows) -> None:
+        for row in rows:
+            key = (row.scan_id, row.view)
+            now = (row.status.value, row.stage)
+            if self.seen.get(key) != now:
+                self.seen[key] = now
+                stage = f" ({row.stage})" if row.stage and not row.status.terminal else ""
+                print(f"  {row.label}: {row.status.value}{stage}", file=sys.stderr, flush=True)
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+def format_status(rows) -> str:
+    """A plain-text table of ledger rows (one per view)."""
+    from flows.backend import STAGES
+
+    header = ["RUN", "STATE", "STAGE", *(s.upper() for s in STAGES), "OTHER", "TOTAL", "DETAIL"]
+    lines = [header]
+    for row in rows:
+        seconds = row.stage_seconds or {}
+        stages = [f"{seconds[s]:.1f}s" if s in seconds else "-" for s in (*STAGES, "other")]
+        total = "-"
+        if row.finished_at and row.submitted_at:
+            total = f"{row.finished_at - row.submitted_at:.1f}s"
+        detail = row.error or row.web_url or (row.run_id or "")
+        if row.error:
+            detail = row.error.replace("\n", " ")
+            if len(detail) > 160:
+                detail = detail[:157] + "..."
+        lines.append([row.label, row.status.value, row.stage or "-", *stages, total, detail])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))
+        + "  "
+        + line[-1]
+        for line in lines
+    )
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from flows.launcher import parse_views
+    from flows.ledger import Ledger
+
+    config = _load(args)
+    if not config.ledger.exists():
+        print(f"no runs yet (no ledger at {config.ledger})")
+        return 0
+    ledger = Ledger(config.ledger)
+    try:
+        scans = parse_views(args.scan) if args.scan else None
+        rows = [r for r in ledger.runs() if scans is None or r.scan_id in scans]
+        failed_scans = [
+            s for s in ledger.scans() if s.error and (scans is None or s.scan_id in scans)
+        ]
+    finally:
+        ledger.close()
+    if not rows and not failed_scans:
+        print("no runs recorded" + (f" for scan(s) {args.scan}" if args.scan else ""))
+        return 0
+    if rows:
+        print(format_status(rows))
+    for scan in failed_scans:
+        print(f"scan {scan.scan_id} ({scan.folder}): {scan.status}: {scan.error}")
+    return 0
+
+
+# -- init ------------------------------------------------------------------------------
+
+LOCAL_TEMPLATE = """\
+# ptychoflow configuration (local backend: the whole flow runs on this machine).
+# Relative paths are relative to this file's folder.
+
+backend = "local"
+
+# Where the instrument writes scan folders (scan100/, flyscan101/); results come back
+# to recon/<id>/ under it.
+acquisition_root = "acquisition"
+# The folder standing for the GPU cluster's storage (input/<id>/, recon/<id>/).
+compute_root = "compute"
+# The SQLite run ledger: one row per (scan, view); what `status` reads.
+ledger = "ptychoflow.sqlite"
+# Deployment state, tokens and Compute engine run folders.
+state_dir = ".ptychoflow"
+
+# Scan folder names: a regular expression matched against the whole name; its last
+# group is the scan id.
+scan_pattern = '(fly)?scan(\\d+)'
+# Files of a scan folder that are views, sorted by name (view index = position).
+view_glob = "*.cxi"
+# A scan is complete when this marker file appears in it. Set it to "" to decide by
+# settle time instead (nothing changed for settle_seconds and every file opens).
+marker = "scan.done"
+settle_seconds = 5.0
+# Most runs in flight at once.
+concurrency = 64
+# Compute engine config for the local backend (default: the packaged
+# endpoint_config/local/config.yaml).
+# endpoint_config = "endpoint_config/local/config.yaml"
+
+[recon]
+# Defaults for every view; `run-flow --iterations/--devices` override them.
+iterations = 100
+cost = "poisson"        # poisson | gaussian
+refine_probe = true
+backend = "auto"        # auto (CuPy when a GPU is usable) | numpy | cupy
+"""
+
+GLOBUS_TEMPLATE = (
+    LOCAL_TEMPLATE.replace(
+        "# ptychoflow configuration (local backend: the whole flow runs on this machine).",
+        "# ptychoflow configuration (globus backend: Globus Flows, Transfer and Compute).\n"
+        "# See the deployment guide in README.md; then run `ptychoflow deploy`.",
+    ).replace('backend = "local"', 'backend = "globus"')
+    + """
+[globus]
+# 1. Collection (endpoint) ID of the beamline's acquisition storage, and the path of
+#    acquisition_root as that collection sees it.
+acquisition_collection = ""
+acquisition_base = "/"
+# 2. Collection ID of the cluster's storage (e.g. ALCF Eagle), and the path of the
+#    compute root as that collection sees it.
+compute_collection = ""
+compute_base = "/"
+# 3. The Globus Compute endpoint running endpoint_config/polaris, and the compute
+#    root as a filesystem path on the cluster's nodes.
+compute_endpoint = ""
+compute_root_on_endpoint = ""
+# Identities (urn:globus:auth:identity:... or urn:globus:groups:id:...) that may see
+# or cancel runs in the Globus web app.
+run_monitors = []
+run_managers = []
+"""
+)
+
+
+def init_command(args: argparse.Namespace) -> int:
+    import pathlib
+
+    from recon.errors import ConfigError
+
+    path = pathlib.Path(args.path)
+    if path.exists() and not args.force:
+        raise ConfigError(f"{path} exists; use --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(GLOBUS_TEMPLATE if args.backend == "globus" else LOCAL_TEMPLATE)
+    print(
+        f"wrote {path} ({args.backend} backend); edit it, then "
+        + ("run `ptychoflow deploy`" if args.backend == "globus" else "`ptychoflow run --scan N`")
+    )
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    import pathlib
+    import time
+
+    import numpy as np
+
+    from flows.backend import Trigger
+    from flows.config import load_config
+    from flows.launcher import Launcher, make_backend
+    from flows.ledger import Ledger
+    from recon.metrics import compare_objects, illuminated_region
+    from recon.result import read_result
+    from recon.simulate import write_simulated_scan
+
+    root = pathlib.Path(args.dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    config_path = root / "ptychoflow.toml"
+    if not config_path.exists():
+        config_path.write_text(
+            LOCAL_TEMPLATE.replace("iterations = 100", f"iterations = {args.iterations}")
+        )
+    config = load_config(config_path)
+    scan_id = 100
+    while (config.acquisition_root / f"scan{scan_id}").exists():
+        scan_id += 1
+    scan_folder = config.acquisition_root / f"scan{scan_id}"
+    print(f"simulating {args.views} views into {scan_folder} ...", flush=True)
+    write_simulated_scan(
+        scan_folder,
+        n_views=args.views,
+        detector=64,
+        n_positions=156,
+        photons=1e6,
+        seed=scan_id,
+        marker=config.marker or None,
+    )
+    start = time.perf_counter()
+    ledger = Ledger(config.ledger)
+    backend = make_backend(config)
+    try:
+        launcher = Launcher(config, backend, ledger)
+        launcher.start_scan(scan_id, trigger=Trigger.MANUAL)
+        rows = launcher.wait(scan_id, progress_callback=_TransitionPrinter())
+    finally:
+        backend.close()
+        ledger.close()
+    print(format_status(rows))
+    print(f"\nscan {scan_id}: {len(rows)} views in {time.perf_counter() - start:.1f} s")
+    results = config.acquisition_root / "recon" / str(scan_id)
+    failed = [r for r in rows if r.status.value != "succeeded"]
+    for row in rows:
+        if row.status.value != "succeeded":
+            continue
+        stem = pathlib.Path(row.view_file).stem
+        result = read_result(results / f"{stem}.h5")
+        truth = np.load(scan_folder / "truth" / f"{stem}.npz")
+        true_object = truth["object"]
+        region = illuminated_region(truth["positions"], truth["probe"], true_object.shape)
+        h, w = true_object.shape
+        score = compare_objects(result["object"][:h, :w], true_object, region)
+        print(
+            f"  {results / (stem + '.h5')}  preview {results / (stem + '.png')}  "
+            f"phase SSIM vs truth {score['phase_ssim']:.3f}"
+        )
+    print(f"\nledger: {config.ledger}   (see `ptychoflow status --config {config_path}`)")
+    return 1 if failed else 0
+
+
+# -- deploy and login (globus backend) --------------------------------------------------
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    from flows.globus_setup import deploy_from_config
+
+    config = _load(args)
+    result = deploy_from_config(config)
+    for message in result.messages:
+        print(message)
+    return 0
+
+
+def login_command(args: argparse.Namespace) -> int:
+    from flows.globus_setup import login_from_config
+
+    config = _load(args)
+    login_from_config(config, force=args.force)
+    print("logged in; tokens stored under", config.state_dir)
+    return 0
