@@ -134,3 +134,10 @@ def test_conversion_places_top_left_corner_exactly():
     corner_x = inputs.origin[1] + inputs.position_x_px - (34 - 1) / 2
     np.testing.assert_allclose(np.stack([corner_y, corner_x], 1), positions, atol=1e-4)
     np.testing.assert_allclose(inputs.patterns[:, 0, 0], data[:, 31 // 2, 34 // 2])
+
+
+def test_default_batch_size_is_a_tenth_within_limits():
+    assert ptychi_runner.default_batch_size(20) == 20
+    assert ptychi_runner.default_batch_size(100) == 32
+    assert ptychi_runner.default_batch_size(516) == 52
+    assert ptychi_runner.default_batch_size(1800) == 100
