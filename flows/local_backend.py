@@ -172,14 +172,22 @@ class LocalBackend:
         return StartedRun(run_id=max(matching, key=lambda run: run.started).run_id)
 
     def close(self) -> None:
-        """Cancel queued runs (recorded as failed) and wait for running ones to end."""
+        """Cancel queued runs (recorded as failed at once) and wait for running ones to end."""
         self._closed = True
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        running = []
         with self._lock:
             for run in self._runs.values():
-                if run.future is not None and run.future.cancelled():
+                if run.future is None:
+                    continue
+                if run.future.cancelled():
                     run.status = RunStatus.FAILED
                     run.error = "cancelled: the local backend was closed before the run started"
+                else:
+                    running.append(run.future)
+        # (A future cancelled by shutdown never counts as done for wait(): leave those out.)
+        concurrent.futures.wait(running)
+        self._pool.shutdown(wait=True)
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunProgress:
         """Block until the run ends (or ``timeout`` seconds pass); return its progress."""
@@ -187,7 +195,8 @@ class LocalBackend:
             run = self._runs.get(run_id)
         if run is None or run.future is None:
             raise UnknownRunError(f"run {run_id} was not started by this local backend")
-        concurrent.futures.wait([run.future], timeout=timeout)
+        if not run.future.cancelled():
+            concurrent.futures.wait([run.future], timeout=timeout)
         return self.poll(run_id)
 
     # ------------------------------------------------------------------ running a flow
