@@ -71,12 +71,14 @@ def lookup(document, path):
 
 
 def schema_has_path(schema, steps):
+    """True when every run's input has ``steps``: each property on the way is required."""
     node = schema
     for step in steps:
-        children = node.get("properties", {})
-        node = node.get("items") if isinstance(step, int) else children.get(step)
-        if node is None:
+        if isinstance(step, int):
+            return False  # an array index may be out of range in some valid input
+        if step not in node.get("required", []):
             return False
+        node = node["properties"][step]
     return True
 
 
@@ -132,7 +134,7 @@ def test_every_parameter_path_exists_in_the_schema_or_an_earlier_result():
             steps = parse_path(path, name)
             assert steps, f"{name}: '$' alone would pass the whole state document"
             assert schema_has_path(schema, steps) or steps[0] in written, (
-                f"{name}: {path} is neither in the input schema nor written earlier"
+                f"{name}: {path} is neither required by the input schema nor written earlier"
             )
         if "ResultPath" in state:
             written.add(parse_path(state["ResultPath"], name)[0])

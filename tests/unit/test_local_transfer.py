@@ -13,17 +13,10 @@ from pathlib import Path
 import pytest
 
 from flows import local_transfer
-from flows.local_transfer import (
-    LOCAL_ACQUISITION_COLLECTION as ACQ,
-)
-from flows.local_transfer import (
-    LOCAL_COMPUTE_COLLECTION as COMPUTE,
-)
-from flows.local_transfer import (
-    PARTIAL_MARKER,
-    transfer_action,
-)
+from flows.local_transfer import PARTIAL_MARKER, transfer_action
 
+ACQ = local_transfer.LOCAL_ACQUISITION_COLLECTION
+COMPUTE = local_transfer.LOCAL_COMPUTE_COLLECTION
 REPO = Path(__file__).resolve().parents[2]
 
 
