@@ -107,13 +107,13 @@ DEFAULT_RETRY = RetryPolicy()
 def make_backend(config: Config) -> Backend:
     """The backend ``config.backend`` names, imported only when asked for."""
     if config.backend == "local":
-        from flows.local_backend import LocalBackend
+        from flows.local_backend import open_local_backend
 
-        return LocalBackend(config)
+        return open_local_backend(config)
     if config.backend == "globus":
-        from flows.globus_backend import GlobusBackend
+        from flows.globus_setup import open_globus_backend
 
-        return GlobusBackend(config)
+        return open_globus_backend(config)
     raise ConfigError(
         f"backend = {config.backend!r} is not known; expected 'local' or 'globus'"
         + (f" (in {config.source})" if config.source else "")

@@ -51,6 +51,8 @@ from recon.errors import ConfigError, PtychoflowError
 
 #: Compute endpoint ID the local backend puts into the flow input.
 LOCAL_COMPUTE_ENDPOINT = "local-endpoint"
+#: Function ID under which the local backend registers ``reconstruct_view``.
+LOCAL_RECONSTRUCT_FUNCTION = "ptychoflow-reconstruct-view"
 
 ComputeSubmit = Callable[..., concurrent.futures.Future]
 
@@ -117,6 +119,8 @@ class LocalBackend:
         self._runs: dict[str, _LocalRun] = {}
         self._lock = threading.Lock()
         self._closed = False
+        #: Called (in order) after the runs ended in :meth:`close`, e.g. an engine's shutdown.
+        self.on_close: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ Backend protocol
 
@@ -188,6 +192,8 @@ class LocalBackend:
         # (A future cancelled by shutdown never counts as done for wait(): leave those out.)
         concurrent.futures.wait(running)
         self._pool.shutdown(wait=True)
+        while self.on_close:
+            self.on_close.pop(0)()
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunProgress:
         """Block until the run ends (or ``timeout`` seconds pass); return its progress."""
@@ -325,3 +331,24 @@ def _run_error(result: FlowRunResult) -> str:
 
 def _now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+def open_local_backend(config: Config) -> LocalBackend:
+    """The production local backend: a real Globus Compute engine built from
+    ``config.endpoint_config`` (default ``endpoint_config/local/config.yaml``) runs
+    ``functions.reconstruct.reconstruct_view`` through the endpoint's serialization
+    path; :meth:`LocalBackend.close` shuts the engine down."""
+    from flows.local_compute import LocalComputeEngine
+    from functions.reconstruct import reconstruct_view
+
+    engine = LocalComputeEngine(config.endpoint_config, run_dir=Path(config.state_dir) / "engine")
+    engine.start()
+    try:
+        backend = LocalBackend(
+            config, engine.submit, {LOCAL_RECONSTRUCT_FUNCTION: reconstruct_view}
+        )
+    except BaseException:
+        engine.shutdown()
+        raise
+    backend.on_close.append(engine.shutdown)
+    return backend
