@@ -164,7 +164,10 @@ def discover_views(config: Config, scan_id: int) -> tuple[pathlib.Path, list[tup
     Views are the files matching ``config.view_glob``, sorted by name; the index
     is the position in that order.
     """
-    folders = scan_folders(config)
+    try:
+        folders = scan_folders(config)
+    except InputFileNotFound as err:
+        raise InputFileNotFound(f"scan {scan_id}: {err}") from err
     matches = folders.get(scan_id, [])
     if not matches:
         known = ", ".join(str(i) for i in sorted(folders)[:20]) or "none"

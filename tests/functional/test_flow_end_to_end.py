@@ -21,7 +21,7 @@ compute_root = "compute"
 ledger = "ledger.sqlite"
 state_dir = "state"
 [recon]
-iterations = 40
+iterations = 60
 backend = "numpy"
 """
 
@@ -44,7 +44,7 @@ def site(tmp_path):
 
 def test_three_views_through_run_flow_and_back(site):
     scan = site / "acquisition" / "scan100"
-    write_simulated_scan(scan, n_views=3, detector=64, n_positions=100, photons=1e6, seed=5)
+    write_simulated_scan(scan, n_views=3, detector=64, n_positions=156, photons=1e6, seed=5)
 
     first = ptychoflow("run", "--scan", "100", "--wait", cwd=site)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -71,7 +71,7 @@ def test_three_views_through_run_flow_and_back(site):
         for stage in ("transfer_in", "compute", "transfer_out", "other"):
             assert row.stage_seconds[stage] >= 0, (row.label, row.stage_seconds)
         assert row.stage_seconds["compute"] > 0.1
-        assert row.output["iterations"] == 40
+        assert row.output["iterations"] == 60
 
     status = ptychoflow("status", "--scan", "100", cwd=site)
     assert status.returncode == 0
@@ -113,5 +113,10 @@ def test_corrupt_view_fails_with_its_reason_while_the_others_succeed(site):
 def test_a_missing_scan_is_a_clear_error(site):
     run = ptychoflow("run", "--scan", "999", cwd=site)
     assert run.returncode == 1
-    assert "scan 999" in run.stderr or "scan999" in run.stderr
+    assert "scan 999" in run.stderr and "acquisition" in run.stderr
     assert "Traceback" not in run.stderr
+
+    (site / "acquisition" / "scan5").mkdir(parents=True)
+    run = ptychoflow("run", "--scan", "999", cwd=site)
+    assert run.returncode == 1
+    assert "scan 999: no folder" in run.stderr and "scan ids found there: 5" in run.stderr

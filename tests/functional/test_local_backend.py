@@ -25,26 +25,26 @@ SCAN_ID = 100
 FUNCTION_ID = "00000000-0000-0000-0000-00000000f00d"
 
 
-def summarise_view(input_path, output_dir, view_name, options):
+def summarise_view(input_path, output_dir, view_name, recon):
     """Write ``<view>.h5`` (sha256 of the input) and ``<view>.png`` into output_dir."""
     data = Path(input_path).read_bytes()
     out = Path(output_dir)
     (out / f"{view_name}.h5").write_bytes(hashlib.sha256(data).digest())
     (out / f"{view_name}.png").write_bytes(data[:16])
-    return {"view": view_name, "input_bytes": len(data), "iterations": options["iterations"]}
+    return {"view": view_name, "input_bytes": len(data), "iterations": recon["iterations"]}
 
 
-def reject_view(input_path, output_dir, view_name, options):
+def reject_view(input_path, output_dir, view_name, recon):
     raise ValueError(f"{Path(input_path).name}: /entry_1/data_1/data is missing")
 
 
 GATE = threading.Event()
 
 
-def wait_for_gate(input_path, output_dir, view_name, options):
+def wait_for_gate(input_path, output_dir, view_name, recon):
     if not GATE.wait(20):
         raise TimeoutError("test gate was never opened")
-    return summarise_view(input_path, output_dir, view_name, options)
+    return summarise_view(input_path, output_dir, view_name, recon)
 
 
 @pytest.fixture
