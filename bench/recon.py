@@ -97,6 +97,51 @@ def speed_table(args: argparse.Namespace) -> None:
     )
 
 
+def poisson_noise_floor(scan, result, seed: int = 0) -> float:
+    """Mean Poisson deviance per pixel that counts drawn from the fitted model itself
+    would have: the lowest cost any model can expect on data with this noise."""
+    from recon.cost import PoissonCost
+    from recon.operators import Patches, Ptycho
+
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for first in range(0, scan.n_positions, 64):
+        block = slice(first, first + 64)
+        sub = Ptycho(Patches(result.positions[block], result.object.shape, scan.detector_shape))
+        far = sub.fwd_object(result.object, result.probe)
+        intensity = (far.real**2 + far.imag**2).astype(np.float32)
+        drawn = rng.poisson(intensity).astype(np.float32)
+        total += PoissonCost(drawn).value(intensity)
+    return total / (scan.n_positions * scan.detector_shape[0] * scan.detector_shape[1])
+
+
+def real_data_table(args: argparse.Namespace) -> None:
+    from recon.cxi import load_scan
+
+    if not SIEMENS_STAR.exists():
+        return
+    scan = load_scan(SIEMENS_STAR)
+    result = reconstruct(scan, ReconOptions(iterations=args.real_iterations, backend="numpy"))
+    floor = poisson_noise_floor(scan, result)
+    cost = result.cost
+    rows = [
+        [
+            str(args.real_iterations),
+            f"{cost[0]:.3f}",
+            f"{cost[10]:.3f}",
+            f"{cost[-1]:.3f}",
+            f"{cost[0] / cost[-1]:.1f}x",
+            f"{floor:.3f}",
+            f"{(cost[0] - floor) / (cost[-1] - floor):.1f}x",
+        ]
+    ]
+    print_table(
+        "Real Siemens star, Poisson deviance per pixel (0 = perfect fit)",
+        ["iterations", "first", "after 10", "last", "fall", "noise floor", "fall above floor"],
+        rows,
+    )
+
+
 def comparison_table(args: argparse.Namespace) -> None:
     simulated = simulate_view(
         detector=args.compare_detector,
@@ -164,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-ptychi", action="store_true", help="no comparison table")
+    parser.add_argument("--skip-real", action="store_true", help="no real-data convergence table")
+    parser.add_argument("--real-iterations", type=int, default=100)
     parser.add_argument("--compare-iterations", type=int, default=100)
     parser.add_argument("--compare-positions", type=int, default=516)
     parser.add_argument("--compare-detector", type=int, default=128)
@@ -171,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.skip_speed:
         speed_table(args)
+    if not args.skip_real:
+        real_data_table(args)
     if not args.skip_ptychi:
         comparison_table(args)
     return 0

@@ -118,15 +118,18 @@ def ifft2(x: Any) -> Any:
 
 
 def copy_to(array: Any, xp: Any, device: int) -> Any:
-    """Copy an array of module ``xp`` onto ``device`` (peer to peer between GPUs).
+    """The array on ``device``: a peer-to-peer copy between GPUs, or the array itself
+    when it is already there (callers copy when they need their own memory).
 
     For NumPy this returns the array itself: partitions on the CPU share memory.
     """
     if not is_cupy(xp):
         return array
-    if array.device.id == device:
+    source_device = array.device.id
+    if source_device == device:
         return array
-    source = xp.ascontiguousarray(array)
+    with xp.cuda.Device(source_device):
+        source = xp.ascontiguousarray(array)
     with xp.cuda.Device(device):
         out = xp.empty(source.shape, dtype=source.dtype)
         out.data.copy_from_device(source.data, source.nbytes)

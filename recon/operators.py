@@ -116,6 +116,7 @@ class Patches:
 
             rows = xp.broadcast_to(self._rows, win.shape)
             cols = xp.broadcast_to(self._cols, win.shape)
+            win = win.astype(out.dtype, copy=False)  # e.g. accumulate in double precision
             if xp.iscomplexobj(win):
                 # scatter_add has no complex atomics: add real and imaginary parts as views.
                 cupyx.scatter_add(out.real, (rows, cols), win.real)

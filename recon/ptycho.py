@@ -225,9 +225,9 @@ class _Reconstruction:
             self.object = xp.ones(self.object_shape, dtype=COMPLEX)
             self.probe = to_device(probe, xp, self.home)
         for part in self.parts:
-            part.object = copy_to(self.object[part.region], xp, part.device).copy()
-            part.probe = copy_to(self.probe, xp, part.device).copy()
             with part.context():
+                part.object = copy_to(self.object[part.region], xp, part.device).copy()
+                part.probe = copy_to(self.probe, xp, part.device).copy()
                 for chunk in part.chunks:
                     chunk.farfield = chunk.model.fwd_object(part.object, part.probe)
                     chunk.intensity = _abs2(chunk.farfield)
@@ -292,8 +292,8 @@ class _Reconstruction:
                 slope = 2 * real_inner(grad, direction)
         pieces = []
         for part in self.parts:
-            piece = scatter(part, direction)
             with part.context():
+                piece = scatter(part, direction)
                 for chunk in part.chunks:
                     far = far_direction(part, chunk, piece)
                     # |psi + t b|^2 = |psi|^2 + t (2 Re(conj(psi) b) + t |b|^2): no FFT per trial.

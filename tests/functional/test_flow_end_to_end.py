@@ -1,9 +1,6 @@
 """The main job end to end on the local backend: real files, a real Globus Compute
 engine, the real flow definition, `run-flow` as a process, the SQLite ledger."""
 
-import subprocess
-import sys
-
 import h5py
 import numpy as np
 import pytest
@@ -13,6 +10,7 @@ from flows.ledger import Ledger
 from recon.metrics import compare_objects, illuminated_region
 from recon.result import read_result
 from recon.simulate import write_simulated_scan
+from tests.functional.cli import ptychoflow
 
 CONFIG = """
 backend = "local"
@@ -24,16 +22,6 @@ state_dir = "state"
 iterations = 60
 backend = "numpy"
 """
-
-
-def ptychoflow(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=600,
-    )
 
 
 @pytest.fixture

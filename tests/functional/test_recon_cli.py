@@ -1,24 +1,12 @@
 """``ptychoflow recon`` as a user runs it: a real process, real files."""
 
-import subprocess
-import sys
-
 import h5py
 import numpy as np
 import pytest
 
 from recon.result import read_result
 from recon.simulate import write_simulated_scan
-
-
-def ptychoflow(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=600,
-    )
+from tests.functional.cli import ptychoflow
 
 
 @pytest.fixture(scope="module")
