@@ -92,7 +92,9 @@ def parse_remote_exception(text: str) -> tuple[str, str]:
 
 def default_config_path() -> pathlib.Path:
     """``endpoint_config/local/config.yaml`` of the installed package."""
-    return pathlib.Path(str(importlib.resources.files("endpoint_config") / "local" / "config.yaml"))
+    return pathlib.Path(
+        str(importlib.resources.files("flows.endpoint_config") / "local" / "config.yaml")
+    )
 
 
 def load_engine(config_path: str | os.PathLike) -> Any:
