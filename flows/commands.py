@@ -133,11 +133,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _describe_outcome(outcome) -> str:
     text = outcome.action.value
-    if getattr(outcome, "run_id", None):
+    if outcome.web_url:
+        text += f" {outcome.web_url}"
+    elif outcome.run_id:
         text += f" (run {outcome.run_id})"
-    detail = getattr(outcome, "detail", None) or getattr(outcome, "error", None)
-    if detail:
-        text += f": {detail}"
+    if outcome.error:
+        text += f": {outcome.error}"
     return text
 
 

@@ -287,3 +287,27 @@ def test_definition_file_errors_name_the_file(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(FlowDefinitionError, match="must be a JSON object"):
         load_json_file(path, "flow definition")
+
+
+def test_the_packaged_definition_and_function_are_what_deploy_sends(clients, tmp_path):
+    """One definition file for both backends: the local backend's end-to-end test runs
+    flows/definition.json, and deploy sends that same file to Globus Flows."""
+    from flows.flow_input import load_definition, load_input_schema
+    from functions.reconstruct import reconstruct_view
+
+    register_validate_ok()
+    load_response(globus_sdk.FlowsClient.create_flow)
+    load_response(globus_sdk.ComputeClientV3.register_function)
+    run_deploy(
+        clients,
+        DeploymentState(),
+        tmp_path,
+        definition=load_definition(),
+        input_schema=load_input_schema(),
+        function=reconstruct_view,
+    )
+    _, create_request, register_request = sent_requests()
+    body = json.loads(create_request.body)
+    assert body["definition"] == load_definition()
+    assert body["input_schema"] == load_input_schema()
+    assert json.loads(register_request.body)["function_name"] == "reconstruct_view"
