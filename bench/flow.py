@@ -24,7 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from flows.backend import STAGES, Trigger  # noqa: E402
-from flows.config import Config, _absolutise  # noqa: E402
+from flows.config import Config, resolve_paths  # noqa: E402
 from flows.launcher import Launcher, make_backend  # noqa: E402
 from flows.ledger import Ledger  # noqa: E402
 from recon.options import ReconOptions  # noqa: E402
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="ptychoflow-bench-") as tmp:
         root = pathlib.Path(tmp)
-        config = _absolutise(
+        config = resolve_paths(
             Config(recon=ReconOptions(iterations=args.iterations, backend="numpy")), root
         )
         start = time.perf_counter()

@@ -98,7 +98,7 @@ def load_config(path: pathlib.Path | str | None = None, base: pathlib.Path | Non
     if path is None:
         candidate = base / DEFAULT_CONFIG_NAME
         if not candidate.exists():
-            return _absolutise(Config(), base)
+            return resolve_paths(Config(), base)
         path = candidate
     path = pathlib.Path(path)
     try:
@@ -111,7 +111,7 @@ def load_config(path: pathlib.Path | str | None = None, base: pathlib.Path | Non
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
     config = config_from_dict(raw, where=str(path))
     config.source = path.resolve()
-    return _absolutise(config, path.resolve().parent)
+    return resolve_paths(config, path.resolve().parent)
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
@@ -141,7 +141,8 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
     return config
 
 
-def _absolutise(config: Config, base: pathlib.Path) -> Config:
+def resolve_paths(config: Config, base: pathlib.Path) -> Config:
+    """Make the config's relative paths absolute against ``base`` (in place; returned)."""
     for field in ("acquisition_root", "compute_root", "ledger", "state_dir", "endpoint_config"):
         value = getattr(config, field)
         if value is not None:
