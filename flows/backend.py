@@ -9,9 +9,11 @@ definition with the same flow input.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+import time
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 
 class RunStatus(StrEnum):
@@ -90,20 +92,30 @@ class RunProgress:
     """The compute function's summary, once the run succeeded."""
 
 
-class Backend(Protocol):
-    """One way of executing the flow."""
+class Backend(abc.ABC):
+    """One way of executing the flow: what the launcher relies on, and nothing else."""
 
-    name: str
+    #: Short name recorded in the ledger (``local``, ``globus``).
+    name: str = ""
 
+    #: True when runs execute inside the process that started them (the local backend):
+    #: a run left ``active`` by a process that died is dead too, and a command that
+    #: started runs must wait for them before it exits.
+    runs_die_with_owner: bool = False
+
+    @abc.abstractmethod
     def prepare_scan(self, scan_id: int) -> None:
         """Create ``input/<id>/`` and ``recon/<id>/`` on the compute side (idempotent)."""
 
+    @abc.abstractmethod
     def start_view(self, request: ViewRequest) -> StartedRun:
         """Start the flow for one view and return as soon as the backend accepted it."""
 
+    @abc.abstractmethod
     def poll(self, run_id: str) -> RunProgress:
         """The run's status now."""
 
+    @abc.abstractmethod
     def find_run(self, request: ViewRequest) -> StartedRun | None:
         """A run already started for this request (found by its label and tags), if any.
 
@@ -111,5 +123,17 @@ class Backend(Protocol):
         the run is adopted rather than started twice.
         """
 
-    def close(self) -> None:
+    def wait(self, run_id: str, timeout: float) -> RunProgress:
+        """The run's progress once it has finished or ``timeout`` seconds have passed,
+        whichever comes first. The default polls every second; a backend that is told
+        when a run ends (the local one) returns as soon as it does."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            progress = self.poll(run_id)
+            remaining = deadline - time.monotonic()
+            if progress.status.terminal or remaining <= 0:
+                return progress
+            time.sleep(min(1.0, remaining))
+
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release what the backend holds (engines, threads, clients)."""

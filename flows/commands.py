@@ -85,8 +85,9 @@ def run_command(args: argparse.Namespace) -> int:
     import logging
 
     from flows.backend import Trigger
-    from flows.launcher import Launcher, make_backend, parse_views
+    from flows.launcher import Launcher, make_backend
     from flows.ledger import Ledger
+    from flows.scans import parse_views
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = _load(args)
@@ -119,7 +120,7 @@ def run_command(args: argparse.Namespace) -> int:
                 rows = launcher.wait(scan_id, progress_callback=printer)
                 print(format_status(rows))
                 failed |= any(row.status.value == "failed" for row in rows)
-        elif backend.name == "local":
+        elif backend.runs_die_with_owner:
             # Local runs execute inside this process: wait for them, or they would die with it.
             for scan_id in scans:
                 rows = launcher.wait(scan_id, progress_callback=_TransitionPrinter())
@@ -189,8 +190,8 @@ def format_status(rows) -> str:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from flows.launcher import parse_views
     from flows.ledger import Ledger
+    from flows.scans import parse_views
 
     config = _load(args)
     if not config.ledger.exists():
@@ -287,7 +288,7 @@ run_managers = []
 def init_command(args: argparse.Namespace) -> int:
     import pathlib
 
-    from recon.errors import ConfigError
+    from flows.errors import ConfigError
 
     path = pathlib.Path(args.path)
     if path.exists() and not args.force:
@@ -376,7 +377,7 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def deploy_command(args: argparse.Namespace) -> int:
-    from flows.globus_setup import deploy_from_config
+    from flows.globus.setup import deploy_from_config
 
     config = _load(args)
     result = deploy_from_config(config)
@@ -386,7 +387,7 @@ def deploy_command(args: argparse.Namespace) -> int:
 
 
 def login_command(args: argparse.Namespace) -> int:
-    from flows.globus_setup import login_from_config
+    from flows.globus.setup import login_from_config
 
     config = _load(args)
     login_from_config(config, force=args.force)

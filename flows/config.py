@@ -13,7 +13,7 @@ import re
 import tomllib
 from typing import Any
 
-from recon.errors import ConfigError
+from flows.errors import ConfigError
 from recon.options import ReconOptions
 
 DEFAULT_CONFIG_NAME = "ptychoflow.toml"

@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from flows.backend import ViewRequest
-from recon.errors import ConfigError
+from flows.errors import ConfigError
 from recon.options import ReconOptions
 
 #: Action URLs the definition uses; the local backend maps each to a local action.

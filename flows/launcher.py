@@ -20,41 +20,23 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import pathlib
-import re
 import threading
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
-
-import h5py
+from typing import Any, TypeVar
 
 from flows.backend import Backend, RunProgress, RunStatus, StartedRun, Trigger, ViewRequest
 from flows.config import Config
+from flows.errors import ConfigError, LaunchError, TransientBackendError
 from flows.ledger import Ledger, RunRecord, ScanState
-from recon.errors import (
-    ConfigError,
-    InputError,
-    InputFileNotFound,
-    OptionsError,
-    PtychoflowError,
-)
+from flows.scans import discover_views
+from recon.cxi import peek_view_shape
+from recon.errors import InputError, PtychoflowError
 
 log = logging.getLogger("ptychoflow.launcher")
 
-#: Dataset every view file must hold: (N, H, W) diffraction patterns.
-VIEW_DATA_PATH = "/entry_1/data_1/data"
-
-
-class TransientBackendError(PtychoflowError, ConnectionError):
-    """The backend could not act now but may succeed if asked again (network error,
-    HTTP 429/5xx, engine still starting). Backends raise a subclass of this; the
-    launcher retries it with backoff."""
-
-
-class LaunchError(PtychoflowError, RuntimeError):
-    """A scan could not be handed to the backend as a whole (e.g. its folders not created)."""
+T = TypeVar("T")
 
 
 class ViewAction(StrEnum):
@@ -107,110 +89,17 @@ DEFAULT_RETRY = RetryPolicy()
 def make_backend(config: Config) -> Backend:
     """The backend ``config.backend`` names, imported only when asked for."""
     if config.backend == "local":
-        from flows.local_backend import open_local_backend
+        from flows.local.backend import open_local_backend
 
         return open_local_backend(config)
     if config.backend == "globus":
-        from flows.globus_setup import open_globus_backend
+        from flows.globus.setup import open_globus_backend
 
         return open_globus_backend(config)
     raise ConfigError(
         f"backend = {config.backend!r} is not known; expected 'local' or 'globus'"
         + (f" (in {config.source})" if config.source else "")
     )
-
-
-def runs_die_with_owner(backend: Backend) -> bool:
-    """True when the backend executes runs inside the starting process (the local one),
-    so a run marked active by a process that died is dead too."""
-    return bool(getattr(backend, "runs_die_with_owner", backend.name == "local"))
-
-
-def parse_views(text: str) -> list[int]:
-    """``"0,3-5"`` -> ``[0, 3, 4, 5]`` (sorted, without duplicates). Also used for scan ids."""
-    values: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if not match:
-            raise OptionsError(
-                f"{text!r}: {part!r} is not a number or a range like 3-5 "
-                "(expected a comma-separated list such as 0,3-5)"
-            )
-        first = int(match.group(1))
-        last = int(match.group(2)) if match.group(2) is not None else first
-        if last < first:
-            raise OptionsError(f"{text!r}: range {part!r} runs backwards")
-        values.update(range(first, last + 1))
-    return sorted(values)
-
-
-def scan_folders(config: Config) -> dict[int, list[pathlib.Path]]:
-    """Scan folders directly under the acquisition root, by scan id."""
-    root = config.acquisition_root
-    if not root.is_dir():
-        raise InputFileNotFound(f"acquisition root {root} does not exist or is not a folder")
-    found: dict[int, list[pathlib.Path]] = {}
-    for entry in sorted(root.iterdir()):
-        scan_id = config.scan_id_of(entry.name)
-        if scan_id is not None and entry.is_dir():
-            found.setdefault(scan_id, []).append(entry)
-    return found
-
-
-def discover_views(config: Config, scan_id: int) -> tuple[pathlib.Path, list[tuple[int, str]]]:
-    """The scan folder of ``scan_id`` and its views as (view index, file name).
-
-    Views are the files matching ``config.view_glob``, sorted by name; the index
-    is the position in that order.
-    """
-    try:
-        folders = scan_folders(config)
-    except InputFileNotFound as err:
-        raise InputFileNotFound(f"scan {scan_id}: {err}") from err
-    matches = folders.get(scan_id, [])
-    if not matches:
-        known = ", ".join(str(i) for i in sorted(folders)[:20]) or "none"
-        raise InputFileNotFound(
-            f"scan {scan_id}: no folder matching {config.scan_pattern!r} with id {scan_id} "
-            f"under {config.acquisition_root} (scan ids found there: {known})"
-        )
-    if len(matches) > 1:
-        names = ", ".join(p.name for p in matches)
-        raise InputError(f"scan {scan_id}: several folders have this id ({names}); rename one")
-    folder = matches[0]
-    try:
-        files = sorted(p.name for p in folder.glob(config.view_glob) if p.is_file())
-        present = sorted(p.name for p in folder.iterdir())
-    except OSError as err:
-        raise InputError(f"{folder}: cannot list the scan folder: {err}") from err
-    if not files:
-        shown = ", ".join(present[:10]) + (" ..." if len(present) > 10 else "")
-        raise InputError(
-            f"{folder}: no view files matching {config.view_glob!r} "
-            f"(found: {shown or 'an empty folder'})"
-        )
-    return folder, list(enumerate(files))
-
-
-def check_view_file(path: pathlib.Path) -> None:
-    """Raise :class:`InputError` unless ``path`` is an HDF5 file with (N, H, W) patterns
-    at ``/entry_1/data_1/data`` (a quick check before a run is spent on it)."""
-    where = f"{path.parent.name}/{path.name}"
-    try:
-        with h5py.File(path, "r") as file:
-            if VIEW_DATA_PATH not in file:
-                raise InputError(f"{where}: {VIEW_DATA_PATH} is missing")
-            data = file[VIEW_DATA_PATH]
-            if not isinstance(data, h5py.Dataset) or data.ndim != 3:
-                shape = getattr(data, "shape", "a group")
-                raise InputError(
-                    f"{where}: {VIEW_DATA_PATH} must be (N, H, W) patterns, found {shape}"
-                )
-            if data.shape[0] == 0:
-                raise InputError(f"{where}: {VIEW_DATA_PATH} holds no patterns")
-    except OSError as err:
-        raise InputError(f"{where}: not a readable HDF5/CXI file ({err})") from err
 
 
 def describe_error(err: BaseException) -> str:
@@ -307,7 +196,7 @@ class Launcher:
                 outcomes.append(self._outcome(request, ViewAction.SKIPPED))
                 continue
             try:
-                check_view_file(folder / file_name)
+                peek_view_shape(folder / file_name, f"{folder.name}/{file_name}")
             except InputError as err:
                 outcomes.append(self._fail(request, str(err)))
                 continue
@@ -338,35 +227,32 @@ class Launcher:
     def _submit(self, request: ViewRequest) -> ViewOutcome:
         """Hand a claimed (pending) request to the backend and record the result."""
         self.ledger.mark_submitting(request.scan_id, request.view)
-        delays = self.retry.delays()
-        for attempt in range(len(delays) + 1):
+        adopted: list[StartedRun] = []
+
+        def look_before_retrying(_err: TransientBackendError) -> StartedRun | None:
+            # The request may have reached the backend before the error: look first.
             try:
-                started = self.backend.start_view(request)
-                return self._record_started(request, started, ViewAction.STARTED)
-            except TransientBackendError as err:
-                # The request may have reached the backend before the error: look first.
-                try:
-                    existing = self.backend.find_run(request)
-                except TransientBackendError:
-                    existing = None
-                if existing is not None:
-                    return self._record_started(request, existing, ViewAction.ADOPTED)
-                if attempt == len(delays):
-                    return self._fail(
-                        request,
-                        f"backend {self.backend.name} still unavailable after "
-                        f"{attempt + 1} attempts: {describe_error(err)}",
-                    )
-                log.warning(
-                    "%s: transient backend error (%s); retrying in %.1f s",
-                    request.label,
-                    err,
-                    delays[attempt],
-                )
-                self._sleep(delays[attempt])
-            except Exception as err:  # recorded with its reason; other views go on
-                return self._fail(request, describe_error(err))
-        raise AssertionError("unreachable")
+                existing = self.backend.find_run(request)
+            except TransientBackendError:
+                return None
+            if existing is not None:
+                adopted.append(existing)
+            return existing
+
+        try:
+            started = self._with_retry(
+                lambda: self.backend.start_view(request), request.label, look_before_retrying
+            )
+        except TransientBackendError as err:
+            return self._fail(
+                request,
+                f"backend {self.backend.name} still unavailable after "
+                f"{self.retry.attempts} attempts: {describe_error(err)}",
+            )
+        except Exception as err:  # recorded with its reason; other views go on
+            return self._fail(request, describe_error(err))
+        action = ViewAction.ADOPTED if adopted else ViewAction.STARTED
+        return self._record_started(request, started, action)
 
     def _record_started(
         self, request: ViewRequest, started: StartedRun, action: ViewAction
@@ -416,16 +302,32 @@ class Launcher:
             error=record.error,
         )
 
-    def _with_retry(self, call: Callable[[], Any], what: str) -> Any:
+    def _with_retry(
+        self,
+        call: Callable[[], T],
+        what: str,
+        instead_of_retry: Callable[[TransientBackendError], T | None] | None = None,
+    ) -> T:
+        """``call()``, retried with backoff on :class:`TransientBackendError` (the one retry
+        loop of the launcher). Before each retry ``instead_of_retry(err)`` may return a
+        value to use instead (e.g. a run found to exist after all). The last error is
+        raised when every attempt failed."""
         delays = self.retry.delays()
         for attempt in range(len(delays) + 1):
             try:
                 return call()
             except TransientBackendError as err:
+                if instead_of_retry is not None:
+                    found = instead_of_retry(err)
+                    if found is not None:
+                        return found
                 if attempt == len(delays):
                     raise
                 log.warning(
-                    "%s: transient error (%s); retrying in %.1f s", what, err, delays[attempt]
+                    "%s: transient backend error (%s); retrying in %.1f s",
+                    what,
+                    err,
+                    delays[attempt],
                 )
                 self._sleep(delays[attempt])
         raise AssertionError("unreachable")
@@ -496,7 +398,7 @@ class Launcher:
         """
         interval = self.poll_interval_s if poll_interval_s is None else poll_interval_s
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        shared = not runs_die_with_owner(self.backend)
+        shared = not self.backend.runs_die_with_owner
         while True:
             self.refresh()
             rows = self.ledger.runs(scan_id)
@@ -520,7 +422,17 @@ class Launcher:
             if deadline is not None and time.monotonic() > deadline:
                 unfinished = [r.label for r in rows if not r.status.terminal]
                 raise TimeoutError(f"runs still unfinished after {timeout_s} s: {unfinished}")
-            self._sleep(interval)
+            waiting_on = next(iter(self.in_flight.values()), None)
+            if (
+                waiting_on is not None and self._sleep is time.sleep
+            ):  # not when a test injects sleep
+                # Returns as soon as that run ends on backends that are told (local).
+                try:
+                    self.backend.wait(waiting_on, interval)
+                except Exception:
+                    self._sleep(interval)
+            else:
+                self._sleep(interval)
 
     # -- recovery ------------------------------------------------------------------------------
 
@@ -548,7 +460,7 @@ class Launcher:
                 record.owner.pid,
             )
             if record.status is RunStatus.ACTIVE:
-                if runs_die_with_owner(self.backend):
+                if self.backend.runs_die_with_owner:
                     self.ledger.restart(record.scan_id, record.view)
                 else:
                     assert record.run_id is not None

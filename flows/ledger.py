@@ -37,7 +37,7 @@ from enum import StrEnum
 from typing import Any
 
 from flows.backend import STAGES, RunProgress, RunStatus, StartedRun, Trigger, ViewRequest
-from recon.errors import ConfigError
+from flows.errors import ConfigError
 
 #: Bump when the schema changes (and add a migration in ``_migrate``).
 SCHEMA_VERSION = 1

@@ -65,14 +65,12 @@ def reconstruct_view(
     import socket
     import time
 
-    import h5py
-
     from functions.gpu_lock import GpuPool, choose_gpu_count
     from recon.backend import is_cupy, resolve_backend
-    from recon.errors import InputError, InputFileNotFound, OptionsError
+    from recon.cxi import peek_view_shape
+    from recon.errors import InputError, OptionsError
     from recon.options import ReconOptions
 
-    data_path = "/entry_1/data_1/data"
     started = time.perf_counter()
     source = pathlib.Path(input_path)
     label = "/".join(source.parts[-2:])  # "scan100/view000.cxi": enough to find it
@@ -87,21 +85,7 @@ def reconstruct_view(
         raise InputError(f"{label}: view name {view_name!r} must be a plain file stem")
 
     # The view's size, cheaply: only the dataset's shape is read.
-    if not source.is_file():
-        raise InputFileNotFound(f"{label}: input file not found ({source})")
-    try:
-        with h5py.File(source, "r") as cxi:
-            dataset = cxi.get(data_path)
-            if not isinstance(dataset, h5py.Dataset):
-                raise InputError(f"{label}: {data_path} is missing")
-            shape = tuple(int(n) for n in dataset.shape)
-    except OSError as err:
-        raise InputError(f"{label}: not a readable HDF5/CXI file ({err})") from err
-    if len(shape) != 3 or min(shape) < 1:
-        raise InputError(
-            f"{label}: {data_path} has shape {shape}; expected (N_POS, DET_H, DET_W) "
-            "with at least one pattern"
-        )
+    shape = peek_view_shape(source, label)
 
     output = pathlib.Path(output_dir) / f"{view_name or source.stem}.h5"
     output.parent.mkdir(parents=True, exist_ok=True)

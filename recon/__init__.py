@@ -6,17 +6,9 @@ Works on NumPy arrays and, when CuPy is installed, on CuPy arrays with the same
 code. Importing this package never needs CuPy.
 """
 
-from recon.errors import (
-    ConfigError,
-    DeviceError,
-    InputError,
-    InputFileNotFound,
-    OptionsError,
-    PtychoflowError,
-)
+from recon.errors import DeviceError, InputError, InputFileNotFound, OptionsError, PtychoflowError
 
 __all__ = [
-    "ConfigError",
     "DeviceError",
     "InputError",
     "InputFileNotFound",

@@ -156,6 +156,63 @@ def load_cxi(path: str | os.PathLike[str]) -> ScanData:
     )
 
 
+def describe_non_file(path: pathlib.Path) -> str | None:
+    """Why ``path`` cannot be read as a view file (``"is a folder"``, ``"is a FIFO"``, ...),
+    or None when it is a regular file. Never opens it (a FIFO would block)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as err:
+        return f"cannot be inspected ({err.strerror or err})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a CXI/HDF5 file"
+    if stat.S_ISFIFO(mode):
+        return "is a FIFO (named pipe), not a CXI/HDF5 file"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, not a CXI/HDF5 file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a CXI/HDF5 file"
+    return "is not a regular file"
+
+
+def peek_view_shape(path: str | os.PathLike[str], label: str | None = None) -> tuple[int, int, int]:
+    """(N_POS, DET_H, DET_W) of a view's patterns, reading only the dataset's shape.
+
+    The cheap check run before a run is spent on a view (launcher, replay) and before
+    the compute function claims GPUs. Raises :class:`InputFileNotFound` when the path
+    does not exist, :class:`InputError` naming ``label`` (default: the path) and what
+    is wrong otherwise.
+    """
+    path = pathlib.Path(path)
+    where = label or str(path)
+    problem = describe_non_file(path)
+    if problem == "does not exist":
+        raise InputFileNotFound(f"{where}: input file not found ({path})")
+    if problem is not None:
+        raise InputError(f"{where}: {problem}")
+    try:
+        with h5py.File(path, "r") as file:
+            data = file.get(DATA_PATH)
+            if data is None:
+                raise InputError(f"{where}: {DATA_PATH} is missing")
+            if not isinstance(data, h5py.Dataset):
+                raise InputError(f"{where}: {DATA_PATH} is a group; expected (N, H, W) patterns")
+            shape = tuple(int(n) for n in data.shape)
+    except (OSError, KeyError, RuntimeError) as err:
+        raise InputError(f"{where}: not a readable HDF5/CXI file ({err})") from err
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(
+            f"{where}: {DATA_PATH} has shape {shape}; expected (N_POS, DET_H, DET_W) "
+            "with at least one pattern"
+        )
+    return shape  # type: ignore[return-value]
+
+
 def _unreadable(path: pathlib.Path, err: BaseException) -> InputError:
     return InputError(f"{path}: not a readable HDF5 file (truncated or another format): {err}")
 

@@ -29,9 +29,5 @@ class OptionsError(PtychoflowError, ValueError):
     """Reconstruction or flow options are unknown or out of range."""
 
 
-class ConfigError(PtychoflowError, ValueError):
-    """An installation config file is missing a value or has a wrong one."""
-
-
 class DeviceError(PtychoflowError, RuntimeError):
     """An array backend or device that was asked for is not available."""

@@ -88,7 +88,7 @@ def _watch(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     import pathlib
 
-    from flows.launcher import parse_views
+    from flows.scans import parse_views
     from watcher.replay import replay
     from watcher.service import configure_logging
 

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 
 import h5py
 
-from flows.launcher import VIEW_DATA_PATH, check_view_file
+from recon.cxi import DATA_PATH as VIEW_DATA_PATH
+from recon.cxi import peek_view_shape
 from recon.errors import InputError, InputFileNotFound
 
 log = logging.getLogger("ptychoflow.replay")
@@ -38,7 +39,7 @@ def source_views(source: pathlib.Path, view_glob: str = "*.cxi") -> list[pathlib
     else:
         raise InputFileNotFound(f"replay source {source} does not exist")
     for view in views:
-        check_view_file(view)
+        peek_view_shape(view, f"{view.parent.name}/{view.name}")
     return views
 
 

@@ -45,9 +45,9 @@ from flows.launcher import (
     ViewAction,
     describe_error,
     make_backend,
-    scan_folders,
 )
 from flows.ledger import Ledger
+from flows.scans import scan_folders
 from recon.errors import InputFileNotFound, PtychoflowError
 from watcher.handler import ScanFolderHandler
 from watcher.settle import SettleTracker

@@ -28,8 +28,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from flows.backend import RunProgress, RunStatus, StartedRun, ViewRequest
-from flows.launcher import TransientBackendError
+from flows.backend import Backend, RunProgress, RunStatus, StartedRun, ViewRequest
+from flows.errors import TransientBackendError
 from recon.errors import PtychoflowError
 
 
@@ -37,7 +37,7 @@ class BackendRefused(PtychoflowError, RuntimeError):
     """The recording backend was told to refuse this view."""
 
 
-class RecordingBackend:
+class RecordingBackend(Backend):
     name = "recording"
 
     def __init__(

@@ -9,18 +9,16 @@ import pytest
 
 from flows.backend import RunStatus, StartedRun, Trigger
 from flows.config import Config
+from flows.errors import ConfigError, LaunchError, TransientBackendError
 from flows.launcher import (
     Launcher,
-    LaunchError,
     RetryPolicy,
-    TransientBackendError,
     ViewAction,
-    discover_views,
     make_backend,
-    parse_views,
 )
 from flows.ledger import Ledger, Owner, ScanState
-from recon.errors import ConfigError, InputError, InputFileNotFound, OptionsError
+from flows.scans import discover_views, parse_views
+from recon.errors import InputError, InputFileNotFound, OptionsError
 from tests.functional.recording_backend import RecordingBackend, write_scan, write_view_file
 
 NO_WAIT = RetryPolicy(attempts=3, first_delay_s=0.0)

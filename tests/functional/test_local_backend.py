@@ -19,7 +19,8 @@ import pytest
 from flows.backend import STAGES, RunStatus, ViewRequest
 from flows.config import Config
 from flows.flow_input import load_definition
-from flows.local_backend import LocalBackend, UnknownRunError
+from flows.local.backend import LocalBackend
+from flows.local.errors import UnknownRunError
 
 SCAN_ID = 100
 FUNCTION_ID = "00000000-0000-0000-0000-00000000f00d"

@@ -14,15 +14,10 @@ import h5py
 import numpy as np
 import pytest
 
-from flows.local_compute import (
-    ComputeTaskError,
-    LocalComputeEngine,
-    _descendants,
-    _is_running,
-    default_config_path,
-    parse_remote_exception,
-)
-from recon.errors import ConfigError, InputError
+from flows.errors import ConfigError
+from flows.local.compute import LocalComputeEngine, _descendants, _is_running, default_config_path
+from flows.local.errors import ComputeTaskError, parse_remote_exception
+from recon.errors import InputError
 
 
 # Task functions: module level, so the workers import them from this module by name.
@@ -117,7 +112,7 @@ def test_reconstruct_view_bad_input_fails_with_file_and_reason(engine, tmp_path)
 def test_reconstruct_view_through_the_engine(engine, tmp_path):
     """Needs recon.api: the real function, packed as an endpoint gets it, on a worker."""
     from functions.reconstruct import reconstruct_view
-    from tests.unit.test_reconstruct_function import write_cxi
+    from tests.unit.functions.test_reconstruct_function import write_cxi
 
     view = write_cxi(tmp_path / "input" / "100" / "view000.cxi")
     future = engine.submit(

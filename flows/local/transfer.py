@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from flows.local.errors import TransferPathError
 from recon.errors import InputError, InputFileNotFound
 
 #: Collection IDs the local backend puts into the flow input.
@@ -33,10 +34,6 @@ CHUNK_BYTES = 4 * 1024 * 1024
 PARTIAL_MARKER = ".partial-"
 #: Most per-file entries listed in a result (the flow's state document has a size cap).
 MAX_LISTED_FILES = 100
-
-
-class TransferPathError(InputError):
-    """A path of a transfer request is outside its collection or of the wrong kind."""
 
 
 def transfer_action(params: dict[str, Any], roots: dict[str, Path]) -> dict[str, Any]:

@@ -11,10 +11,10 @@ import pytest
 from globus_sdk.testing import RegisteredResponse
 from globus_sdk.token_storage import TokenStorageData
 
-from flows import auth
 from flows.config import Config
-from recon.errors import ConfigError
-from tests.unit.globus_testing import mocked_responses, sent_requests  # noqa: F401
+from flows.errors import ConfigError
+from flows.globus import auth
+from tests.unit.flows.globus.sent import sent_requests
 
 CLIENT_ID = "5d9c3e2e-6b3c-4a6e-9a57-0f9b1f4c8a11"
 NATIVE_ID = "0f3c9b8e-2f4d-4c61-8d0a-6a1e5b7c9d20"
@@ -127,7 +127,7 @@ def test_existing_token_file_with_wide_permissions_is_tightened(config):
     assert mode(config.state_dir) == 0o700
 
 
-def test_client_app_gets_a_token_and_uses_it(config, mocked_responses):  # noqa: F811
+def test_client_app_gets_a_token_and_uses_it(config, mocked_responses):
     """A real client-credentials grant against the mocked Auth service, then a Transfer call."""
     app = auth.make_app(
         config,

@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from flows.backend import RunProgress, RunStatus, StartedRun, Trigger, ViewRequest
+from flows.errors import ConfigError
 from flows.ledger import SCHEMA_VERSION, Ledger, Owner, ScanState
-from recon.errors import ConfigError
 
 
 def request(scan_id: int = 100, view: int = 0, trigger: Trigger = Trigger.MANUAL) -> ViewRequest:

@@ -6,7 +6,9 @@ import threading
 
 import pytest
 
-from flows.interpreter import FlowDefinitionError, FlowInterpreter, parse_path
+from flows.errors import FlowDefinitionError
+from flows.local.interpreter import FlowInterpreter
+from flows.local.jsonpath import parse_path
 
 URL = "https://example.org/action"
 OTHER_URL = "https://example.org/other"

@@ -8,6 +8,7 @@ import jsonschema
 import pytest
 
 from flows.backend import ViewRequest
+from flows.errors import ConfigError
 from flows.flow_input import (
     COMPUTE_ACTION_URL,
     STAGE_OF_STATE,
@@ -17,8 +18,8 @@ from flows.flow_input import (
     load_input_schema,
     validate_flow_input,
 )
-from flows.interpreter import parse_path
-from recon.errors import ConfigError, OptionsError
+from flows.local.jsonpath import parse_path
+from recon.errors import OptionsError
 from recon.options import ArrayBackend, CostFunction, ReconOptions
 
 ACTION_STATES = ("TransferIn", "Reconstruct", "TransferOut")

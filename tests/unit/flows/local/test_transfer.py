@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from flows import local_transfer
-from flows.local_transfer import PARTIAL_MARKER, transfer_action
+from flows.local import transfer as local_transfer
+from flows.local.transfer import PARTIAL_MARKER, transfer_action
 
 ACQ = local_transfer.LOCAL_ACQUISITION_COLLECTION
 COMPUTE = local_transfer.LOCAL_COMPUTE_COLLECTION
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_process_killed_mid_copy_leaves_nothing_under_the_destination_name(roots
         f"""
         import os, signal
         from pathlib import Path
-        from flows import local_transfer
+        from flows.local import transfer as local_transfer
 
         def killed_before_rename(src, dst):
             os.kill(os.getpid(), signal.SIGKILL)

@@ -44,14 +44,14 @@ import copy
 import dataclasses
 import datetime
 import json
-import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from recon.errors import PtychoflowError
+from flows.errors import FlowDefinitionError
+from flows.local.jsonpath import PathNotFound, format_path, get_path, parse_path, set_path
 
 ActionCallable = Callable[[dict[str, Any]], dict[str, Any]]
 EventCallback = Callable[[str, str, dict[str, Any]], None]
@@ -104,10 +104,6 @@ _CHOICE_COMPARISONS = {
 MAX_TRANSITIONS = 10_000
 
 
-class FlowDefinitionError(PtychoflowError, ValueError):
-    """The definition uses something this interpreter does not support, or is malformed."""
-
-
 class _StateError(Exception):
     """An error raised while executing a state; ``Catch`` may handle it."""
 
@@ -115,10 +111,6 @@ class _StateError(Exception):
         super().__init__(f"{error}: {cause}")
         self.error = error
         self.cause = cause
-
-
-class _MissingPath(Exception):
-    pass
 
 
 @dataclasses.dataclass
@@ -133,66 +125,6 @@ class FlowRunResult:
     """Why the run failed: the ``Fail`` state's Error and Cause, and the caught error behind it."""
     state_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     """Seconds spent in each state visited (summed over visits), by state name."""
-
-
-# --------------------------------------------------------------------------- JSONPath
-
-_PATH_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]")
-
-
-def parse_path(path: Any, where: str) -> tuple[str | int, ...]:
-    """Steps of a JSONPath ``$``, ``$.a.b``, ``$.a[0].b`` (keys are str, indexes int)."""
-    if not isinstance(path, str) or not path.startswith("$"):
-        raise FlowDefinitionError(f"{where}: {path!r} is not a JSONPath starting with '$'")
-    steps: list[str | int] = []
-    position = 1
-    while position < len(path):
-        match = _PATH_STEP.match(path, position)
-        if not match:
-            raise FlowDefinitionError(
-                f"{where}: JSONPath {path!r} is not supported at {path[position:]!r} "
-                "(supported: $, $.key, $.key[0])"
-            )
-        steps.append(match.group(1) if match.group(1) is not None else int(match.group(2)))
-        position = match.end()
-    return tuple(steps)
-
-
-def _get(document: Any, steps: tuple[str | int, ...]) -> Any:
-    value = document
-    for step in steps:
-        if isinstance(step, int):
-            if not isinstance(value, list) or step >= len(value):
-                raise _MissingPath()
-        elif not isinstance(value, dict) or step not in value:
-            raise _MissingPath()
-        value = value[step]
-    return value
-
-
-def _set(document: Any, steps: tuple[str | int, ...], value: Any) -> Any:
-    """``document`` with ``value`` placed at ``steps`` (objects on the way are created)."""
-    if not steps:
-        return value
-    if not isinstance(document, dict) and not (
-        isinstance(document, list) and isinstance(steps[0], int)
-    ):
-        raise _MissingPath()
-    head, rest = steps[0], steps[1:]
-    if isinstance(head, int):
-        if not isinstance(document, list) or head >= len(document):
-            raise _MissingPath()
-        document[head] = _set(document[head], rest, value)
-    else:
-        child = document.get(head)
-        if child is None and rest:
-            child = {}
-        document[head] = _set(child, rest, value)
-    return document
-
-
-def _format_path(steps: tuple[str | int, ...]) -> str:
-    return "$" + "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps)
 
 
 def _is_number(value: Any) -> bool:
@@ -478,8 +410,8 @@ class FlowInterpreter:
 
     def _resolve_path(self, path: str, document: Any, where: str) -> Any:
         try:
-            return copy.deepcopy(_get(document, parse_path(path, where)))
-        except _MissingPath:
+            return copy.deepcopy(get_path(document, parse_path(path, where)))
+        except PathNotFound:
             raise _StateError(
                 "States.ParameterPathFailure", f"{where}: {path} is not in the state document"
             ) from None
@@ -502,11 +434,11 @@ class FlowInterpreter:
             return document
         steps = parse_path(result_path, "ResultPath")
         try:
-            return _set(document, steps, result)
-        except _MissingPath:
+            return set_path(document, steps, result)
+        except PathNotFound:
             raise _StateError(
                 "States.ResultPathMatchFailure",
-                f"ResultPath {_format_path(steps)} cannot be set in the state document",
+                f"ResultPath {format_path(steps)} cannot be set in the state document",
             ) from None
 
     def _matching_catcher(self, state: dict[str, Any], error: str) -> dict[str, Any] | None:
@@ -531,9 +463,9 @@ class FlowInterpreter:
         if "Not" in rule:
             return not self._rule_matches(rule["Not"], document)
         try:
-            value = _get(document, parse_path(rule["Variable"], "Variable"))
+            value = get_path(document, parse_path(rule["Variable"], "Variable"))
             present = True
-        except _MissingPath:
+        except PathNotFound:
             value, present = None, False
         if "IsPresent" in rule:
             return present == rule["IsPresent"]

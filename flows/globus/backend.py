@@ -11,7 +11,7 @@
 - :meth:`GlobusBackend.find_run` finds a run started before a crash by its
   label and tags, so it is adopted instead of started twice.
 
-Errors come out as project errors (:mod:`flows.globus_errors`):
+Errors come out as project errors (:mod:`flows.globus.errors`):
 :class:`TransientBackendError` for 5xx/429/network trouble (retry with
 backoff), :class:`GlobusAuthorizationError` when someone must log in again.
 """
@@ -28,12 +28,12 @@ from typing import Any
 import globus_sdk
 from globus_sdk.token_storage import TokenValidationError
 
-from flows import auth
-from flows.backend import STAGES, RunProgress, RunStatus, StartedRun, ViewRequest
+from flows.backend import STAGES, Backend, RunProgress, RunStatus, StartedRun, ViewRequest
 from flows.config import Config
-from flows.globus_errors import GlobusServiceError, translate
-from flows.state import load_state
-from recon.errors import ConfigError
+from flows.errors import ConfigError
+from flows.globus import auth
+from flows.globus.errors import GlobusServiceError, translate
+from flows.globus.state import load_state
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,13 @@ def run_web_url(run_id: str) -> str:
     return WEB_APP_RUN_URL.format(run_id=run_id)
 
 
-class GlobusBackend:
+class GlobusBackend(Backend):
     """Runs views on Globus Flows.
 
     ``flows_client``: ``globus_sdk.FlowsClient`` (run status, logs, run search);
     ``run_client``: ``globus_sdk.SpecificFlowClient`` for the deployed flow;
     ``transfer_client``: ``globus_sdk.TransferClient`` (see
-    :func:`flows.auth.transfer_client`, which does not retry "exists").
+    :func:`flows.globus.auth.transfer_client`, which does not retry "exists").
     ``input_builder`` turns a :class:`ViewRequest` into the flow input (a dict
     that validates against the flow's input schema).
 

@@ -11,12 +11,18 @@ import globus_sdk
 import pytest
 from globus_sdk.testing import RegisteredResponse, load_response
 
-from flows import auth
-from flows.deploy import Change, deploy, flow_content_hash, function_source_hash, load_json_file
-from flows.globus_errors import FlowDefinitionError, GlobusServiceError, TransientBackendError
-from flows.state import DeploymentState, load_state, save_state, state_path
-from recon.errors import ConfigError
-from tests.unit.globus_testing import last_json_body, mocked_responses, sent_requests  # noqa: F401
+from flows.errors import ConfigError, FlowDefinitionError, TransientBackendError
+from flows.globus import auth
+from flows.globus.deploy import (
+    Change,
+    deploy,
+    flow_content_hash,
+    function_source_hash,
+    load_json_file,
+)
+from flows.globus.errors import GlobusServiceError
+from flows.globus.state import DeploymentState, load_state, save_state, state_path
+from tests.unit.flows.globus.sent import last_json_body, sent_requests
 
 ENDPOINT = "3f2a9d3c-86c4-4b0d-9d52-2a0c71f1b2aa"
 
@@ -58,7 +64,7 @@ def reconstruct_stand_in_v2(input_path: str, output_dir: str, options: dict) -> 
 
 
 @pytest.fixture
-def clients(mocked_responses):  # noqa: F811
+def clients(mocked_responses):
     flows = auth.flows_client(authorizer=globus_sdk.NullAuthorizer())
     compute = auth.compute_client(authorizer=globus_sdk.NullAuthorizer(), do_version_check=False)
     return flows, compute
@@ -258,7 +264,7 @@ def test_flow_id_is_saved_even_when_function_registration_fails(clients, tmp_pat
     assert saved.function_id is None
 
 
-def test_service_outage_is_transient(clients, tmp_path, mocked_responses):  # noqa: F811
+def test_service_outage_is_transient(clients, tmp_path, mocked_responses):
     register_validate_ok()
     RegisteredResponse(
         service="flows", path="/flows", method="POST", status=503, json={"error": "down"}

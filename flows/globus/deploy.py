@@ -31,8 +31,9 @@ from typing import Any
 
 import globus_sdk
 
-from flows.globus_errors import FlowDefinitionError, GlobusServiceError, translate
-from flows.state import DeploymentState, save_state
+from flows.errors import FlowDefinitionError
+from flows.globus.errors import GlobusServiceError, translate
+from flows.globus.state import DeploymentState, save_state
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def deploy(
     ``flows_client`` is a ``globus_sdk.FlowsClient``; ``compute_client`` a
     ``globus_compute_sdk.Client`` (its ``register_function(function, ...)``
     returns the new function id). ``state`` is the current deployment state
-    (``flows.state.load_state``); the new state is saved to ``state_dir`` when
+    (``flows.globus.state.load_state``); the new state is saved to ``state_dir`` when
     given and returned either way. ``run_managers`` / ``run_monitors`` are
     identity or group URNs the flow grants on every run.
     """

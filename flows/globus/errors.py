@@ -12,13 +12,10 @@ import globus_sdk
 import globus_sdk.gare
 from globus_sdk.token_storage import TokenValidationError
 
+from flows.errors import TransientBackendError
 from recon.errors import PtychoflowError
 
 LOGIN_HINT = "run `ptychoflow login` (or `ptychoflow deploy` again) and retry"
-
-
-class TransientBackendError(PtychoflowError, ConnectionError):
-    """A Globus service was unreachable or answered 5xx/429: worth retrying later."""
 
 
 class GlobusAuthorizationError(PtychoflowError, PermissionError):
@@ -27,10 +24,6 @@ class GlobusAuthorizationError(PtychoflowError, PermissionError):
 
 class GlobusServiceError(PtychoflowError, RuntimeError):
     """A Globus service refused the request (4xx other than authorization)."""
-
-
-class FlowDefinitionError(PtychoflowError, ValueError):
-    """Globus Flows says the flow definition or its input schema is invalid."""
 
 
 def api_error_text(err: globus_sdk.GlobusAPIError) -> str:

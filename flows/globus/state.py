@@ -19,7 +19,7 @@ import pathlib
 import tempfile
 from typing import Any
 
-from recon.errors import ConfigError
+from flows.errors import ConfigError
 
 STATE_FILE_NAME = "deployment.json"
 

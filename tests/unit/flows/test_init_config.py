@@ -2,8 +2,8 @@ import pytest
 
 from flows.commands import GLOBUS_TEMPLATE, LOCAL_TEMPLATE
 from flows.config import load_config
-from flows.globus_setup import open_globus_backend
-from recon.errors import ConfigError
+from flows.errors import ConfigError
+from flows.globus.setup import open_globus_backend
 from tests.functional.cli import ptychoflow
 
 

@@ -9,18 +9,14 @@ import globus_sdk
 import pytest
 from globus_sdk.testing import RegisteredResponse, load_response
 
-from flows import auth
 from flows.backend import RunStatus, StartedRun, Trigger, ViewRequest
 from flows.config import Config, GlobusSettings
-from flows.globus_backend import GlobusBackend, progress_from_run, stage_times
-from flows.globus_errors import (
-    GlobusAuthorizationError,
-    GlobusServiceError,
-    TransientBackendError,
-)
-from flows.state import DeploymentState, save_state
-from recon.errors import ConfigError
-from tests.unit.globus_testing import last_json_body, mocked_responses, sent_requests  # noqa: F401
+from flows.errors import ConfigError, TransientBackendError
+from flows.globus import auth
+from flows.globus.backend import GlobusBackend, progress_from_run, stage_times
+from flows.globus.errors import GlobusAuthorizationError, GlobusServiceError
+from flows.globus.state import DeploymentState, save_state
+from tests.unit.flows.globus.sent import last_json_body, sent_requests
 
 COMPUTE_COLLECTION = "c0ffee00-1234-4c61-8d0a-6a1e5b7c9d20"
 MONITOR = "urn:globus:groups:id:9b1c1f8e-7a9f-4ce2-9d6c-1a2b3c4d5e6f"
@@ -70,7 +66,7 @@ def config(tmp_path):
 
 
 @pytest.fixture
-def backend(config, mocked_responses):  # noqa: F811
+def backend(config, mocked_responses):
     return make_backend(config)
 
 
@@ -109,7 +105,7 @@ def test_prepare_scan_makes_input_and_recon_folders(backend):
     assert later == ["/eagle/ptycho/input/101", "/eagle/ptycho/recon/101"]
 
 
-def test_prepare_scan_accepts_existing_folders_without_retrying(backend, mocked_responses):  # noqa: F811
+def test_prepare_scan_accepts_existing_folders_without_retrying(backend, mocked_responses):
     # Transfer answers "exists" with HTTP 502; the SDK would retry a 502 five times.
     mkdir_response(502, "ExternalError.MkdirFailed.Exists").add()
 
@@ -130,7 +126,7 @@ def test_prepare_scan_permission_denied_is_a_clear_error(backend):
     assert "PermissionDenied" in message
 
 
-def test_prepare_scan_needs_a_compute_collection(config, mocked_responses):  # noqa: F811
+def test_prepare_scan_needs_a_compute_collection(config, mocked_responses):
     config.globus.compute_collection = ""
     with pytest.raises(ConfigError, match="compute_collection"):
         make_backend(config).prepare_scan(100)
@@ -159,7 +155,7 @@ def test_start_view_sends_input_label_tags_monitors(backend):
     assert body["run_managers"] == [MANAGER]
 
 
-def test_start_view_missing_scope_says_to_log_in(config, mocked_responses):  # noqa: F811
+def test_start_view_missing_scope_says_to_log_in(config, mocked_responses):
     missing = load_response(globus_sdk.SpecificFlowClient.run_flow, case="missing_scope_error")
     backend = make_backend(config, flow_id=missing.metadata["flow_id"])
 
@@ -169,7 +165,7 @@ def test_start_view_missing_scope_says_to_log_in(config, mocked_responses):  # n
     assert "scan100-v003" in str(caught.value)
 
 
-def test_start_view_service_unavailable_is_transient(backend, mocked_responses):  # noqa: F811
+def test_start_view_service_unavailable_is_transient(backend, mocked_responses):
     RegisteredResponse(
         service="flows",
         path=f"/flows/{FLOW_ID}/run",
@@ -183,7 +179,7 @@ def test_start_view_service_unavailable_is_transient(backend, mocked_responses):
     assert len(mocked_responses) >= 1, "the SDK retries a 503 before giving up"
 
 
-def test_network_error_is_transient(backend, mocked_responses):  # noqa: F811
+def test_network_error_is_transient(backend, mocked_responses):
     # Nothing registered: responses refuses the connection, as a dead network would.
     with pytest.raises(TransientBackendError, match="network error"):
         backend.start_view(REQUEST)
@@ -201,7 +197,7 @@ def test_from_app_without_a_deployment_says_deploy_first(config):
     assert FLOW_ID in app.scope_requirements
 
 
-def test_missing_tokens_say_to_log_in(config, mocked_responses):  # noqa: F811
+def test_missing_tokens_say_to_log_in(config, mocked_responses):
     """A UserApp with an empty token file raises instead of prompting (the watcher has no tty)."""
     app = auth.make_app(
         config, environ={"PTYCHOFLOW_NATIVE_CLIENT_ID": "0f3c9b8e-2f4d-4c61-8d0a-6a1e5b7c9d20"}

@@ -14,7 +14,7 @@ from globus_compute_endpoint.engines import GlobusComputeEngine
 from parsl.launchers import MpiExecLauncher
 from parsl.providers import LocalProvider, PBSProProvider
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 POLARIS = REPO / "endpoint_config" / "polaris"
 LOCAL = REPO / "endpoint_config" / "local"
 

@@ -1,11 +1,11 @@
 """The embedded local backend: the flow definition run by the local interpreter.
 
 Each view's run executes ``flows/definition.json`` with
-:class:`~flows.interpreter.FlowInterpreter` in a thread of a pool sized by
+:class:`~flows.local.interpreter.FlowInterpreter` in a thread of a pool sized by
 ``config.concurrency``. The action URLs map to local actions:
 
 - Transfer (``https://transfer.actions.globus.org/transfer``):
-  :func:`flows.local_transfer.transfer_action` between ``config.acquisition_root``
+  :func:`flows.local.transfer.transfer_action` between ``config.acquisition_root``
   (collection ``local-acquisition``) and ``config.compute_root``
   (collection ``local-compute``).
 - Compute v3 (``https://compute.actions.globus.org/v3``): each task's
@@ -32,8 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flows.backend import RunProgress, RunStatus, StartedRun, ViewRequest
+from flows.backend import Backend, RunProgress, RunStatus, StartedRun, ViewRequest
 from flows.config import Config
+from flows.errors import ConfigError
 from flows.flow_input import (
     COMPUTE_ACTION_URL,
     STAGE_OF_STATE,
@@ -41,13 +42,13 @@ from flows.flow_input import (
     build_flow_input,
     load_definition,
 )
-from flows.interpreter import FlowInterpreter, FlowRunResult
-from flows.local_transfer import (
+from flows.local.errors import UnknownRunError
+from flows.local.interpreter import FlowInterpreter, FlowRunResult
+from flows.local.transfer import (
     LOCAL_ACQUISITION_COLLECTION,
     LOCAL_COMPUTE_COLLECTION,
     transfer_action,
 )
-from recon.errors import ConfigError, PtychoflowError
 
 #: Compute endpoint ID the local backend puts into the flow input.
 LOCAL_COMPUTE_ENDPOINT = "local-endpoint"
@@ -55,10 +56,6 @@ LOCAL_COMPUTE_ENDPOINT = "local-endpoint"
 LOCAL_RECONSTRUCT_FUNCTION = "ptychoflow-reconstruct-view"
 
 ComputeSubmit = Callable[..., concurrent.futures.Future]
-
-
-class UnknownRunError(PtychoflowError, LookupError):
-    """A run id this backend did not start (local runs live only as long as the process)."""
 
 
 @dataclasses.dataclass
@@ -74,10 +71,11 @@ class _LocalRun:
     future: concurrent.futures.Future | None = None
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Runs the flow definition on this machine (see the module docstring)."""
 
     name = "local"
+    runs_die_with_owner = True
 
     def __init__(
         self,
@@ -338,7 +336,7 @@ def open_local_backend(config: Config) -> LocalBackend:
     ``config.endpoint_config`` (default ``endpoint_config/local/config.yaml``) runs
     ``functions.reconstruct.reconstruct_view`` through the endpoint's serialization
     path; :meth:`LocalBackend.close` shuts the engine down."""
-    from flows.local_compute import LocalComputeEngine
+    from flows.local.compute import LocalComputeEngine
     from functions.reconstruct import reconstruct_view
 
     engine = LocalComputeEngine(config.endpoint_config, run_dir=Path(config.state_dir) / "engine")

@@ -33,8 +33,8 @@ from globus_sdk.scopes import FlowsScopes, Scope
 from globus_sdk.token_storage import JSONTokenStorage
 
 from flows.config import Config
-from flows.state import ensure_private_dir
-from recon.errors import ConfigError
+from flows.errors import ConfigError
+from flows.globus.state import ensure_private_dir
 
 APP_NAME = "ptychoflow"
 TOKEN_FILE_NAME = "globus-tokens.json"

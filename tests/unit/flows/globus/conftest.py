@@ -1,4 +1,4 @@
-"""Offline Globus test helpers shared by the Globus backend's unit tests.
+"""Offline Globus fixtures shared by the Globus backend's unit tests.
 
 HTTP is intercepted at the transport by ``responses`` (what
 ``globus_sdk.testing`` registers into): an unregistered URL raises a connection
@@ -8,12 +8,8 @@ recorder so those tests stay fast and can assert that retries happened.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
 import responses
-from globus_sdk.testing import get_last_request
 from globus_sdk.transport import RequestsTransport
 
 
@@ -33,15 +29,3 @@ def mocked_responses(monkeypatch):
     finally:
         responses.stop()
         responses.reset()
-
-
-def last_json_body() -> dict[str, Any]:
-    """The JSON body of the last request sent."""
-    request = get_last_request()
-    assert request is not None, "no request was sent"
-    return json.loads(request.body)
-
-
-def sent_requests() -> list[Any]:
-    """Every request sent so far, in order (``responses`` call records' requests)."""
-    return [call.request for call in responses.calls]

@@ -1,7 +1,7 @@
 """Wiring for the globus backend: config -> app -> clients -> deploy / backend.
 
-The pieces live in ``flows.auth`` (apps and clients), ``flows.deploy`` (flow and
-function), ``flows.globus_backend`` (runs) and ``flows.flow_input`` (the run body);
+The pieces live in ``flows.globus.auth`` (apps and clients), ``flows.globus.deploy`` (flow and
+function), ``flows.globus.backend`` (runs) and ``flows.flow_input`` (the run body);
 this module joins them from an installation config for the CLI and the watcher.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from flows.backend import ViewRequest
 from flows.config import Config
-from recon.errors import ConfigError
+from flows.errors import ConfigError
 
 
 def _require_globus_settings(config: Config, *names: str) -> None:
@@ -44,10 +44,10 @@ def input_builder(config: Config, function_id: str) -> Callable[[ViewRequest], d
 
 
 def open_globus_backend(config: Config):
-    """A ready :class:`flows.globus_backend.GlobusBackend` from the config and deployment state."""
-    from flows.auth import make_app
-    from flows.globus_backend import GlobusBackend
-    from flows.state import load_state
+    """A ready :class:`flows.globus.backend.GlobusBackend` from the config and deployment state."""
+    from flows.globus.auth import make_app
+    from flows.globus.backend import GlobusBackend
+    from flows.globus.state import load_state
 
     _require_globus_settings(
         config,
@@ -70,10 +70,10 @@ def open_globus_backend(config: Config):
 
 def deploy_from_config(config: Config):
     """Validate and create/update the flow, (re-)register the function, save the IDs."""
-    from flows.auth import make_app, make_clients, specific_flow_client
-    from flows.deploy import deploy
     from flows.flow_input import load_definition, load_input_schema
-    from flows.state import load_state
+    from flows.globus.auth import make_app, make_clients, specific_flow_client
+    from flows.globus.deploy import deploy
+    from flows.globus.state import load_state
     from functions.reconstruct import reconstruct_view
 
     _require_globus_settings(config, "compute_endpoint")
@@ -100,8 +100,8 @@ def deploy_from_config(config: Config):
 
 
 def login_from_config(config: Config, *, force: bool = False) -> None:
-    from flows.auth import make_app, make_clients
-    from flows.state import load_state
+    from flows.globus.auth import make_app, make_clients
+    from flows.globus.state import load_state
 
     app = make_app(config, login_on_demand=True)
     make_clients(app, flow_id=load_state(config.state_dir).flow_id)

@@ -1,0 +1,29 @@
+"""Errors of the flow layer: configuration, starting runs, flow definitions.
+
+The root is :class:`recon.errors.PtychoflowError` (``recon`` imports nothing from
+here). Each backend has its own errors module for what only it can raise
+(:mod:`flows.local.errors`, :mod:`flows.globus.errors`); the errors the launcher
+acts on are defined here, once, and backends raise them or their subclasses.
+"""
+
+from __future__ import annotations
+
+from recon.errors import PtychoflowError
+
+
+class ConfigError(PtychoflowError, ValueError):
+    """An installation config file is missing a value or has a wrong one."""
+
+
+class TransientBackendError(PtychoflowError, ConnectionError):
+    """The backend could not act now but may succeed if asked again (network error,
+    HTTP 429/5xx, engine still starting). The launcher retries it with backoff."""
+
+
+class LaunchError(PtychoflowError, RuntimeError):
+    """A scan could not be handed to the backend as a whole (e.g. its folders not created)."""
+
+
+class FlowDefinitionError(PtychoflowError, ValueError):
+    """The flow definition or its input schema is invalid: refused by Globus Flows, or
+    using something the local interpreter does not support."""
