@@ -90,7 +90,7 @@ _ALLOWED_FIELDS = {
     "Succeed": _COMMON_FIELDS,
 }
 _TERMINAL_TYPES = {"Fail", "Succeed"}
-_CHOICE_COMPARISONS = {
+_CHOICE_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     "StringEquals": lambda value, operand: isinstance(value, str) and value == operand,
     "NumericEquals": lambda value, operand: _is_number(value) and value == operand,
     "NumericLessThan": lambda value, operand: _is_number(value) and value < operand,
@@ -397,7 +397,7 @@ class FlowInterpreter:
                         f"{name}: SecondsPath {state['SecondsPath']} is {seconds!r}, "
                         "not a number >= 0",
                     )
-            self.sleep(float(seconds))
+            self.sleep(float(seconds or 0))
             return document, following
         effective = self._resolve_path(state.get("InputPath", "$"), document, f"{name} InputPath")
         if "Parameters" in state:
@@ -444,15 +444,15 @@ class FlowInterpreter:
     def _matching_catcher(self, state: dict[str, Any], error: str) -> dict[str, Any] | None:
         for catcher in state.get("Catch", []):
             if error in catcher["ErrorEquals"] or "States.ALL" in catcher["ErrorEquals"]:
-                return catcher
+                return dict(catcher)
         return None
 
     def _choose(self, name: str, state: dict[str, Any], document: Any) -> str:
         for rule in state["Choices"]:
             if self._rule_matches(rule, document):
-                return rule["Next"]
+                return str(rule["Next"])
         if "Default" in state:
-            return state["Default"]
+            return str(state["Default"])
         raise _StateError("States.NoChoiceMatched", f"{name}: no choice rule matched")
 
     def _rule_matches(self, rule: dict[str, Any], document: Any) -> bool:
@@ -468,7 +468,7 @@ class FlowInterpreter:
         except PathNotFound:
             value, present = None, False
         if "IsPresent" in rule:
-            return present == rule["IsPresent"]
+            return bool(present == rule["IsPresent"])
         if not present:
             return False
         (comparison,) = set(rule) & set(_CHOICE_COMPARISONS)

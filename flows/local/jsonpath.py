@@ -65,6 +65,7 @@ def set_path(document: Any, steps: tuple[str | int, ...], value: Any) -> Any:
             raise PathNotFound()
         document[head] = set_path(document[head], rest, value)
     else:
+        assert isinstance(document, dict)  # lists were handled above
         child = document.get(head)
         if child is None and rest:
             child = {}
