@@ -101,15 +101,14 @@ def poisson_noise_floor(scan, result, seed: int = 0) -> float:
     """Mean Poisson deviance per pixel that counts drawn from the fitted model itself
     would have: the lowest cost any model can expect on data with this noise."""
     from recon.cost import PoissonCost
-    from recon.operators import Patches, Ptycho
+    from recon.operators import Ptycho
 
     rng = np.random.default_rng(seed)
     total = 0.0
     for first in range(0, scan.n_positions, 64):
         block = slice(first, first + 64)
-        sub = Ptycho(Patches(result.positions[block], result.object.shape, scan.detector_shape))
-        far = sub.fwd_object(result.object, result.probe)
-        intensity = (far.real**2 + far.imag**2).astype(np.float32)
+        sub = Ptycho(result.refined_positions[block], result.object.shape, scan.detector_shape)
+        intensity = sub.intensity(result.object, result.probe).astype(np.float32)
         drawn = rng.poisson(intensity).astype(np.float32)
         total += PoissonCost(drawn).value(intensity)
     return total / (scan.n_positions * scan.detector_shape[0] * scan.detector_shape[1])
