@@ -17,10 +17,13 @@ def reconstruct_file(
     options: ReconOptions | None = None,
     device_ids: Sequence[int] | None = None,
     progress: ProgressCallback | None = None,
+    *,
+    preview_deramp: bool = True,
 ) -> dict:
     """Load a view (CXI, or the npz test format), reconstruct it, write the result.
 
-    Writes ``output_path`` (HDF5, see ``recon.result``) and a PNG preview beside it.
+    Writes ``output_path`` (HDF5, see ``recon.result``) and a PNG preview beside it
+    (with the object's linear phase ramp removed unless ``preview_deramp`` is False).
     Returns a small JSON-ready summary: output and preview paths, iterations, final
     cost, devices, backend and seconds per stage (load, solve, write). Raises
     :class:`recon.errors.InputError` (naming the file and dataset) for bad input.
@@ -56,6 +59,7 @@ def reconstruct_file(
         timings={**seconds, "per_iteration": per_iteration},
         backend=result.backend,
         extra_attrs={"input": str(input_path)},
+        preview_deramp=preview_deramp,
     )
     seconds["write"] = time.perf_counter() - start
     return {

@@ -42,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="array backend (default auto: CuPy when a GPU is usable)",
     )
+    parser.add_argument(
+        "--preview-deramp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="remove the global phase and the fitted linear phase ramp in the PNG preview "
+        "(default on: a ramp, an ambiguity of the data, wraps the phase display)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -79,7 +86,13 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        summary = reconstruct_file(args.input, args.output, options, progress=progress)
+        summary = reconstruct_file(
+            args.input,
+            args.output,
+            options,
+            progress=progress,
+            preview_deramp=args.preview_deramp,
+        )
     finally:
         bar.close()
     print(

@@ -66,6 +66,7 @@ def write_result(
     timings: dict[str, float],
     backend: str,
     extra_attrs: dict[str, Any] | None = None,
+    preview_deramp: bool = True,
 ) -> tuple[pathlib.Path, pathlib.Path]:
     """Write the result file (atomically: a temporary file beside it, then a rename)
     and its PNG preview ``<stem>.png``. Arrays must be on the host (NumPy).
@@ -74,6 +75,7 @@ def write_result(
     cost : (N_ITER,) floats; positions : (N_POS, 2) (row, col) object pixels.
     extra_attrs : more attributes; strings and numbers are stored as they are,
         anything else as JSON (and decoded again by :func:`read_result`).
+    preview_deramp : remove the fitted phase ramp in the preview (see :func:`save_preview`).
 
     Returns (h5_path, png_path).
     """
@@ -117,7 +119,9 @@ def write_result(
 
     write_hdf5_atomically(path, fill)
     probe_shape = probe.shape[-2:]
-    png_path = save_preview(path.with_suffix(".png"), object_, positions, probe_shape)
+    png_path = save_preview(
+        path.with_suffix(".png"), object_, positions, probe_shape, deramp=preview_deramp
+    )
     return path, png_path
 
 
@@ -166,14 +170,20 @@ def save_preview(
     object: np.ndarray,
     positions: np.ndarray | None = None,
     probe_shape: tuple[int, int] | None = None,
+    *,
+    deramp: bool = True,
 ) -> pathlib.Path:
     """Save a PNG with the object's phase (left) and amplitude (right).
 
     object : (OBJ_H, OBJ_W) complex. With ``positions`` ((N_POS, 2) row, col) and
     ``probe_shape`` the image is cropped to the scanned region. The global phase is
-    removed first; each panel's grey scale spans its 1st..99th percentile, written in
-    the label above it ("phase -1.2 to 1.3 rad", "amplitude 0.61 to 1.02").
+    removed first and, with ``deramp`` (the default), the fitted linear phase ramp
+    (:func:`recon.metrics.deramp_phase`): a ramp is an ambiguity of the data, and it would
+    wrap the phase display. Each panel's grey scale spans its 1st..99th percentile,
+    written in the label above it ("phase -1.2 to 1.3 rad", "amplitude 0.61 to 1.02").
     """
+    from recon.metrics import deramp_phase
+
     png_path = pathlib.Path(png_path)
     object_ = np.asarray(object)
     if object_.ndim != 2:
@@ -186,9 +196,12 @@ def save_preview(
         bottom, right = min(bottom, object_.shape[0]), min(right, object_.shape[1])
         if bottom > top and right > left:
             object_ = object_[top:bottom, left:right]
-    total = complex(np.sum(object_))
-    if total != 0:
-        object_ = object_ * np.exp(-1j * np.angle(total))
+    if deramp:
+        object_, _, _ = deramp_phase(object_)
+    else:
+        total = complex(np.sum(object_))
+        if total != 0:
+            object_ = object_ * np.exp(-1j * np.angle(total))
     panels = []
     for name, values, unit in (
         ("phase", np.angle(object_), " rad"),

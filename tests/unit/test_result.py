@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 
 from recon.errors import InputError, InputFileNotFound
-from recon.result import read_result, save_preview, write_result
+from recon.result import (
+    PREVIEW_GAP,
+    PREVIEW_LABEL_HEIGHT,
+    read_result,
+    save_preview,
+    write_result,
+)
 
 
 def make_object(shape=(90, 80)):
@@ -103,6 +109,7 @@ def test_preview_crops_to_the_scanned_region(tmp_path):
         object_,
         positions=np.array([[100, 100], [150, 150]]),
         probe_shape=(50, 50),
+        deramp=False,
     )
     with Image.open(full) as a, Image.open(cropped) as b:
         # 400 px panels stay 400 tall; the 100 px crop is enlarged 3x to 300.
@@ -125,3 +132,24 @@ def test_read_missing_and_corrupt_files(tmp_path):
         handle["object"] = np.ones((4, 4))
     with pytest.raises(InputError, match="not a ptychoflow result file"):
         read_result(other)
+
+
+def test_preview_removes_a_phase_ramp_by_default(tmp_path):
+    """A phase ramp (an ambiguity of the data) wraps the display; deramping shows the
+    object's structure instead: a bright square on a dark field."""
+    rows, cols = np.indices((120, 120))
+    phase = 0.8 * ((rows > 40) & (rows < 80) & (cols > 40) & (cols < 80))
+    object_ = np.exp(1j * (phase + 0.4 * rows + 0.25 * cols)).astype(np.complex64)
+    panels = {}
+    for deramp in (True, False):
+        path = save_preview(tmp_path / f"{deramp}.png", object_, deramp=deramp)
+        with Image.open(path) as image:
+            pixels = np.asarray(image).astype(float)
+        top = PREVIEW_GAP + PREVIEW_LABEL_HEIGHT
+        # 120 px enlarged 3x to reach 256: the square spans 123..237 of 360.
+        panels[deramp] = pixels[top : top + 360, PREVIEW_GAP : PREVIEW_GAP + 360]
+    flat = panels[True]
+    inside, outside = flat[150:210, 150:210], flat[:100, :100]
+    assert inside.mean() - outside.mean() > 150 and outside.std() < 10
+    wrapped = panels[False]
+    assert wrapped[:100, :100].std() > 50  # the ramp's stripes
