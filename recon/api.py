@@ -28,7 +28,9 @@ def reconstruct_file(
     cost, devices, backend and seconds per stage (load, solve, write). Raises
     :class:`recon.errors.InputError` (naming the file and dataset) for bad input.
     """
-    from recon.cxi import load_scan
+    import numpy as np
+
+    from recon.cxi import PLANCK_TIMES_LIGHT_SPEED, load_scan
     from recon.result import write_result
 
     options = options or ReconOptions()
@@ -46,12 +48,20 @@ def reconstruct_file(
     start = time.perf_counter()
     output_path.parent.mkdir(parents=True, exist_ok=True)
     per_iteration = sum(result.seconds_per_iteration) / max(len(result.seconds_per_iteration), 1)
+    # Refined positions: the solver's own field when it has one, else the positions it
+    # used when they differ from the reported ones.
+    refined = getattr(result, "refined_positions", None)
+    if refined is None and not np.array_equal(result.positions, scan.positions):
+        refined = result.positions
     h5_path, png_path = write_result(
         output_path,
         object=result.object,
         probe=result.probe,
         cost=result.cost,
-        positions=result.positions,
+        positions=scan.positions,
+        refined_positions=refined,
+        energy_j=PLANCK_TIMES_LIGHT_SPEED / scan.wavelength if scan.wavelength else None,
+        distance_m=scan.distance,
         options=options.to_dict(),
         pixel_size=scan.pixel_size,
         iterations=options.iterations,

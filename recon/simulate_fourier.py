@@ -131,6 +131,7 @@ class FourierSimulation:
             probe=self.probe_guess,
             pixel_size=self.pixel_size,
             wavelength=self.wavelength,
+            distance=self.distance_m,
             source="<fourier simulation>",
         )
 
