@@ -69,7 +69,7 @@ BAND_STOP = 0.42
 PUPIL_DIAMETER_FRACTION = 0.3
 CENTRAL_STOP_FRACTION = 0.3
 #: Defocus: the geometric beam diameter at the sample as a fraction of the detector window.
-DEFOCUS_SPOT_FRACTION = 0.4
+DEFOCUS_SPOT_FRACTION = 0.25
 #: Beam tilt: the far-field centre of the probe moves by this many detector pixels (row, col).
 TILT_PX = (1.5, -2.25)
 #: Second probe mode: a source point displaced by this many object pixels (row, col).
@@ -239,7 +239,7 @@ def sphere_phantom(
 def zone_plate_probe(
     detector: int,
     *,
-    spot_fraction: float = DEFOCUS_SPOT_FRACTION,
+    spot_fraction: float | None = None,
     tilt_px: tuple[float, float] = TILT_PX,
     source_displacement_px: tuple[float, float] = (0.0, 0.0),
 ) -> np.ndarray:
@@ -262,6 +262,8 @@ def zone_plate_probe(
     pupil = ((radius <= k_edge) & (radius >= CENTRAL_STOP_FRACTION * k_edge)).astype(complex)
     # A ray at pupil frequency k (cycles/pixel) lands at x = (1 / 2 pi) d phase / dk; at the
     # edge that is phi_edge / (pi k_edge / D) pixels, which should be spot_fraction x D / 2.
+    if spot_fraction is None:
+        spot_fraction = DEFOCUS_SPOT_FRACTION
     phi_edge = math.pi * (k_edge / detector) * spot_fraction * detector / 2
     pupil *= np.exp(1j * phi_edge * (radius / k_edge) ** 2)
     shift_row, shift_col = source_displacement_px
