@@ -47,6 +47,18 @@ class ReconOptions:
     """First iteration (0-based) at which the probe is refined; early object-only iterations
     keep the probe from absorbing object structure while the object is still flat."""
 
+    holdout_fraction: float = 0.0
+    """Fraction of the patterns (e.g. 0.05) held out of the fit to decide when to stop:
+    their cost under the current object and probe is evaluated after every iteration,
+    the iterate with the lowest held-out cost is returned, and the solver stops once it
+    has not improved for ``holdout_patience`` iterations. It stops the fit before it
+    follows the noise (see ``recon.holdout``). 0 (the default) fits every pattern for
+    all ``iterations``."""
+
+    holdout_patience: int = 10
+    """Iterations without a new lowest held-out cost before stopping (with
+    ``holdout_fraction`` > 0)."""
+
     devices: int | None = None
     """Number of devices (GPUs, or partitions on the CPU) to split the view over.
     None chooses from the view size (small views use one device)."""
@@ -65,6 +77,17 @@ class ReconOptions:
                 raise OptionsError(f"option {field}={value!r} is not one of: {choices}") from None
         _check_int("iterations", self.iterations, minimum=1)
         _check_int("probe_start", self.probe_start, minimum=0)
+        _check_int("holdout_patience", self.holdout_patience, minimum=1)
+        fraction = self.holdout_fraction
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not 0 <= fraction <= 0.5
+        ):
+            raise OptionsError(
+                f"option holdout_fraction={fraction!r} must be a number from 0 to 0.5 "
+                "(e.g. 0.05; 0 turns stopping on held-out patterns off)"
+            )
         if self.devices is not None:
             _check_int("devices", self.devices, minimum=1)
         if not isinstance(self.refine_probe, bool):

@@ -60,6 +60,9 @@ ACCUMULATE_REAL = np.float64
 
 #: progress(iteration, cost, seconds of that iteration)
 ProgressCallback = Callable[[int, float, float], None]
+#: monitor(iteration, object, probe) after every iteration, with the solver's own arrays
+#: (on its home device; do not modify them); returning True stops the iterations.
+IterationMonitor = Callable[[int, Any, Any], bool]
 
 
 @dataclasses.dataclass
@@ -434,6 +437,7 @@ def reconstruct(
     *,
     device_ids: Sequence[int] | None = None,
     progress: ProgressCallback | None = None,
+    monitor: IterationMonitor | None = None,
 ) -> ReconResult:
     """Reconstruct object and probe of one view.
 
@@ -443,6 +447,8 @@ def reconstruct(
         with NumPy only their count matters. Default: ``options.devices`` devices
         (0, 1, ...), or one.
     progress : called after every iteration with (iteration, cost, seconds).
+    monitor : called after every iteration with (iteration, object, probe); stops the
+        iterations when it returns True (``recon.holdout`` stops on held-out patterns).
     """
     options = options or ReconOptions()
     xp = resolve_backend(options.backend.value)
@@ -478,6 +484,8 @@ def reconstruct(
             raise InputError(
                 f"{scan.source}: the cost became {costs[-1]} at iteration {iteration + 1}"
             )
+        if monitor is not None and monitor(iteration + 1, state.object, state.probe):
+            break
 
     return ReconResult(
         object=to_host(state.object),
