@@ -72,6 +72,17 @@ class ReconOptions:
 
     position_start: int = 10
     """First iteration (0-based) at which positions are refined, once the object has form."""
+    holdout_fraction: float = 0.0
+    """Fraction of the patterns (e.g. 0.05) held out of the fit to decide when to stop:
+    their cost under the current object and probe is evaluated after every iteration,
+    the iterate with the lowest held-out cost is returned, and the solver stops once it
+    has not improved for ``holdout_patience`` iterations. It stops the fit before it
+    follows the noise (see ``recon.holdout``). 0 (the default) fits every pattern for
+    all ``iterations``."""
+
+    holdout_patience: int = 10
+    """Iterations without a new lowest held-out cost before stopping (with
+    ``holdout_fraction`` > 0)."""
 
     devices: int | None = None
     """Number of devices (GPUs, or partitions on the CPU) to split the view over.
@@ -100,6 +111,17 @@ class ReconOptions:
         if self.probe_modes > MAX_PROBE_MODES:
             raise OptionsError(
                 f"option probe_modes={self.probe_modes} is more than {MAX_PROBE_MODES}"
+            )
+        _check_int("holdout_patience", self.holdout_patience, minimum=1)
+        fraction = self.holdout_fraction
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not 0 <= fraction <= 0.5
+        ):
+            raise OptionsError(
+                f"option holdout_fraction={fraction!r} must be a number from 0 to 0.5 "
+                "(e.g. 0.05; 0 turns stopping on held-out patterns off)"
             )
         if self.devices is not None:
             _check_int("devices", self.devices, minimum=1)

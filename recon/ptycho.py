@@ -74,6 +74,9 @@ POSITION_REGULARISATION = 1e-3
 
 #: progress(iteration, cost, seconds of that iteration)
 ProgressCallback = Callable[[int, float, float], None]
+#: monitor(iteration, object, probe) after every iteration, with the solver's own arrays
+#: (on its home device; do not modify them); returning True stops the iterations.
+IterationMonitor = Callable[[int, Any, Any], bool]
 
 
 @dataclasses.dataclass
@@ -84,8 +87,8 @@ class ReconResult:
     probe : (MODES, H, W) complex64, modes orthogonal and ordered by power
     cost : (ITERATIONS + 1,) float64, mean cost per measured pixel; cost[0] is the start
     positions : (N_POS, 2) float32, as reported by the input (object pixels, top-left corners)
-    refined_positions : (N_POS, 2) float32, the positions the object was solved with
-        (equal to ``positions`` unless positions were refined)
+    refined_positions : (N_POS, 2) float32, the positions the object was solved with,
+        when positions were refined (None otherwise)
     """
 
     object: np.ndarray
@@ -643,6 +646,7 @@ def reconstruct(
     *,
     device_ids: Sequence[int] | None = None,
     progress: ProgressCallback | None = None,
+    monitor: IterationMonitor | None = None,
 ) -> ReconResult:
     """Reconstruct object and probe of one view.
 
@@ -653,6 +657,8 @@ def reconstruct(
         with NumPy only their count matters. Default: ``options.devices`` devices
         (0, 1, ...), or one.
     progress : called after every iteration with (iteration, cost, seconds).
+    monitor : called after every iteration with (iteration, object, probe); stops the
+        iterations when it returns True (``recon.holdout`` stops on held-out patterns).
     """
     options = options or ReconOptions()
     xp = resolve_backend(options.backend.value)
@@ -690,13 +696,15 @@ def reconstruct(
             raise InputError(
                 f"{scan.source}: the cost became {costs[-1]} at iteration {iteration + 1}"
             )
+        if monitor is not None and monitor(iteration + 1, state.object, state.probe):
+            break
 
     return ReconResult(
         object=to_host(state.object),
         probe=to_host(state.probe),
         cost=np.asarray(costs, dtype=np.float64),
         positions=scan.positions,
-        refined_positions=state.positions.astype(REAL),
+        refined_positions=state.positions.astype(REAL) if options.refine_positions else None,
         object_steps=object_steps,
         probe_steps=probe_steps,
         seconds_per_iteration=seconds,
