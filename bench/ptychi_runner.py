@@ -1,4 +1,4 @@
-"""Run Pty-chi's LSQML reconstruction on data in ptychoflow's conventions.
+"""Run Pty-chi's LSQML or rPIE reconstruction on data in ptychoflow's conventions.
 
 This is the comparison baseline for ``bench/recon.py``: the same scan, the same
 initial probe, the same iteration budget, and an object that comes back on OUR
@@ -143,7 +143,7 @@ class PtychiInputs:
     """Arrays converted to Pty-chi's conventions (see the module docstring).
 
     patterns : (N_POS, DET_H, DET_W) float32, zero frequency at index (0, 0).
-    probe : (1, 1, DET_H, DET_W) complex64, unnormalised-FFT scale.
+    probe : (1, MODES, DET_H, DET_W) complex64, unnormalised-FFT scale.
     position_y_px, position_x_px : (N_POS,) float32 patch centres relative to origin.
     origin : (2,) the object pixel coordinates of the positions' origin.
     object_shape : (OBJ_H, OBJ_W), our grid.
@@ -169,9 +169,10 @@ def object_grid_shape(positions: np.ndarray, probe_shape: tuple[int, int]) -> tu
 def _check_inputs(data: np.ndarray, positions: np.ndarray, probe: np.ndarray) -> None:
     if data.ndim != 3:
         raise InputError(f"data: expected (N_POS, DET_H, DET_W) counts, got shape {data.shape}")
-    if probe.ndim != 2 or probe.shape != data.shape[1:]:
+    if probe.ndim not in (2, 3) or probe.shape[-2:] != data.shape[1:]:
         raise InputError(
-            f"probe: expected shape {data.shape[1:]} (the detector shape), got {probe.shape}"
+            f"probe: expected shape {data.shape[1:]} or (MODES, *{data.shape[1:]}) (the "
+            f"detector shape), got {probe.shape}"
         )
     if positions.shape != (data.shape[0], 2):
         raise InputError(
@@ -189,17 +190,18 @@ def to_ptychi_inputs(data: np.ndarray, positions: np.ndarray, probe: np.ndarray)
 
     data : (N_POS, DET_H, DET_W) counts, zero frequency centred.
     positions : (N_POS, 2) top-left (row, col) in object pixels.
-    probe : (DET_H, DET_W) complex, unitary-FFT scale.
+    probe : (DET_H, DET_W) or (MODES, DET_H, DET_W) complex, unitary-FFT scale.
     """
     data = np.asarray(data)
     positions = np.asarray(positions, dtype=np.float64)
     probe = np.asarray(probe)
     _check_inputs(data, positions, probe)
-    det_h, det_w = probe.shape
-    object_shape = object_grid_shape(positions, probe.shape)
+    det_h, det_w = probe.shape[-2:]
+    object_shape = object_grid_shape(positions, (det_h, det_w))
     origin = ((object_shape[0] - 1) / 2.0, (object_shape[1] - 1) / 2.0)
     patterns = np.ascontiguousarray(np.fft.ifftshift(data, axes=(-2, -1)), dtype=np.float32)
-    probe_ptychi = (probe / math.sqrt(det_h * det_w)).astype(np.complex64)[None, None]
+    modes = probe.reshape(-1, det_h, det_w)
+    probe_ptychi = (modes / math.sqrt(det_h * det_w)).astype(np.complex64)[None]
     centre_y = positions[:, 0] + (det_h - 1) / 2.0 - origin[0]
     centre_x = positions[:, 1] + (det_w - 1) / 2.0 - origin[1]
     return PtychiInputs(
@@ -225,16 +227,62 @@ def build_lsqml_task(
     wavelength: float = 1e-10,
     seed: int = 0,
 ) -> Any:
-    """Build a ``ptychi.api.task.PtychographyTask`` for LSQML on our data.
+    """Build a ``ptychi.api.task.PtychographyTask`` for LSQML on our data (see
+    :func:`build_task`)."""
+    return build_task(
+        "lsqml",
+        data,
+        positions,
+        probe,
+        iterations=iterations,
+        object_guess=object_guess,
+        batch_size=batch_size,
+        noise_model=noise_model,
+        pixel_size=pixel_size,
+        wavelength=wavelength,
+        seed=seed,
+    )
 
+
+Engine = Literal["lsqml", "rpie"]
+
+
+def build_task(
+    engine: Engine,
+    data: np.ndarray,
+    positions: np.ndarray,
+    probe: np.ndarray,
+    *,
+    iterations: int,
+    object_guess: np.ndarray | None = None,
+    batch_size: int | None = None,
+    noise_model: Literal["gaussian", "poisson"] = "gaussian",
+    pixel_size: float = 1e-8,
+    wavelength: float = 1e-10,
+    seed: int = 0,
+    modes: int = 1,
+    refine_positions: bool = False,
+    alpha: float = 0.1,
+) -> Any:
+    """Build a ``ptychi.api.task.PtychographyTask`` for LSQML or rPIE on our data.
+
+    probe : (DET_H, DET_W) or (MODES, DET_H, DET_W) complex, unitary-FFT scale.
     object_guess : (OBJ_H, OBJ_W) complex on our grid; ones if None.
     batch_size : minibatch size; ``default_batch_size(N_POS)`` if None.
+    noise_model : LSQML only.
+    modes : incoherent probe modes; when ``probe`` has fewer, the extra ones are made
+        with Pty-chi's own ``orthogonalize_initial_probe`` (Hermite modes) and the modes
+        are kept orthogonal every iteration (its default).
+    refine_positions : Pty-chi's gradient position correction, with the mean position
+        held fixed, from the second iteration on.
+    alpha : rPIE's object and probe alpha (Maiden 2017, table 1).
     Returns the built task (not yet run); ``task.run()`` iterates.
     """
     import_ptychi()
     import ptychi.api as api
     import torch
     from ptychi.api.task import PtychographyTask
+    from ptychi.utils import orthogonalize_initial_probe
 
     inputs = to_ptychi_inputs(data, positions, probe)
     n_positions = inputs.patterns.shape[0]
@@ -246,9 +294,11 @@ def build_lsqml_task(
         )
     if noise_model not in ("gaussian", "poisson"):
         raise InputError(f"noise_model: expected 'gaussian' or 'poisson', got {noise_model!r}")
+    if engine not in ("lsqml", "rpie"):
+        raise InputError(f"engine: expected 'lsqml' or 'rpie', got {engine!r}")
     batch = default_batch_size(n_positions) if batch_size is None else int(batch_size)
 
-    options = api.LSQMLOptions()
+    options = api.LSQMLOptions() if engine == "lsqml" else api.RPIEOptions()
     options.data_options.fft_shift = False  # we ifftshift ourselves (exact for odd sizes too)
     options.data_options.wavelength_m = wavelength
     options.object_options.pixel_size_m = pixel_size
@@ -258,19 +308,31 @@ def build_lsqml_task(
     )
     options.object_options.position_origin_coords = list(inputs.origin)
     options.probe_options.optimizable = True
-    options.probe_position_options.optimizable = False
+    options.probe_position_options.optimizable = bool(refine_positions)
+    if refine_positions:
+        options.probe_position_options.constrain_position_mean = True
+        options.probe_position_options.optimization_plan.start = 1
     options.reconstructor_options.num_epochs = int(iterations)
     options.reconstructor_options.batch_size = batch
-    options.reconstructor_options.noise_model = api.NoiseModels(noise_model)
+    if engine == "lsqml":
+        options.reconstructor_options.noise_model = api.NoiseModels(noise_model)
+    else:
+        options.object_options.alpha = float(alpha)
+        options.probe_options.alpha = float(alpha)
     options.reconstructor_options.default_device = api.Devices.CPU
     options.reconstructor_options.random_seed = seed
 
     torch.set_default_dtype(torch.float32)
+    probe_tensor = torch.from_numpy(inputs.probe)
+    if modes > probe_tensor.shape[1]:
+        extended = torch.zeros((1, modes, *probe_tensor.shape[-2:]), dtype=probe_tensor.dtype)
+        extended[:, : probe_tensor.shape[1]] = probe_tensor
+        probe_tensor = orthogonalize_initial_probe(extended)
     return PtychographyTask(
         options,
         diffraction_data=torch.from_numpy(inputs.patterns),
         object_data=torch.from_numpy(np.asarray(object_guess, dtype=np.complex64)[None]),
-        probe_data=torch.from_numpy(inputs.probe),
+        probe_data=probe_tensor,
         probe_position_y_px=torch.from_numpy(inputs.position_y_px),
         probe_position_x_px=torch.from_numpy(inputs.position_x_px),
     )
@@ -302,14 +364,50 @@ def run_lsqml(
     noise_model: Literal["gaussian", "poisson"] = "gaussian",
     seed: int = 0,
 ) -> PtychiResult:
-    """Reconstruct object and probe with Pty-chi's LSQML, in our conventions.
+    """Reconstruct object and probe with Pty-chi's LSQML, in our conventions (see
+    :func:`run_ptychi`)."""
+    return run_ptychi(
+        "lsqml",
+        data,
+        positions,
+        probe,
+        iterations=iterations,
+        pixel_size=pixel_size,
+        wavelength=wavelength,
+        threads=threads,
+        batch_size=batch_size,
+        noise_model=noise_model,
+        seed=seed,
+    )
+
+
+def run_ptychi(
+    engine: Engine,
+    data: np.ndarray,
+    positions: np.ndarray,
+    probe: np.ndarray,
+    *,
+    iterations: int,
+    pixel_size: float = 1e-8,
+    wavelength: float = 1e-10,
+    threads: int | None = None,
+    batch_size: int | None = None,
+    noise_model: Literal["gaussian", "poisson"] = "gaussian",
+    seed: int = 0,
+    modes: int = 1,
+    refine_positions: bool = False,
+    alpha: float = 0.1,
+) -> PtychiResult:
+    """Reconstruct object and probe with Pty-chi's LSQML or rPIE, in our conventions.
 
     data : (N_POS, DET_H, DET_W) float32 counts, zero frequency centred.
     positions : (N_POS, 2) float32 top-left (row, col) in object pixels, >= 0.
     probe : (DET_H, DET_W) complex64 initial probe, unitary-FFT scale.
     iterations : epochs (each visits every pattern once, in minibatches).
     threads : torch CPU threads (``torch.set_num_threads``); unchanged if None.
-    Returns a :class:`PtychiResult` whose object is on our grid.
+    modes, refine_positions, alpha : see :func:`build_task`.
+    Returns a :class:`PtychiResult` whose object is on our grid; its probe is
+    (DET_H, DET_W) for one mode, else (MODES, DET_H, DET_W).
     """
     import_ptychi()
     import torch
@@ -317,7 +415,8 @@ def run_lsqml(
     if threads is not None:
         torch.set_num_threads(int(threads))
     start = time.perf_counter()
-    task = build_lsqml_task(
+    task = build_task(
+        engine,
         data,
         positions,
         probe,
@@ -327,13 +426,18 @@ def run_lsqml(
         pixel_size=pixel_size,
         wavelength=wavelength,
         seed=seed,
+        modes=modes,
+        refine_positions=refine_positions,
+        alpha=alpha,
     )
     start_iterations = time.perf_counter()
     task.run()
     end = time.perf_counter()
-    det_h, det_w = probe.shape
+    det_h, det_w = probe.shape[-2:]
     result_object = task.get_data_to_cpu("object", as_numpy=True)[0].astype(np.complex64)
-    result_probe = task.get_data_to_cpu("probe", as_numpy=True)[0, 0] * math.sqrt(det_h * det_w)
+    result_probe = task.get_data_to_cpu("probe", as_numpy=True)[0] * math.sqrt(det_h * det_w)
+    if result_probe.shape[0] == 1:
+        result_probe = result_probe[0]
     cost = task.reconstructor.loss_tracker.table["loss"].to_numpy(dtype=np.float64)
     return PtychiResult(
         object=result_object,
@@ -342,7 +446,7 @@ def run_lsqml(
         seconds_per_iteration=(end - start_iterations) / int(iterations),
         cost_history=cost,
         batch_size=task.options.reconstructor_options.batch_size,
-        noise_model=noise_model,
+        noise_model=noise_model if engine == "lsqml" else "rpie",
     )
 
 

@@ -1,16 +1,26 @@
 """Reconstruction benchmark: prints tables, asserts nothing.
 
-1. Seconds per iteration and peak memory for the real Siemens-star view
-   (516 x 128 x 128) and a simulated view of 1800 x 128 x 128 (one view of the
-   paper's catalyst dataset), at 1, 2 and 4 partitions, on NumPy, and on CuPy
-   when a GPU is usable.
-2. Our solver against Pty-chi's LSQML (PyTorch, CPU) on a simulated noisy view,
-   same data, same probe guess, same iteration budget: seconds per iteration,
-   total seconds and phase SSIM against the known object.
+1. Fidelity and speed against Pty-chi (default). Independently simulated views
+   (``recon.simulate_fourier``: exact Fourier-shift patches, band-limited objects, a
+   defocused tilted zone-plate probe, a flat-phase Gaussian guess of the wrong width
+   in the file) reconstructed by our solver and by Pty-chi's LSQML and rPIE, each
+   Pty-chi engine in a few settings of which the best (highest SSIM) is kept. Cases:
+   noise-free star; Poisson noise at 1e6 photons per pattern; positions off by 1 px
+   RMS; a two-mode (80/20) beam; three tomography-like views of a sphere phantom
+   (0, 60, 120 degrees, 1e6 photons). Per case and solver: ms per iteration, total
+   seconds, phase SSIM after removing the global phase and the linear phase ramp
+   (``recon.metrics.compare_objects``), then a summary against the goals of issue 10.
+   Our solver gets ``probe_modes`` / ``refine_positions`` for the cases that need them
+   when ``ReconOptions`` has those fields; Pty-chi gets the same (modes, position
+   correction).
+2. ``--speed``: seconds per iteration and peak memory of our solver for the real
+   Siemens-star view (516 x 128 x 128) and a simulated 1800 x 128 x 128 view, at 1, 2
+   and 4 partitions, NumPy (and CuPy when a GPU is usable).
 
-    python bench/recon.py                       # everything (about 15 min on 2 cores)
-    python bench/recon.py --skip-ptychi         # table 1 only
-    python bench/recon.py --compare-positions 1800 --compare-detector 128
+    python bench/recon.py                # --quick: 64 px detector, 150 positions, 60 it.
+    python bench/recon.py --full         # 128 px, 400 positions, 100 iterations (~1 h)
+    python bench/recon.py --cases star two-mode --skip-ptychi
+    python bench/recon.py --speed --skip-fidelity
 
 Pty-chi needs the bench extra: ``pip install -e '.[bench]'``.
 """
@@ -18,11 +28,14 @@ Pty-chi needs the bench extra: ``pip install -e '.[bench]'``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import pathlib
 import statistics
 import sys
 import time
 import tracemalloc
+from typing import Any
 
 import numpy as np
 
@@ -32,10 +45,63 @@ sys.path.insert(0, str(REPO))
 from recon.backend import cupy_module, gpu_count  # noqa: E402
 from recon.metrics import compare_objects, illuminated_region  # noqa: E402
 from recon.options import ReconOptions  # noqa: E402
-from recon.ptycho import reconstruct  # noqa: E402
-from recon.simulate import simulate_view  # noqa: E402
+from recon.ptycho import initial_probe, reconstruct  # noqa: E402
+from recon.simulate_fourier import FourierSimulation, simulate_scan  # noqa: E402
 
 SIEMENS_STAR = REPO.parent / "shared" / "data" / "siemens-star-small.npz.bz2"
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One simulated view and what the solvers are told about it."""
+
+    name: str
+    object_kind: str = "star"
+    photons: float | None = None
+    position_error_px: float = 0.0
+    mode_powers: tuple[float, ...] = (1.0,)
+    view_angle_deg: float = 0.0
+    seed: int = 0
+
+    @property
+    def modes(self) -> int:
+        return len(self.mode_powers)
+
+
+CASES = [
+    Case("noise-free star", seed=1),
+    Case("Poisson 1e6", photons=1e6, seed=2),
+    Case("positions off 1 px", position_error_px=1.0, seed=3),
+    Case("two-mode beam", mode_powers=(0.8, 0.2), seed=4),
+    Case("tomo view 0 deg", object_kind="spheres", photons=1e6, view_angle_deg=0.0, seed=5),
+    Case("tomo view 60 deg", object_kind="spheres", photons=1e6, view_angle_deg=60.0, seed=5),
+    Case("tomo view 120 deg", object_kind="spheres", photons=1e6, view_angle_deg=120.0, seed=5),
+]
+CASE_KEYS = {
+    "star": ["noise-free star"],
+    "poisson": ["Poisson 1e6"],
+    "positions": ["positions off 1 px"],
+    "two-mode": ["two-mode beam"],
+    "tomo": [c.name for c in CASES if c.name.startswith("tomo")],
+}
+
+#: Pty-chi settings tried per engine; the best (highest phase SSIM) is reported.
+PTYCHI_SETTINGS = {
+    "quick": [
+        ("lsqml", {"noise_model": "gaussian"}),
+        ("lsqml", {"noise_model": "poisson"}),
+        ("rpie", {"alpha": 0.1}),
+        ("rpie", {"alpha": 0.5}),
+    ],
+    "full": [
+        ("lsqml", {"noise_model": "gaussian"}),
+        ("lsqml", {"noise_model": "poisson"}),
+        ("lsqml", {"noise_model": "gaussian", "batch_size_fraction": 0.05}),
+        ("rpie", {"alpha": 0.1}),
+        ("rpie", {"alpha": 0.5}),
+        ("rpie", {"alpha": 0.1, "batch_size_fraction": 0.05}),
+    ],
+}
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
@@ -46,6 +112,204 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- fidelity
+
+
+def simulate_case(case: Case, detector: int, n_positions: int) -> FourierSimulation:
+    return simulate_scan(
+        detector=detector,
+        n_positions=n_positions,
+        object_kind=case.object_kind,  # type: ignore[arg-type]
+        view_angle_deg=case.view_angle_deg,
+        mode_powers=case.mode_powers,
+        position_error_px=case.position_error_px,
+        photons=case.photons,
+        seed=case.seed,
+    )
+
+
+def scorer(sim: FourierSimulation):
+    """phase SSIM (ramp-free) of an object on the reported-positions grid; NaN when the
+    reconstruction cannot be registered on the truth at all."""
+    truth = sim.true_object
+    height, width = truth.shape
+    probe_amplitude = np.sqrt(np.sum(np.abs(sim.true_probe) ** 2, axis=0))
+    region = illuminated_region(sim.true_positions, probe_amplitude, truth.shape)
+
+    def score(object_: np.ndarray) -> float:
+        if not np.all(np.isfinite(object_)):
+            return float("nan")
+        try:
+            return compare_objects(object_[:height, :width], truth, region)["phase_ssim"]
+        except ValueError:  # nothing left to compare after registration: diverged
+            return float("nan")
+
+    return score
+
+
+def our_options(case: Case, iterations: int) -> tuple[ReconOptions, str]:
+    """Our options for the case: probe modes and position refinement when ReconOptions
+    has those fields (they arrive with the solver work of issue 10)."""
+    fields = set(ReconOptions.field_names())
+    extra: dict[str, Any] = {}
+    if case.modes > 1 and "probe_modes" in fields:
+        extra["probe_modes"] = case.modes
+    if case.position_error_px > 0 and "refine_positions" in fields:
+        extra["refine_positions"] = True
+    options = ReconOptions(iterations=iterations, backend="numpy", **extra)
+    label = ", ".join(f"{k}={v}" for k, v in extra.items()) or "defaults"
+    return options, label
+
+
+def run_ours(sim: FourierSimulation, case: Case, iterations: int) -> dict[str, Any]:
+    options, label = our_options(case, iterations)
+    scan = sim.to_scan()
+    start = time.perf_counter()
+    result = reconstruct(scan, options)
+    total = time.perf_counter() - start
+    return {
+        "solver": "ptychoflow ML-CG",
+        "setting": label,
+        "per_iteration": statistics.mean(result.seconds_per_iteration),
+        "total": total,
+        "object": result.object,
+    }
+
+
+def run_ptychi_settings(
+    sim: FourierSimulation, case: Case, iterations: int, settings: list, threads: int
+) -> list[dict[str, Any]]:
+    from bench.ptychi_runner import run_ptychi
+
+    scan = sim.to_scan()
+    guess = initial_probe(scan)  # the file's Gaussian, scaled to the data, as ours starts
+    runs = []
+    for engine, setting in settings:
+        setting = dict(setting)
+        fraction = setting.pop("batch_size_fraction", None)
+        if fraction is not None:
+            setting["batch_size"] = max(8, round(fraction * scan.n_positions))
+        try:
+            result = run_ptychi(
+                engine,
+                scan.data,
+                scan.positions,
+                guess,
+                iterations=iterations,
+                pixel_size=scan.pixel_size,
+                wavelength=scan.wavelength,
+                threads=threads,
+                modes=case.modes,
+                refine_positions=case.position_error_px > 0,
+                **setting,
+            )
+        except Exception as err:  # a setting that breaks inside Pty-chi is a result too
+            print(f"  Pty-chi {engine} {setting} failed: {err}", file=sys.stderr)
+            continue
+        label = ", ".join(f"{k}={v}" for k, v in setting.items())
+        if case.modes > 1:
+            label += f", modes={case.modes}"
+        if case.position_error_px > 0:
+            label += ", position correction"
+        runs.append(
+            {
+                "solver": f"Pty-chi {engine.upper() if engine == 'lsqml' else 'rPIE'}",
+                "setting": label,
+                "per_iteration": result.seconds_per_iteration,
+                "total": result.seconds_total,
+                "object": result.object,
+            }
+        )
+    return runs
+
+
+def fidelity_tables(args: argparse.Namespace) -> None:
+    size = "full" if args.full else "quick"
+    detector = args.detector or (128 if args.full else 64)
+    n_positions = args.positions or (400 if args.full else 150)
+    iterations = args.iterations or (100 if args.full else 60)
+    threads = args.threads or min(os.cpu_count() or 1, 2)
+    names = [n for key in args.cases for n in CASE_KEYS[key]]
+    cases = [c for c in CASES if c.name in names]
+    have_ptychi = not args.skip_ptychi
+    if have_ptychi:
+        try:
+            from bench.ptychi_runner import import_ptychi
+
+            import_ptychi()
+        except ImportError as err:
+            print(f"Pty-chi is not installed ({err}); pip install -e '.[bench]'")
+            have_ptychi = False
+
+    rows, summary = [], []
+    for case in cases:
+        sim = simulate_case(case, detector, n_positions)
+        score = scorer(sim)
+        runs = [run_ours(sim, case, iterations)]
+        print(f"  {case.name}: ours done", file=sys.stderr, flush=True)
+        if have_ptychi:
+            runs += run_ptychi_settings(
+                sim, case, iterations, PTYCHI_SETTINGS[size], threads=threads
+            )
+        for run in runs:
+            run["ssim"] = score(run.pop("object"))
+        best: dict[str, dict[str, Any]] = {}
+        for run in runs:
+            kept = best.get(run["solver"])
+            better = kept is None or (
+                np.isfinite(run["ssim"]) and not (run["ssim"] <= kept["ssim"])
+            )
+            if better:
+                best[run["solver"]] = run
+        for run in runs:
+            mark = " *" if best[run["solver"]] is run and run["solver"].startswith("Pty") else ""
+            rows.append(
+                [
+                    case.name,
+                    run["solver"] + mark,
+                    run["setting"],
+                    f"{run['per_iteration'] * 1000:.0f}",
+                    f"{run['total']:.1f}",
+                    _ssim_text(run["ssim"]),
+                ]
+            )
+            print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+        ours = runs[0]
+        peers = [r for name, r in best.items() if name.startswith("Pty") and np.isfinite(r["ssim"])]
+        if peers:
+            peer = max(peers, key=lambda r: r["ssim"])
+            goal = ours["ssim"] >= peer["ssim"] and ours["total"] <= 0.5 * peer["total"]
+            summary.append(
+                [
+                    case.name,
+                    _ssim_text(ours["ssim"]),
+                    f"{peer['solver']} {_ssim_text(peer['ssim'])}",
+                    f"{ours['total'] / peer['total']:.2f}",
+                    "yes" if goal else "no",
+                ]
+            )
+    print_table(
+        f"Independently simulated views ({size}: {n_positions} positions, {detector}x{detector}"
+        f" detector, {iterations} iterations, Gaussian guess 0.55x the true probe's width; "
+        f"Pty-chi on {threads} torch threads; * = best setting of that engine)",
+        ["case", "solver", "setting", "ms/iteration", "total s", "phase SSIM"],
+        rows,
+    )
+    if summary:
+        print_table(
+            "Against the best Pty-chi engine (goal: SSIM >= theirs in <= 0.5x their time)",
+            ["case", "ours SSIM", "best Pty-chi", "our time / theirs", "goal met"],
+            summary,
+        )
+
+
+def _ssim_text(value: float) -> str:
+    return "diverged" if not np.isfinite(value) else f"{value:.3f}"
+
+
+# --------------------------------------------------------------------------- speed
 
 
 def time_solver(scan, backend: str, partitions: int, iterations: int) -> tuple[float, float]:
@@ -72,6 +336,7 @@ def time_solver(scan, backend: str, partitions: int, iterations: int) -> tuple[f
 
 def speed_table(args: argparse.Namespace) -> None:
     from recon.cxi import load_scan
+    from recon.simulate import simulate_view
 
     views = []
     if SIEMENS_STAR.exists():
@@ -85,143 +350,38 @@ def speed_table(args: argparse.Namespace) -> None:
             for partitions in args.partitions:
                 if backend == "cupy" and partitions > gpu_count():
                     continue
-                per_iteration, peak = time_solver(scan, backend, partitions, args.iterations)
+                per_iteration, peak = time_solver(scan, backend, partitions, args.speed_iterations)
                 rows.append(
                     [name, backend, str(partitions), f"{per_iteration * 1000:.0f}", f"{peak:.0f}"]
                 )
                 print(f"  {rows[-1]}", file=sys.stderr, flush=True)
     print_table(
-        f"Solver speed ({args.iterations} iterations, median ms/iteration after the first)",
+        f"Solver speed ({args.speed_iterations} iterations, median ms/iteration after the first)",
         ["view", "backend", "partitions", "ms/iteration", "peak MiB"],
         rows,
     )
 
 
-def poisson_noise_floor(scan, result, seed: int = 0) -> float:
-    """Mean Poisson deviance per pixel that counts drawn from the fitted model itself
-    would have: the lowest cost any model can expect on data with this noise."""
-    from recon.cost import PoissonCost
-    from recon.operators import Patches, Ptycho
-
-    rng = np.random.default_rng(seed)
-    total = 0.0
-    for first in range(0, scan.n_positions, 64):
-        block = slice(first, first + 64)
-        sub = Ptycho(Patches(result.positions[block], result.object.shape, scan.detector_shape))
-        far = sub.fwd_object(result.object, result.probe)
-        intensity = (far.real**2 + far.imag**2).astype(np.float32)
-        drawn = rng.poisson(intensity).astype(np.float32)
-        total += PoissonCost(drawn).value(intensity)
-    return total / (scan.n_positions * scan.detector_shape[0] * scan.detector_shape[1])
-
-
-def real_data_table(args: argparse.Namespace) -> None:
-    from recon.cxi import load_scan
-
-    if not SIEMENS_STAR.exists():
-        return
-    scan = load_scan(SIEMENS_STAR)
-    result = reconstruct(scan, ReconOptions(iterations=args.real_iterations, backend="numpy"))
-    floor = poisson_noise_floor(scan, result)
-    cost = result.cost
-    rows = [
-        [
-            str(args.real_iterations),
-            f"{cost[0]:.3f}",
-            f"{cost[10]:.3f}",
-            f"{cost[-1]:.3f}",
-            f"{cost[0] / cost[-1]:.1f}x",
-            f"{floor:.3f}",
-            f"{(cost[0] - floor) / (cost[-1] - floor):.1f}x",
-        ]
-    ]
-    print_table(
-        "Real Siemens star, Poisson deviance per pixel (0 = perfect fit)",
-        ["iterations", "first", "after 10", "last", "fall", "noise floor", "fall above floor"],
-        rows,
-    )
-
-
-def comparison_table(args: argparse.Namespace) -> None:
-    simulated = simulate_view(
-        detector=args.compare_detector,
-        n_positions=args.compare_positions,
-        photons=args.compare_photons,
-        seed=7,
-    )
-    scan = simulated.scan
-    truth = simulated.true_object
-    region = illuminated_region(scan.positions, simulated.true_probe, truth.shape)
-    h, w = truth.shape
-
-    def ssim(obj: np.ndarray) -> float:
-        return compare_objects(obj[:h, :w], truth, region)["phase_ssim"]
-
-    rows = []
-    start = time.perf_counter()
-    ours = reconstruct(scan, ReconOptions(iterations=args.compare_iterations, backend="numpy"))
-    total = time.perf_counter() - start
-    rows.append(
-        [
-            "ptychoflow ML-CG (Poisson)",
-            str(args.compare_iterations),
-            f"{statistics.mean(ours.seconds_per_iteration) * 1000:.0f}",
-            f"{total:.1f}",
-            f"{ssim(ours.object):.3f}",
-        ]
-    )
-    print(f"  {rows[-1]}", file=sys.stderr, flush=True)
-    try:
-        from bench.ptychi_runner import run_lsqml
-    except ImportError as err:  # the bench extra is not installed
-        print(f"\nPty-chi is not installed ({err}); pip install -e '.[bench]'")
-    else:
-        theirs = run_lsqml(
-            scan.data, scan.positions, initial_probe_for(scan), iterations=args.compare_iterations
-        )
-        rows.append(
-            [
-                "Pty-chi LSQML (Gaussian)",
-                str(args.compare_iterations),
-                f"{theirs.seconds_per_iteration * 1000:.0f}",
-                f"{theirs.seconds_total:.1f}",
-                f"{ssim(theirs.object):.3f}",
-            ]
-        )
-    print_table(
-        f"Noisy simulated view {args.compare_positions}x{args.compare_detector}x"
-        f"{args.compare_detector}, {args.compare_photons:.0e} photons/pattern, same probe guess",
-        ["solver", "iterations", "ms/iteration", "total s", "phase SSIM"],
-        rows,
-    )
-
-
-def initial_probe_for(scan) -> np.ndarray:
-    """The same starting probe our solver uses (the file's guess, scaled to the data)."""
-    from recon.ptycho import initial_probe
-
-    return initial_probe(scan)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=5, help="iterations per speed row")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small views (the default)")
+    size.add_argument("--full", action="store_true", help="128 px, 400 positions, 100 it.")
+    parser.add_argument("--cases", nargs="+", choices=list(CASE_KEYS), default=list(CASE_KEYS))
+    parser.add_argument("--detector", type=int, default=None, help="override the size's")
+    parser.add_argument("--positions", type=int, default=None, help="override the size's")
+    parser.add_argument("--iterations", type=int, default=None, help="override the size's")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    parser.add_argument("--skip-ptychi", action="store_true", help="our solver only")
+    parser.add_argument("--skip-fidelity", action="store_true", help="no Pty-chi comparison")
+    parser.add_argument("--speed", action="store_true", help="also the speed/memory table")
+    parser.add_argument("--speed-iterations", type=int, default=5)
     parser.add_argument("--partitions", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--skip-speed", action="store_true")
-    parser.add_argument("--skip-ptychi", action="store_true", help="no comparison table")
-    parser.add_argument("--skip-real", action="store_true", help="no real-data convergence table")
-    parser.add_argument("--real-iterations", type=int, default=100)
-    parser.add_argument("--compare-iterations", type=int, default=100)
-    parser.add_argument("--compare-positions", type=int, default=516)
-    parser.add_argument("--compare-detector", type=int, default=128)
-    parser.add_argument("--compare-photons", type=float, default=1e6)
     args = parser.parse_args(argv)
-    if not args.skip_speed:
+    if not args.skip_fidelity:
+        fidelity_tables(args)
+    if args.speed:
         speed_table(args)
-    if not args.skip_real:
-        real_data_table(args)
-    if not args.skip_ptychi:
-        comparison_table(args)
     return 0
 
 

@@ -42,6 +42,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="array backend (default auto: CuPy when a GPU is usable)",
     )
+    parser.add_argument(
+        "--holdout",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="hold out this fraction of the patterns (e.g. 0.05) and stop when their cost "
+        "stops falling, keeping the best iterate: against fitting the noise (default 0: off)",
+    )
+    parser.add_argument(
+        "--holdout-patience",
+        type=int,
+        default=None,
+        metavar="N",
+        help="iterations without a new lowest held-out cost before stopping (default 10)",
+    )
+    parser.add_argument(
+        "--preview-deramp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="remove the global phase and the fitted linear phase ramp in the PNG preview "
+        "(default on: a ramp, an ambiguity of the data, wraps the phase display)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -60,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         "devices": args.devices,
         "cost": args.cost,
         "backend": args.backend,
+        "holdout_fraction": args.holdout,
+        "holdout_patience": args.holdout_patience,
     }
     options = ReconOptions.from_dict({k: v for k, v in changes.items() if v is not None})
     if args.no_probe:
@@ -79,7 +103,13 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        summary = reconstruct_file(args.input, args.output, options, progress=progress)
+        summary = reconstruct_file(
+            args.input,
+            args.output,
+            options,
+            progress=progress,
+            preview_deramp=args.preview_deramp,
+        )
     finally:
         bar.close()
     print(
@@ -87,6 +117,12 @@ def run(args: argparse.Namespace) -> int:
         f"(cost {summary['initial_cost']:.4g} -> {summary['final_cost']:.4g}, "
         f"{summary['seconds_per_iteration'] * 1000:.0f} ms/iteration on {summary['backend']})"
     )
+    if "holdout" in summary:
+        print(
+            f"stopped on {summary['holdout']['patterns']} held-out patterns after "
+            f"{summary['iterations']} iterations; kept iteration "
+            f"{summary['holdout']['best_iteration']}"
+        )
     if not args.quiet:
         print(json.dumps(summary, indent=2), file=sys.stderr)
     return 0

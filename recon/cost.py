@@ -20,6 +20,14 @@ from recon.options import CostFunction
 EPSILON = 1e-6
 
 
+def _projection_factor(data: Any, mask: Any, intensity: Any) -> Any:
+    """``1 - sqrt(d / I)``: the far field times this is its distance to the measured
+    modulus (the exit-wave residual of an amplitude projection), masked."""
+    xp = get_array_module(intensity)
+    factor = 1 - xp.sqrt(data / (intensity + EPSILON))
+    return factor if mask is None else factor * mask
+
+
 class PoissonCost:
     """Poisson deviance: ``sum I - d - d log(I / d)`` (the d = 0 terms reduce to I).
 
@@ -44,6 +52,9 @@ class PoissonCost:
         factor = 1 - self.data / (intensity + EPSILON)
         return factor if self.mask is None else factor * self.mask
 
+    def projection_factor(self, intensity: Any) -> Any:
+        return _projection_factor(self.data, self.mask, intensity)
+
 
 class GaussianCost:
     """Least squares on amplitudes: ``sum (|psi| - sqrt(d))^2``."""
@@ -65,6 +76,9 @@ class GaussianCost:
         xp = get_array_module(intensity)
         factor = 1 - self.amplitude / (xp.sqrt(intensity) + EPSILON)
         return factor if self.mask is None else factor * self.mask
+
+    def projection_factor(self, intensity: Any) -> Any:
+        return _projection_factor(self.amplitude * self.amplitude, self.mask, intensity)
 
 
 def make_cost(kind: CostFunction | str, data: Any, mask: Any = None) -> PoissonCost | GaussianCost:

@@ -85,8 +85,8 @@ def load_scan(path: str | os.PathLike[str]) -> ScanData:
 def load_cxi(path: str | os.PathLike[str]) -> ScanData:
     """Load one view from a CXI file (see the module docstring for the layout).
 
-    Returns a ScanData with ``pixel_size`` (object pixel size in metres) and
-    ``wavelength`` filled. Raises :class:`InputFileNotFound` or :class:`InputError`.
+    Returns a ScanData with ``pixel_size`` (object pixel size in metres), ``wavelength``
+    and ``distance`` filled. Raises :class:`InputFileNotFound` or :class:`InputError`.
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -149,6 +149,7 @@ def load_cxi(path: str | os.PathLike[str]) -> ScanData:
         mask=valid_mask,
         pixel_size=float(row_pixel),
         wavelength=float(wavelength),
+        distance=float(distance),
         source=str(path),
         data_name=DATA_PATH,
         positions_name=TRANSLATION_PATH,
@@ -359,6 +360,7 @@ def validated_scan(
     mask: Any = None,
     pixel_size: float | None = None,
     wavelength: float | None = None,
+    distance: float | None = None,
     source: str = "<memory>",
     data_name: str = "data",
     positions_name: str = "positions",
@@ -427,6 +429,7 @@ def validated_scan(
         mask=mask,
         pixel_size=pixel_size,
         wavelength=wavelength,
+        distance=distance,
         source=source,
     )
 

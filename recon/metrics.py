@@ -9,7 +9,10 @@ common top-left part, so only a small residual shift is expected and
 
 Ptychography determines the object only up to a global phase, a linear phase ramp
 (traded with a shift of the probe's far field) and, for the amplitude, a scale
-factor (traded with the probe's scale); those are removed before comparing.
+factor (traded with the probe's scale); those are removed before comparing, so every
+score :func:`compare_objects` reports is the ramp-free one unless asked otherwise.
+:func:`deramp_phase` removes the global phase and the fitted ramp of a single image (no
+truth needed): the preview uses it, since a ramp wraps the phase display.
 """
 
 from __future__ import annotations
@@ -63,16 +66,51 @@ def illuminated_region(
     return total > threshold * peak
 
 
+def deramp_phase(
+    image: np.ndarray, region: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple[float, float], float]:
+    """Remove the linear phase ramp and the global phase of one complex image.
+
+    image : (H, W) complex; region : (H, W) bool where to fit (default: everywhere).
+    The slopes are the phase of the amplitude-weighted mean lag-one products
+    (image[r + 1] x conj(image[r]), and along columns), which is robust to wrapping; the
+    global phase makes the region's complex sum real and positive.
+    Returns (image without ramp and global phase, (row, col) radians per pixel removed,
+    global phase removed in radians); the image keeps its dtype.
+    """
+    values = np.asarray(image)
+    if values.ndim != 2:
+        raise ValueError(f"image has shape {values.shape}; expected (H, W)")
+    work = values.astype(np.complex128)
+    inside = np.ones(work.shape, dtype=bool) if region is None else np.asarray(region, bool)
+    if inside.shape != work.shape:
+        raise ValueError(f"region has shape {inside.shape}; expected the image's {work.shape}")
+    pair_rows = inside[1:, :] & inside[:-1, :]
+    pair_cols = inside[:, 1:] & inside[:, :-1]
+    slope_row = float(np.angle(np.sum((work[1:, :] * work[:-1, :].conj())[pair_rows])))
+    slope_col = float(np.angle(np.sum((work[:, 1:] * work[:, :-1].conj())[pair_cols])))
+    rows, cols = np.indices(work.shape, dtype=np.float64)
+    work = work * np.exp(-1j * (slope_row * rows + slope_col * cols))
+    offset = float(np.angle(np.sum(work[inside]))) if inside.any() else 0.0
+    work = work * np.exp(-1j * offset)
+    return work.astype(values.dtype, copy=False), (slope_row, slope_col), offset
+
+
 def compare_objects(
     reconstructed: np.ndarray,
     truth: np.ndarray,
     region: np.ndarray | None = None,
+    *,
+    remove_ramp: bool = True,
 ) -> dict[str, Any]:
     """Phase SSIM, phase PSNR and amplitude SSIM of a reconstruction against the truth.
 
     reconstructed : (H1, W1) complex; truth : (H2, W2) complex, on the same grid origin
     region : bool mask on the truth's grid (e.g. :func:`illuminated_region`); default:
         the common area of both arrays less DEFAULT_BORDER pixels at each edge
+    remove_ramp : remove the fitted linear phase ramp (the default, and the fair score:
+        the ramp is an ambiguity of the data once the probe is refined); False removes
+        only the global phase, to show what the ramp costs
 
     Steps: locate the reconstruction on the truth (sub-pixel phase correlation of the
     complex images inside the region) and shift it there; remove the global phase and
@@ -136,6 +174,15 @@ def compare_objects(
     recon, ramp, global_phase = _remove_phase_ramp(recon, truth, region)
     ramp = (first_ramp[0] + ramp[0], first_ramp[1] + ramp[1])
     global_phase = float(np.angle(np.exp(1j * (first_phase + global_phase))))
+    if not remove_ramp:
+        # Put the ramp back (the shift found above stays removed), and take away only
+        # the global phase over the region.
+        rows, cols = np.indices(recon.shape, dtype=np.float64)
+        recon = recon * np.exp(1j * (ramp[0] * rows + ramp[1] * cols))
+        offset = float(np.angle(np.sum((recon * truth.conj())[region])))
+        recon = recon * np.exp(-1j * offset)
+        global_phase = float(np.angle(np.exp(1j * (global_phase + offset))))
+        ramp = (0.0, 0.0)
 
     truth_phase = np.angle(truth)
     recon_phase = truth_phase + np.angle(recon * truth.conj())

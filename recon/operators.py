@@ -4,13 +4,32 @@ Every operator is linear in the argument of ``fwd`` and ``adj`` is its exact
 adjoint (checked by the dot-product test in ``tests/unit/test_operators.py``).
 All arrays of one operator live on one device; the array module is taken from
 the inputs.
+
+Two patch models place a probe at a sub-pixel scan position:
+
+``fourier`` (the default, band-limited)
+    Each position ``p`` is split into an integer corner ``round(p)`` and a
+    sub-pixel rest ``delta`` in [-0.5, 0.5). The object is read in integer
+    windows (:class:`WindowPatches`) and the probe is moved by ``-delta`` with a
+    Fourier phase ramp (:class:`FourierShift`). Shifting the whole exit wave
+    ``probe(x) * object(x + p)`` by ``-delta`` changes its far field only by a
+    phase ramp, so the measured intensities are those of the band-limited
+    sub-pixel model, at the price of one FFT pair per probe change instead of
+    one per patch.
+``bilinear``
+    Patches interpolated bilinearly from the object (:class:`BilinearPatches`),
+    the probe unshifted.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from recon.backend import fft2, get_array_module, ifft2, is_cupy
+
+#: The patch models, by option value.
+PATCH_MODELS = ("fourier", "bilinear")
 
 
 def _check_shape(name: str, array: Any, expected: tuple[int | None, ...], what: str) -> None:
@@ -21,7 +40,99 @@ def _check_shape(name: str, array: Any, expected: tuple[int | None, ...], what: 
         raise ValueError(f"{name}: {what} has shape {array.shape}, expected {shown}")
 
 
-class Patches:
+def _strided_windows(xp: Any, obj: Any, corner: Any, shape: tuple[int, int]) -> Any:
+    """(N_POS, *shape) copies of ``obj`` windows at integer ``corner`` (N_POS, 2)."""
+    h, w = shape
+    if is_cupy(xp):
+        rows = corner[:, 0, None, None] + xp.arange(h)[None, :, None]
+        cols = corner[:, 1, None, None] + xp.arange(w)[None, None, :]
+        return obj[rows, cols]
+    # On the CPU a strided view indexed by corner copies whole rows: much faster
+    # than per-element fancy indexing.
+    s0, s1 = obj.strides
+    view = xp.lib.stride_tricks.as_strided(
+        obj,
+        shape=(obj.shape[0] - h + 1, obj.shape[1] - w + 1, h, w),
+        strides=(s0, s1, s0, s1),
+        writeable=False,
+    )
+    return view[corner[:, 0], corner[:, 1]]
+
+
+def _scatter_windows(xp: Any, out: Any, windows: Any, corner: Any) -> None:
+    """Add (N_POS, h, w) ``windows`` into ``out`` at integer ``corner``; overlaps sum."""
+    _n, h, w = windows.shape
+    if is_cupy(xp):
+        import cupyx  # type: ignore[import-not-found]
+
+        rows = corner[:, 0, None, None] + xp.arange(h)[None, :, None]
+        cols = corner[:, 1, None, None] + xp.arange(w)[None, None, :]
+        rows = xp.broadcast_to(rows, windows.shape)
+        cols = xp.broadcast_to(cols, windows.shape)
+        windows = windows.astype(out.dtype, copy=False)  # e.g. accumulate in double precision
+        if xp.iscomplexobj(windows):
+            # scatter_add has no complex atomics: add real and imaginary parts as views.
+            cupyx.scatter_add(out.real, (rows, cols), windows.real)
+            cupyx.scatter_add(out.imag, (rows, cols), windows.imag)
+        else:
+            cupyx.scatter_add(out, (rows, cols), windows)
+        return
+    # Windows overlap, so add one at a time; each add is a contiguous block.
+    for index, (r, c) in enumerate(corner.tolist()):
+        out[r : r + h, c : c + w] += windows[index]
+
+
+def _check_fits(name: str, corner: Any, object_shape: tuple[int, int], window: tuple[int, int]):
+    if not len(corner):
+        return
+    low = int(corner.min())
+    high = (int(corner[:, 0].max()) + window[0], int(corner[:, 1].max()) + window[1])
+    if low < 0 or high[0] > object_shape[0] or high[1] > object_shape[1]:
+        raise ValueError(
+            f"{name}: positions need an object of at least {high} pixels with all "
+            f"positions >= 0, got object {object_shape} and smallest corner {low}"
+        )
+
+
+class WindowPatches:
+    """Integer-pixel windows of the object, and their adjoint (overlaps summed).
+
+    ``fwd``: object (OBJ_H, OBJ_W) complex -> patches (N_POS, PATCH_H, PATCH_W).
+    ``adj``: patches (N_POS, PATCH_H, PATCH_W) -> object (OBJ_H, OBJ_W).
+
+    corner : (N_POS, 2) int64, (row, col) of each window's top-left object pixel.
+    """
+
+    def __init__(self, corner: Any, object_shape: tuple[int, int], patch_shape: tuple[int, int]):
+        xp = get_array_module(corner)
+        _check_shape("WindowPatches", corner, (None, 2), "corner")
+        self.xp = xp
+        self.object_shape = tuple(int(s) for s in object_shape)
+        self.patch_shape = tuple(int(s) for s in patch_shape)
+        self.corner = corner.astype(xp.int64)
+        self.n = int(corner.shape[0])
+        _check_fits("WindowPatches", self.corner, self.object_shape, self.patch_shape)
+
+    def fwd(self, obj: Any) -> Any:
+        _check_shape("WindowPatches.fwd", obj, self.object_shape, "object")
+        return _strided_windows(self.xp, obj, self.corner, self.patch_shape)
+
+    def adj(self, patches: Any, out: Any = None) -> Any:
+        """Sum the patches back into an object; adds into ``out`` when given.
+
+        ``out`` may have a wider dtype (complex128) than the patches: overlapping
+        contributions are then accumulated in double precision.
+        """
+        xp = self.xp
+        _check_shape("WindowPatches.adj", patches, (self.n, *self.patch_shape), "patches")
+        if out is None:
+            out = xp.zeros(self.object_shape, dtype=patches.dtype)
+        _check_shape("WindowPatches.adj", out, self.object_shape, "out")
+        _scatter_windows(xp, out, patches, self.corner)
+        return out
+
+
+class BilinearPatches:
     """Sub-pixel patch extraction by bilinear interpolation, and its adjoint.
 
     ``fwd``: object (OBJ_H, OBJ_W) complex -> patches (N_POS, PATCH_H, PATCH_W).
@@ -36,57 +147,26 @@ class Patches:
 
     def __init__(self, positions: Any, object_shape: tuple[int, int], patch_shape: tuple[int, int]):
         xp = get_array_module(positions)
-        _check_shape("Patches", positions, (None, 2), "positions")
+        _check_shape("BilinearPatches", positions, (None, 2), "positions")
         self.xp = xp
         self.object_shape = tuple(int(s) for s in object_shape)
         self.patch_shape = tuple(int(s) for s in patch_shape)
         corner = xp.floor(positions)
         frac = (positions - corner).astype(xp.float32)
         self.corner = corner.astype(xp.int64)
-        low, high = int(self.corner.min()) if len(positions) else 0, None
-        if len(positions):
-            high_r = int(self.corner[:, 0].max()) + self.patch_shape[0] + 1
-            high_c = int(self.corner[:, 1].max()) + self.patch_shape[1] + 1
-            high = (high_r, high_c)
-            if low < 0 or high_r > self.object_shape[0] or high_c > self.object_shape[1]:
-                raise ValueError(
-                    f"Patches: positions need an object of at least {high} pixels with all "
-                    f"positions >= 0, got object {self.object_shape} and smallest corner {low}"
-                )
+        window = (self.patch_shape[0] + 1, self.patch_shape[1] + 1)
+        _check_fits("BilinearPatches", self.corner, self.object_shape, window)
         fr = frac[:, 0, None, None]
         fc = frac[:, 1, None, None]
         # Bilinear weights of the four neighbours, each (N_POS, 1, 1).
         self.weights = ((1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc)
         self.n = int(positions.shape[0])
-        # Index arrays of every window pixel: (N_POS, PATCH_H + 1, 1) and (N_POS, 1, PATCH_W + 1).
-        self._rows = (
-            self.corner[:, 0, None, None] + xp.arange(self.patch_shape[0] + 1)[None, :, None]
-        )
-        self._cols = (
-            self.corner[:, 1, None, None] + xp.arange(self.patch_shape[1] + 1)[None, None, :]
-        )
-
-    def _windows(self, obj: Any) -> Any:
-        """The (N_POS, PATCH_H + 1, PATCH_W + 1) integer windows of ``obj`` (a copy)."""
-        xp = self.xp
-        ph, pw = self.patch_shape
-        if is_cupy(xp):
-            return obj[self._rows, self._cols]
-        # On the CPU a strided view indexed by corner copies whole rows: much faster
-        # than per-element fancy indexing.
-        s0, s1 = obj.strides
-        view = xp.lib.stride_tricks.as_strided(
-            obj,
-            shape=(obj.shape[0] - ph, obj.shape[1] - pw, ph + 1, pw + 1),
-            strides=(s0, s1, s0, s1),
-            writeable=False,
-        )
-        return view[self.corner[:, 0], self.corner[:, 1]]
 
     def fwd(self, obj: Any) -> Any:
-        _check_shape("Patches.fwd", obj, self.object_shape, "object")
+        _check_shape("BilinearPatches.fwd", obj, self.object_shape, "object")
+        ph, pw = self.patch_shape
         w00, w01, w10, w11 = self.weights
-        win = self._windows(obj)
+        win = _strided_windows(self.xp, obj, self.corner, (ph + 1, pw + 1))
         out = win[:, :-1, :-1] * w00
         out += win[:, :-1, 1:] * w01
         out += win[:, 1:, :-1] * w10
@@ -94,13 +174,10 @@ class Patches:
         return out
 
     def adj(self, patches: Any, out: Any = None) -> Any:
-        """Sum the patches back into an object; adds into ``out`` when given.
-
-        ``out`` may have a wider dtype (complex128) than the patches: overlapping
-        contributions are then accumulated in double precision.
-        """
+        """Sum the patches back into an object; adds into ``out`` when given
+        (which may be wider, e.g. complex128, to accumulate in double precision)."""
         xp = self.xp
-        _check_shape("Patches.adj", patches, (self.n, *self.patch_shape), "patches")
+        _check_shape("BilinearPatches.adj", patches, (self.n, *self.patch_shape), "patches")
         ph, pw = self.patch_shape
         w00, w01, w10, w11 = self.weights
         win = xp.zeros((self.n, ph + 1, pw + 1), dtype=patches.dtype)
@@ -110,31 +187,75 @@ class Patches:
         win[:, 1:, 1:] += patches * w11
         if out is None:
             out = xp.zeros(self.object_shape, dtype=patches.dtype)
-        _check_shape("Patches.adj", out, self.object_shape, "out")
-        if is_cupy(xp):
-            import cupyx  # type: ignore[import-not-found]
-
-            rows = xp.broadcast_to(self._rows, win.shape)
-            cols = xp.broadcast_to(self._cols, win.shape)
-            win = win.astype(out.dtype, copy=False)  # e.g. accumulate in double precision
-            if xp.iscomplexobj(win):
-                # scatter_add has no complex atomics: add real and imaginary parts as views.
-                cupyx.scatter_add(out.real, (rows, cols), win.real)
-                cupyx.scatter_add(out.imag, (rows, cols), win.imag)
-            else:
-                cupyx.scatter_add(out, (rows, cols), win)
-        else:
-            # Windows overlap, so add one at a time; each add is a contiguous block.
-            corner = self.corner.tolist()
-            for n, (r, c) in enumerate(corner):
-                out[r : r + ph + 1, c : c + pw + 1] += win[n]
+        _check_shape("BilinearPatches.adj", out, self.object_shape, "out")
+        _scatter_windows(xp, out, win, self.corner)
         return out
+
+
+class FourierShift:
+    """Band-limited sub-pixel shift of the probe modes to every scan position.
+
+    ``fwd``: probe (MODES, H, W) -> (N_POS, MODES, H, W), mode m at position n equal to
+    ``probe[m](x - shift[n])`` (circular, by a Fourier phase ramp).
+    ``adj``: (N_POS, MODES, H, W) -> (MODES, H, W), the inverse shifts summed over positions.
+    ``derivative``: d fwd / d shift, (2, N_POS, MODES, H, W) for the row and column shift.
+
+    shift : (N_POS, 2) float32, (row, col) shifts in pixels (small: |shift| <= 0.5).
+    """
+
+    def __init__(self, shift: Any, patch_shape: tuple[int, int]):
+        xp = get_array_module(shift)
+        _check_shape("FourierShift", shift, (None, 2), "shift")
+        self.xp = xp
+        self.patch_shape = tuple(int(s) for s in patch_shape)
+        self.n = int(shift.shape[0])
+        h, w = self.patch_shape
+        # Frequencies in cycles per pixel, float64 for accurate phases, (H,) and (W,).
+        self.freq_rows = xp.fft.fftfreq(h).astype(xp.float64)
+        self.freq_cols = xp.fft.fftfreq(w).astype(xp.float64)
+        shift64 = shift.astype(xp.float64)
+        # Separable phase ramps exp(-2 pi i k shift): (N_POS, 1, H, 1) and (N_POS, 1, 1, W).
+        self.ramp_rows = xp.exp(-2j * math.pi * shift64[:, 0, None] * self.freq_rows)[
+            :, None, :, None
+        ].astype(xp.complex64)
+        self.ramp_cols = xp.exp(-2j * math.pi * shift64[:, 1, None] * self.freq_cols)[
+            :, None, None, :
+        ].astype(xp.complex64)
+
+    def _ramp(self) -> Any:
+        return self.ramp_rows * self.ramp_cols
+
+    def fwd(self, probe: Any) -> Any:
+        _check_shape("FourierShift.fwd", probe, (None, *self.patch_shape), "probe")
+        spectrum = fft2(probe)[None]
+        return ifft2(spectrum * self._ramp())
+
+    def adj(self, shifted: Any, out: Any = None) -> Any:
+        """Shift every position back and sum; adds into ``out`` when given (which may
+        be complex128 to accumulate in double precision)."""
+        _check_shape("FourierShift.adj", shifted, (self.n, None, *self.patch_shape), "shifted")
+        spectrum = fft2(shifted)
+        spectrum *= self._ramp().conj()
+        dtype = out.dtype if out is not None else spectrum.dtype
+        total = ifft2(spectrum.sum(axis=0, dtype=dtype))
+        if out is None:
+            return total
+        out += total
+        return out
+
+    def derivative(self, probe: Any) -> Any:
+        """d/d shift of ``fwd(probe)``: (2, N_POS, MODES, H, W), rows then columns."""
+        xp = self.xp
+        spectrum = fft2(probe)[None] * self._ramp()
+        d_rows = (-2j * math.pi * self.freq_rows).astype(xp.complex64)[None, None, :, None]
+        d_cols = (-2j * math.pi * self.freq_cols).astype(xp.complex64)[None, None, None, :]
+        return xp.stack([ifft2(spectrum * d_rows), ifft2(spectrum * d_cols)])
 
 
 class Propagation:
     """Far-field propagation: unitary 2-D FFT of every exit wave.
 
-    ``fwd``: (N_POS, H, W) complex exit waves -> far fields, zero frequency at the
+    ``fwd``: (..., H, W) complex exit waves -> far fields, zero frequency at the
     corner (data are shifted once to match, so no shifts run per iteration).
     ``adj``: the inverse FFT, which is the adjoint because the FFT is unitary.
     """
@@ -146,29 +267,93 @@ class Propagation:
         return ifft2(y)
 
 
+def split_positions(positions: Any) -> tuple[Any, Any]:
+    """Nearest integer corner (N_POS, 2) int64 and sub-pixel rest in [-0.5, 0.5) float32."""
+    xp = get_array_module(positions)
+    corner = xp.floor(positions + 0.5)
+    return corner.astype(xp.int64), (positions - corner).astype(xp.float32)
+
+
 class Ptycho:
     """The linear far-field models of ptychography for fixed probe or fixed object.
 
-    ``fwd_object(obj) = F(probe * S(obj))`` with adjoint ``adj_object``;
-    ``fwd_probe(probe, patches) = F(patches * probe)`` with adjoint ``adj_probe``
-    (``patches = S(obj)``). Shapes: object (OBJ_H, OBJ_W), probe (H, W),
-    far fields (N_POS, H, W), all complex64.
+    The probe has MODES incoherent modes; every far field carries a mode axis:
+    far fields (N_POS, MODES, H, W), intensity = sum over modes of |far field|^2.
+
+    ``probes_at(probe)``: the probe modes as seen at every position, (N_POS, MODES, H, W)
+    (Fourier model) or (1, MODES, H, W) (bilinear model: the same everywhere).
+    ``fwd_object(obj, probes_at) = F(probes_at * S(obj))`` with adjoint ``adj_object``;
+    ``fwd_probe(probe, patches) = F(shift(probe) * patches)`` with adjoint ``adj_probe``
+    (``patches = S(obj)``, (N_POS, H, W)). Object (OBJ_H, OBJ_W), probe (MODES, H, W).
+
+    positions : (N_POS, 2) float32, top-left corners in object pixels (sub-pixel).
     """
 
-    def __init__(self, patches: Patches):
-        self.patches = patches
+    def __init__(
+        self,
+        positions: Any,
+        object_shape: tuple[int, int],
+        patch_shape: tuple[int, int],
+        patch_model: str = "fourier",
+    ):
+        if patch_model not in PATCH_MODELS:
+            raise ValueError(f"patch_model {patch_model!r} is not one of {PATCH_MODELS}")
+        self.patch_model = patch_model
+        self.positions = positions
+        self.patch_shape = tuple(int(s) for s in patch_shape)
+        self.shift: FourierShift | None
+        if patch_model == "fourier":
+            corner, rest = split_positions(positions)
+            self.patches: WindowPatches | BilinearPatches = WindowPatches(
+                corner, object_shape, patch_shape
+            )
+            self.shift = FourierShift(rest, patch_shape)
+        else:
+            self.patches = BilinearPatches(positions, object_shape, patch_shape)
+            self.shift = None
         self.propagation = Propagation()
 
-    def fwd_object(self, obj: Any, probe: Any) -> Any:
-        _check_shape("Ptycho.fwd_object", probe, self.patches.patch_shape, "probe")
-        return self.propagation.fwd(self.patches.fwd(obj) * probe)
+    @property
+    def n(self) -> int:
+        return self.patches.n
 
-    def adj_object(self, farfield: Any, probe: Any, out: Any = None) -> Any:
-        return self.patches.adj(self.propagation.adj(farfield) * probe.conj(), out=out)
+    def probes_at(self, probe: Any) -> Any:
+        _check_shape("Ptycho.probes_at", probe, (None, *self.patch_shape), "probe")
+        if self.shift is None:
+            return probe[None]
+        return self.shift.fwd(probe)
+
+    def adj_probes_at(self, shifted: Any, out: Any = None) -> Any:
+        """Adjoint of :meth:`probes_at`: (N_POS, MODES, H, W) -> (MODES, H, W)."""
+        if self.shift is None:
+            total = shifted.sum(axis=0, dtype=out.dtype if out is not None else None)
+            if out is None:
+                return total
+            out += total
+            return out
+        return self.shift.adj(shifted, out=out)
+
+    def fwd_object(self, obj: Any, probes_at: Any) -> Any:
+        return self.propagation.fwd(probes_at * self.patches.fwd(obj)[:, None])
+
+    def adj_object(self, farfield: Any, probes_at: Any, out: Any = None) -> Any:
+        back = self.propagation.adj(farfield)
+        back *= probes_at.conj()
+        return self.patches.adj(back.sum(axis=1), out=out)
 
     def fwd_probe(self, probe: Any, patches: Any) -> Any:
-        _check_shape("Ptycho.fwd_probe", probe, self.patches.patch_shape, "probe")
-        return self.propagation.fwd(patches * probe)
+        return self.farfield(self.probes_at(probe), patches)
 
-    def adj_probe(self, farfield: Any, patches: Any) -> Any:
-        return (self.propagation.adj(farfield) * patches.conj()).sum(axis=0)
+    def farfield(self, probes_at: Any, patches: Any) -> Any:
+        """Far fields (N_POS, MODES, H, W) of ``probes_at`` times object ``patches``."""
+        return self.propagation.fwd(probes_at * patches[:, None])
+
+    def adj_probe(self, farfield: Any, patches: Any, out: Any = None) -> Any:
+        back = self.propagation.adj(farfield)
+        back *= patches.conj()[:, None]
+        return self.adj_probes_at(back, out=out)
+
+    def intensity(self, obj: Any, probe: Any) -> Any:
+        """Modelled intensity (N_POS, H, W), zero frequency at the corner."""
+        far = self.fwd_object(obj, self.probes_at(probe))
+        return (far.real**2 + far.imag**2).sum(axis=1)

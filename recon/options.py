@@ -22,12 +22,23 @@ class CostFunction(StrEnum):
     GAUSSIAN = "gaussian"  #: Gaussian noise on the amplitudes (least squares on sqrt(counts))
 
 
+class PatchModel(StrEnum):
+    """How a probe is placed at a sub-pixel scan position."""
+
+    FOURIER = "fourier"  #: band-limited: integer object windows, the probe shifted by a phase ramp
+    BILINEAR = "bilinear"  #: object patches interpolated bilinearly
+
+
 class ArrayBackend(StrEnum):
     """Where the arrays live."""
 
     AUTO = "auto"  #: CuPy when a GPU is usable, else NumPy
     NUMPY = "numpy"  #: CPU
     CUPY = "cupy"  #: NVIDIA GPUs through CuPy
+
+
+#: More incoherent modes than this is a typo, not a beam.
+MAX_PROBE_MODES = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +58,32 @@ class ReconOptions:
     """First iteration (0-based) at which the probe is refined; early object-only iterations
     keep the probe from absorbing object structure while the object is still flat."""
 
+    patch_model: PatchModel = PatchModel.FOURIER
+    """Sub-pixel model: ``fourier`` (band-limited shift, the default) or ``bilinear``."""
+
+    probe_modes: int = 1
+    """Incoherent probe modes (mixed states) for a partially coherent beam. Extra modes
+    start as weak, smooth variations of the first; they are kept orthogonal and
+    ordered by power."""
+
+    refine_positions: bool = False
+    """Refine every scan position by its cost gradient (``fourier`` model only), the mean
+    correction removed so the object does not drift."""
+
+    position_start: int = 10
+    """First iteration (0-based) at which positions are refined, once the object has form."""
+    holdout_fraction: float = 0.0
+    """Fraction of the patterns (e.g. 0.05) held out of the fit to decide when to stop:
+    their cost under the current object and probe is evaluated after every iteration,
+    the iterate with the lowest held-out cost is returned, and the solver stops once it
+    has not improved for ``holdout_patience`` iterations. It stops the fit before it
+    follows the noise (see ``recon.holdout``). 0 (the default) fits every pattern for
+    all ``iterations``."""
+
+    holdout_patience: int = 10
+    """Iterations without a new lowest held-out cost before stopping (with
+    ``holdout_fraction`` > 0)."""
+
     devices: int | None = None
     """Number of devices (GPUs, or partitions on the CPU) to split the view over.
     None chooses from the view size (small views use one device)."""
@@ -56,7 +93,11 @@ class ReconOptions:
 
     def __post_init__(self) -> None:
         # Coerce strings to enums so JSON input works, and check ranges.
-        for field, enum in (("cost", CostFunction), ("backend", ArrayBackend)):
+        for field, enum in (
+            ("cost", CostFunction),
+            ("backend", ArrayBackend),
+            ("patch_model", PatchModel),
+        ):
             value = getattr(self, field)
             try:
                 object.__setattr__(self, field, enum(value))
@@ -65,10 +106,33 @@ class ReconOptions:
                 raise OptionsError(f"option {field}={value!r} is not one of: {choices}") from None
         _check_int("iterations", self.iterations, minimum=1)
         _check_int("probe_start", self.probe_start, minimum=0)
+        _check_int("probe_modes", self.probe_modes, minimum=1)
+        _check_int("position_start", self.position_start, minimum=0)
+        if self.probe_modes > MAX_PROBE_MODES:
+            raise OptionsError(
+                f"option probe_modes={self.probe_modes} is more than {MAX_PROBE_MODES}"
+            )
+        _check_int("holdout_patience", self.holdout_patience, minimum=1)
+        fraction = self.holdout_fraction
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not 0 <= fraction <= 0.5
+        ):
+            raise OptionsError(
+                f"option holdout_fraction={fraction!r} must be a number from 0 to 0.5 "
+                "(e.g. 0.05; 0 turns stopping on held-out patterns off)"
+            )
         if self.devices is not None:
             _check_int("devices", self.devices, minimum=1)
-        if not isinstance(self.refine_probe, bool):
-            raise OptionsError(f"option refine_probe={self.refine_probe!r} must be true or false")
+        for field in ("refine_probe", "refine_positions"):
+            if not isinstance(getattr(self, field), bool):
+                raise OptionsError(f"option {field}={getattr(self, field)!r} must be true or false")
+        if self.refine_positions and self.patch_model is not PatchModel.FOURIER:
+            raise OptionsError(
+                "option refine_positions needs patch_model='fourier' (the position gradient "
+                "is the derivative of the Fourier shift)"
+            )
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -3,7 +3,8 @@
 The hybrid multi-device model (PtyGer): scan positions are split into spatial
 tiles, one per device; each device keeps its tile's patterns, far fields and a
 copy of the object region its patches touch, plus the probe. Every iteration
-refines the object and then the probe, each by one nonlinear CG step:
+refines the object, then the probe (every mode), each by one nonlinear CG step,
+then (optionally) the scan positions:
 
 GRAD    each device computes its partial gradient (and preconditioner);
 DIR     the partial gradients are summed on the first device, in partition order,
@@ -13,9 +14,15 @@ LS      backtracking line search: each device evaluates its partial cost of a
         step, so a trial costs no FFT), the scalars are summed in partition order;
 UPDATE  every device applies the same step to its copies.
 
+Probe modes are orthogonalised after every probe step by a unitary mixing of the
+modes, which leaves every modelled intensity unchanged; the same small matrix is
+applied on every device. Position corrections are computed per position, their
+mean is removed on the host, and every device rebuilds its operators.
+
 Because every reduction runs in a fixed order, N partitions give the single
 partition result up to floating-point summation order. With NumPy the same code
 runs N partitions on the CPU; with CuPy each partition lives on its own GPU.
+All arithmetic goes through the operators of :mod:`recon.operators`.
 """
 
 from __future__ import annotations
@@ -33,8 +40,6 @@ from recon.backend import (
     REAL,
     copy_to,
     device_context,
-    fft2,
-    ifft2,
     is_cupy,
     real_inner,
     resolve_backend,
@@ -44,7 +49,7 @@ from recon.backend import (
 )
 from recon.cost import make_cost
 from recon.errors import DeviceError, InputError
-from recon.operators import Patches, Ptycho
+from recon.operators import Ptycho
 from recon.options import ReconOptions
 from recon.scan import ScanData
 from recon.solver import CGState, backtracking, dai_yuan_beta
@@ -57,9 +62,21 @@ PRECONDITIONER_ALPHA = 0.05
 #: rounded once, so the result does not depend on the summation order (partition count).
 ACCUMULATE_COMPLEX = np.complex128
 ACCUMULATE_REAL = np.float64
+#: Power of each extra probe mode at the start, relative to the first mode.
+EXTRA_MODE_POWER = 0.05
+#: Largest total correction of a scan position, object pixels: positions are refined,
+#: not searched for. The object grows by this much so corrected windows still fit.
+MAX_POSITION_CORRECTION = 4.0
+#: Largest change of a position in one iteration, object pixels.
+MAX_POSITION_STEP = 0.5
+#: Regularisation of the per-position 2 x 2 Gauss-Newton system, relative to its trace.
+POSITION_REGULARISATION = 1e-3
 
 #: progress(iteration, cost, seconds of that iteration)
 ProgressCallback = Callable[[int, float, float], None]
+#: monitor(iteration, object, probe) after every iteration, with the solver's own arrays
+#: (on its home device; do not modify them); returning True stops the iterations.
+IterationMonitor = Callable[[int, Any, Any], bool]
 
 
 @dataclasses.dataclass
@@ -67,9 +84,11 @@ class ReconResult:
     """A finished reconstruction, on the host.
 
     object : (OBJ_H, OBJ_W) complex64, on the positions' object-pixel grid
-    probe : (H, W) complex64
+    probe : (MODES, H, W) complex64, modes orthogonal and ordered by power
     cost : (ITERATIONS + 1,) float64, mean cost per measured pixel; cost[0] is the start
-    positions : (N_POS, 2) float32, as used (object pixels, top-left corners)
+    positions : (N_POS, 2) float32, as reported by the input (object pixels, top-left corners)
+    refined_positions : (N_POS, 2) float32, the positions the object was solved with,
+        when positions were refined (None otherwise)
     """
 
     object: np.ndarray
@@ -81,14 +100,23 @@ class ReconResult:
     seconds_per_iteration: list[float]
     devices: list[int]
     backend: str
+    refined_positions: np.ndarray | None = None
+
+    @property
+    def mode_power_fractions(self) -> list[float]:
+        """Each probe mode's share of the total probe power."""
+        power = np.sum(np.abs(self.probe) ** 2, axis=(-2, -1), dtype=np.float64).reshape(-1)
+        return (power / power.sum()).tolist()
 
 
-def object_shape_for(positions: np.ndarray, detector_shape: tuple[int, int]) -> tuple[int, int]:
-    """Object array shape that holds every patch with a margin."""
+def object_shape_for(
+    positions: np.ndarray, detector_shape: tuple[int, int], extra: int = 0
+) -> tuple[int, int]:
+    """Object array shape that holds every patch with a margin (plus ``extra`` pixels)."""
     high = np.ceil(positions.max(axis=0)).astype(int)
     return (
-        int(high[0]) + detector_shape[0] + OBJECT_MARGIN,
-        int(high[1]) + detector_shape[1] + OBJECT_MARGIN,
+        int(high[0]) + detector_shape[0] + OBJECT_MARGIN + extra,
+        int(high[1]) + detector_shape[1] + OBJECT_MARGIN + extra,
     )
 
 
@@ -116,24 +144,75 @@ def partition_positions(positions: np.ndarray, n: int) -> list[np.ndarray]:
     return split(np.arange(len(positions)), n)
 
 
-def initial_probe(scan: ScanData) -> np.ndarray:
-    """The file's probe guess, or one made from the data, scaled to the data's intensity.
+def initial_probe(scan: ScanData, modes: int = 1) -> np.ndarray:
+    """The file's probe guess, or one made from the data, as (MODES, H, W) complex64.
 
     Without a guess, the probe is the inverse FFT of the mean pattern's amplitude
-    (zero phase), centred: it has the right size and total flux. Its intensity is
-    then rescaled so that |FFT(probe * 1)|^2 carries the mean pattern's counts.
+    (zero phase), centred: it has the right size and total flux. Extra modes are
+    the first times low-order Hermite-like polynomials of the beam's coordinates
+    (x, y, xy, x^2 - 1, ...), each with EXTRA_MODE_POWER of its power, then made
+    orthogonal. The total power is scaled so the modes carry the mean pattern's counts.
     """
     if scan.probe is not None:
-        probe = np.asarray(scan.probe, dtype=COMPLEX)
+        first = np.asarray(scan.probe, dtype=COMPLEX)
+        if first.ndim == 3:
+            first = first[0]
     else:
         mean_amplitude = np.sqrt(np.maximum(scan.data.mean(axis=0), 0))
-        probe = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(mean_amplitude), norm="ortho"))
-        probe = probe.astype(COMPLEX)
-    power = float(np.sum(np.abs(probe) ** 2))
-    counts = float(scan.data.sum(axis=(1, 2)).mean())
+        first = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(mean_amplitude), norm="ortho"))
+    first = first.astype(np.complex128)
+    power = float(np.sum(np.abs(first) ** 2))
     if not power > 0:
         raise InputError(f"{scan.source}: the probe guess is zero everywhere")
-    return (probe * np.sqrt(counts / power)).astype(COMPLEX)
+    probe = [first]
+    if modes > 1:
+        weight = np.abs(first) ** 2 / power
+        rows, cols = np.indices(first.shape, dtype=np.float64)
+        coords = []
+        for grid in (rows, cols):
+            centre = float((weight * grid).sum())
+            width = math.sqrt(max(float((weight * (grid - centre) ** 2).sum()), 1e-12))
+            coords.append((grid - centre) / width)
+        y, x = coords
+        shapes = [x, y, x * y, x * x - 1, y * y - 1, x * x * y - y, y * y * x - x]
+        for index in range(1, modes):
+            variation = shapes[(index - 1) % len(shapes)] * (1 + (index - 1) // len(shapes))
+            mode = first * variation
+            mode *= math.sqrt(EXTRA_MODE_POWER * power / float(np.sum(np.abs(mode) ** 2)))
+            probe.append(mode)
+    stacked = np.stack(probe)
+    stacked = np.tensordot(orthogonalising_mix(stacked), stacked, axes=(1, 0))
+    counts = float(scan.data.sum(axis=(1, 2)).mean())
+    total = float(np.sum(np.abs(stacked) ** 2))
+    return (stacked * math.sqrt(counts / total)).astype(COMPLEX)
+
+
+def orthogonalising_mix(probe: Any) -> np.ndarray:
+    """The unitary (MODES, MODES) complex128 matrix U, on the host, that makes the modes
+    ``U @ probe`` orthogonal and ordered by power (largest first).
+
+    U is the conjugate-free transpose of the Gram matrix's eigenvectors; each eigenvector's
+    largest entry is made real and positive, so U does not depend on the eigen solver.
+    An incoherent sum of intensities is unchanged by any unitary mixing of its modes.
+    """
+    modes = probe.shape[0]
+    flat = probe.reshape(modes, -1)
+    gram = to_host(flat.conj() @ flat.T.astype(ACCUMULATE_COMPLEX)).astype(np.complex128)
+    values, vectors = np.linalg.eigh(gram)
+    vectors = vectors[:, np.argsort(-values, kind="stable")]
+    for column in range(modes):
+        largest = vectors[np.argmax(np.abs(vectors[:, column])), column]
+        vectors[:, column] *= abs(largest) / largest
+    return vectors.T
+
+
+def _mix_modes(mix: Any, array: Any, axis: int) -> Any:
+    """``mix`` (MODES, MODES) applied along the mode ``axis`` (0 or 1) of ``array``."""
+    if axis == 0:
+        shape = array.shape
+        return (mix @ array.reshape(shape[0], -1)).reshape(shape)
+    shape = array.shape
+    return (mix[None] @ array.reshape(shape[0], shape[1], -1)).reshape(shape)
 
 
 #: On the CPU each partition is processed in chunks of patterns whose complex arrays
@@ -143,14 +222,21 @@ CPU_CHUNK_BYTES = 4 * 2**20
 
 
 class _Chunk:
-    """A run of consecutive patterns of one partition, with their far fields."""
+    """A run of consecutive patterns of one partition, with their far fields.
 
-    def __init__(self, model: Ptycho, cost: Any):
+    probes_at : (N_CHUNK, MODES, H, W) (Fourier model) or (1, MODES, H, W) (bilinear)
+    farfield : (N_CHUNK, MODES, H, W); intensity : (N_CHUNK, H, W), summed over modes
+    """
+
+    def __init__(self, model: Ptycho, cost: Any, indices: np.ndarray):
         self.model = model
         self.cost = cost
+        self.indices = indices  # global indices of the chunk's positions
+        self.probes_at: Any = None
         self.farfield: Any = None
         self.intensity: Any = None
         self.patches: Any = None  # object patches during a probe step
+        self.direction_at: Any = None  # the probe direction at every position, during LS
         self.line: tuple[Any, Any, Any] | None = None  # (far, cross, |far|^2) during LS
 
 
@@ -167,31 +253,51 @@ class _Partition:
         mask_corner: np.ndarray | None,
         object_shape: tuple[int, int],
         options: ReconOptions,
+        reach: int,
     ):
         self.xp = xp
         self.device = device
         self.indices = indices
+        self.options = options
         det = scan.detector_shape
+        self.patch_shape = det
         positions = scan.positions[indices]
+        # Every window the positions may take (within ``reach`` of the start) fits the region.
         corner = np.floor(positions).astype(int)
-        r0, c0 = corner.min(axis=0)
-        r1 = min(int(corner[:, 0].max()) + det[0] + 1, object_shape[0])
-        c1 = min(int(corner[:, 1].max()) + det[1] + 1, object_shape[1])
-        self.region = (slice(int(r0), r1), slice(int(c0), c1))
-        self.shape = (r1 - int(r0), c1 - int(c0))
-        local = (positions - np.array([r0, c0], dtype=REAL)).astype(REAL)
+        r0 = max(int(corner[:, 0].min()) - reach, 0)
+        c0 = max(int(corner[:, 1].min()) - reach, 0)
+        r1 = min(int(corner[:, 0].max()) + det[0] + 2 + reach, object_shape[0])
+        c1 = min(int(corner[:, 1].max()) + det[1] + 2 + reach, object_shape[1])
+        self.region = (slice(r0, r1), slice(c0, c1))
+        self.shape = (r1 - r0, c1 - c0)
+        self.origin = np.array([r0, c0], dtype=np.float64)
+        modes = options.probe_modes
         if is_cupy(xp):
             size = len(indices)
         else:
-            size = max(1, CPU_CHUNK_BYTES // (det[0] * det[1] * np.dtype(COMPLEX).itemsize))
+            pattern_bytes = det[0] * det[1] * np.dtype(COMPLEX).itemsize * modes
+            size = max(1, CPU_CHUNK_BYTES // pattern_bytes)
         self.chunks: list[_Chunk] = []
         with device_context(xp, device):
             mask = None if mask_corner is None else to_device(mask_corner, xp, device)
             for first in range(0, len(indices), size):
-                block = slice(first, first + size)
-                data = to_device(np.ascontiguousarray(data_corner[indices[block]]), xp, device)
-                patches = Patches(to_device(local[block], xp, device), self.shape, det)
-                self.chunks.append(_Chunk(Ptycho(patches), make_cost(options.cost, data, mask)))
+                block = indices[first : first + size]
+                data = to_device(np.ascontiguousarray(data_corner[block]), xp, device)
+                chunk = _Chunk(None, make_cost(options.cost, data, mask), block)  # type: ignore[arg-type]
+                self.chunks.append(chunk)
+        self.set_positions(scan.positions)
+
+    def set_positions(self, positions: np.ndarray) -> None:
+        """(Re)build every chunk's operators for ``positions`` (N_POS_ALL, 2), host."""
+        with self.context():
+            for chunk in self.chunks:
+                local = (positions[chunk.indices] - self.origin).astype(REAL)
+                chunk.model = Ptycho(
+                    to_device(local, self.xp, self.device),
+                    self.shape,
+                    self.patch_shape,
+                    self.options.patch_model.value,
+                )
 
     def context(self) -> Any:
         return device_context(self.xp, self.device)
@@ -205,7 +311,10 @@ class _Reconstruction:
         self.options = options
         self.devices = devices
         self.home = devices[0]
-        self.object_shape = object_shape_for(scan.positions, scan.detector_shape)
+        reach = math.ceil(MAX_POSITION_CORRECTION) if options.refine_positions else 0
+        self.object_shape = object_shape_for(scan.positions, scan.detector_shape, extra=reach)
+        self.initial_positions = np.asarray(scan.positions, dtype=np.float64)
+        self.positions = self.initial_positions.copy()
         data_corner = np.fft.ifftshift(scan.data, axes=(-2, -1)).astype(REAL)
         mask_corner = None
         if scan.mask is not None and not scan.mask.all():
@@ -217,10 +326,12 @@ class _Reconstruction:
         )
         groups = partition_positions(scan.positions, len(devices))
         self.parts = [
-            _Partition(xp, dev, idx, scan, data_corner, mask_corner, self.object_shape, options)
+            _Partition(
+                xp, dev, idx, scan, data_corner, mask_corner, self.object_shape, options, reach
+            )
             for dev, idx in zip(devices, groups, strict=True)
         ]
-        probe = initial_probe(scan)
+        probe = initial_probe(scan, options.probe_modes)
         with device_context(xp, self.home):
             self.object = xp.ones(self.object_shape, dtype=COMPLEX)
             self.probe = to_device(probe, xp, self.home)
@@ -228,13 +339,20 @@ class _Reconstruction:
             with part.context():
                 part.object = copy_to(self.object[part.region], xp, part.device).copy()
                 part.probe = copy_to(self.probe, xp, part.device).copy()
-                for chunk in part.chunks:
-                    chunk.farfield = chunk.model.fwd_object(part.object, part.probe)
-                    chunk.intensity = _abs2(chunk.farfield)
-        self.cost = self._total(lambda chunk: chunk.cost.value(chunk.intensity))
+        self._forward_all()
         self.object_cg = CGState()
         self.probe_cg = CGState()
         self._object_precond: Any = None  # depends on the probe only; reset when it changes
+
+    def _forward_all(self) -> None:
+        """Probes at every position, far fields, intensities and the cost from scratch."""
+        for part in self.parts:
+            with part.context():
+                for chunk in part.chunks:
+                    chunk.probes_at = chunk.model.probes_at(part.probe)
+                    chunk.farfield = chunk.model.fwd_object(part.object, chunk.probes_at)
+                    chunk.intensity = _intensity(chunk.farfield)
+        self.cost = self._total(lambda chunk: chunk.cost.value(chunk.intensity))
 
     # -- reductions in a fixed order -------------------------------------------------
 
@@ -296,12 +414,14 @@ class _Reconstruction:
                 piece = scatter(part, direction)
                 for chunk in part.chunks:
                     far = far_direction(part, chunk, piece)
-                    # |psi + t b|^2 = |psi|^2 + t (2 Re(conj(psi) b) + t |b|^2): no FFT per trial.
+                    # sum_m |psi_m + t b_m|^2 = I + t (2 Re sum_m conj(psi_m) b_m
+                    # + t sum_m |b_m|^2): no FFT per trial.
                     psi = chunk.farfield
                     cross = psi.real * far.real
                     cross += psi.imag * far.imag
+                    cross = cross.sum(axis=1)
                     cross *= 2
-                    chunk.line = (far, cross, _abs2(far))
+                    chunk.line = (far, cross, _intensity(far))
             pieces.append(piece)
 
         def trial_cost(step: float) -> Callable[[_Chunk], float]:
@@ -324,7 +444,7 @@ class _Reconstruction:
                 for chunk in part.chunks:
                     if search.step > 0:
                         chunk.farfield += search.step * chunk.line[0]
-                        chunk.intensity = _abs2(chunk.farfield)
+                        chunk.intensity = _intensity(chunk.farfield)
                     chunk.line = None
         if search.step > 0:
             self.cost = search.cost
@@ -345,14 +465,15 @@ class _Reconstruction:
                     if self._object_precond is not None
                     else xp.zeros(part.shape, dtype=ACCUMULATE_REAL)
                 )
-                probe_conj = part.probe.conj()
-                power = _abs2(part.probe)
                 for chunk in part.chunks:
-                    back = ifft2(chunk.cost.gradient_factor(chunk.intensity) * chunk.farfield)
-                    back *= probe_conj
-                    chunk.model.patches.adj(back, out=grad)
+                    factor = chunk.cost.gradient_factor(chunk.intensity)
+                    chunk.model.adj_object(
+                        factor[:, None] * chunk.farfield, chunk.probes_at, out=grad
+                    )
                     if illum is not None:
-                        chunk.model.patches.adj(xp.broadcast_to(power, back.shape), out=illum)
+                        power = _intensity(chunk.probes_at)
+                        power = xp.broadcast_to(power, (chunk.model.n, *power.shape[1:]))
+                        chunk.model.patches.adj(power, out=illum)
                 grads.append(grad)
                 illums.append(illum)
         grad = self._gather_object(grads, COMPLEX)
@@ -367,7 +488,7 @@ class _Reconstruction:
             return copy_to(direction[part.region], xp, part.device).copy()
 
         def far_direction(part: _Partition, chunk: _Chunk, piece: Any) -> Any:
-            return chunk.model.fwd_object(piece, part.probe)
+            return chunk.model.fwd_object(piece, chunk.probes_at)
 
         direction, pieces, step = self._step(
             self.object_cg, grad, self._object_precond, scatter, far_direction
@@ -386,12 +507,11 @@ class _Reconstruction:
         for part in self.parts:  # GRAD
             with part.context():
                 grad = xp.zeros(part.probe.shape, dtype=ACCUMULATE_COMPLEX)
-                power = xp.zeros(part.probe.shape, dtype=ACCUMULATE_REAL)
+                power = xp.zeros(part.probe.shape[1:], dtype=ACCUMULATE_REAL)
                 for chunk in part.chunks:
                     chunk.patches = chunk.model.patches.fwd(part.object)
-                    back = ifft2(chunk.cost.gradient_factor(chunk.intensity) * chunk.farfield)
-                    back *= chunk.patches.conj()
-                    grad += back.sum(axis=0, dtype=ACCUMULATE_COMPLEX)
+                    factor = chunk.cost.gradient_factor(chunk.intensity)
+                    chunk.model.adj_probe(factor[:, None] * chunk.farfield, chunk.patches, out=grad)
                     power += _abs2(chunk.patches).sum(axis=0, dtype=ACCUMULATE_REAL)
                 grads.append(grad)
                 powers.append(power)
@@ -404,20 +524,100 @@ class _Reconstruction:
             return copy_to(direction, xp, part.device)
 
         def far_direction(part: _Partition, chunk: _Chunk, piece: Any) -> Any:
-            return fft2(chunk.patches * piece)
+            chunk.direction_at = chunk.model.probes_at(piece)
+            return chunk.model.farfield(chunk.direction_at, chunk.patches)
 
         direction, pieces, step = self._step(self.probe_cg, grad, precond, scatter, far_direction)
-        for part in self.parts:
-            for chunk in part.chunks:
-                chunk.patches = None
         if step > 0:  # UPDATE
             with device_context(xp, self.home):
                 self.probe += step * direction
             for part, piece in zip(self.parts, pieces, strict=True):
                 with part.context():
                     part.probe += step * piece
+                    for chunk in part.chunks:
+                        if chunk.model.shift is None:
+                            chunk.probes_at = part.probe[None]
+                        else:  # linear in the probe: no FFT
+                            chunk.probes_at += step * chunk.direction_at
             self._object_precond = None
+            if self.options.probe_modes > 1:
+                self._orthogonalise_modes()
+        for part in self.parts:
+            for chunk in part.chunks:
+                chunk.patches = None
+                chunk.direction_at = None
         return step
+
+    def _orthogonalise_modes(self) -> None:
+        """Make the probe modes orthogonal and ordered by power by one unitary mixing,
+        applied to the probe, the far fields and the CG history on every device."""
+        xp = self.xp
+        with device_context(xp, self.home):
+            mix_host = orthogonalising_mix(self.probe)
+            mix = to_device(mix_host.astype(COMPLEX), xp, self.home)
+            self.probe = _mix_modes(mix, self.probe, axis=0)
+            state = self.probe_cg
+            if state.previous_grad is not None:
+                state.previous_grad = _mix_modes(mix, state.previous_grad, axis=0)
+                state.previous_direction = _mix_modes(mix, state.previous_direction, axis=0)
+        for part in self.parts:
+            with part.context():
+                local_mix = to_device(mix_host.astype(COMPLEX), xp, part.device)
+                part.probe = _mix_modes(local_mix, part.probe, axis=0)
+                for chunk in part.chunks:
+                    chunk.farfield = _mix_modes(local_mix, chunk.farfield, axis=1)
+                    if chunk.model.shift is None:
+                        chunk.probes_at = part.probe[None]
+                    else:
+                        chunk.probes_at = _mix_modes(local_mix, chunk.probes_at, axis=1)
+
+    def position_step(self) -> float:
+        """Move every position by a damped Gauss-Newton step on its exit-wave residual,
+        remove the mean move, rebuild the operators. Returns the RMS move (pixels)."""
+        xp = self.xp
+        moves = np.zeros_like(self.positions)
+        for part in self.parts:
+            with part.context():
+                for chunk in part.chunks:
+                    model = chunk.model
+                    # Exit-wave residual of an amplitude projection, (N, MODES, H, W).
+                    factor = chunk.cost.projection_factor(chunk.intensity)
+                    residual = model.propagation.adj(factor[:, None] * chunk.farfield)
+                    patches = model.patches.fwd(part.object)[:, None]
+                    slopes = model.shift.derivative(part.probe)  # (2, N, MODES, H, W)
+                    slopes *= patches[None]
+                    axes = (1, 2, 3)
+                    a00 = _abs2(slopes[0]).sum(axis=axes, dtype=ACCUMULATE_REAL)
+                    a11 = _abs2(slopes[1]).sum(axis=axes, dtype=ACCUMULATE_REAL)
+                    a01 = _real_dot(slopes[0], slopes[1], axes)
+                    b0 = _real_dot(slopes[0], residual, axes)
+                    b1 = _real_dot(slopes[1], residual, axes)
+                    ridge = POSITION_REGULARISATION * (a00 + a11) + 1e-30
+                    a00 += ridge
+                    a11 += ridge
+                    det = a00 * a11 - a01 * a01
+                    # Delta = -A^-1 b: the shift that best explains the residual.
+                    move = xp.stack([-(a11 * b0 - a01 * b1) / det, -(a00 * b1 - a01 * b0) / det])
+                    moves[chunk.indices] = to_host(move).T
+        moves = np.clip(moves, -MAX_POSITION_STEP, MAX_POSITION_STEP)
+        moves -= moves.mean(axis=0)  # no global drift
+        low = np.zeros(2)
+        high = (
+            np.array(self.object_shape, dtype=np.float64) - np.array(self.parts[0].patch_shape) - 1
+        )
+        new = np.clip(
+            self.positions + moves,
+            self.initial_positions - MAX_POSITION_CORRECTION,
+            self.initial_positions + MAX_POSITION_CORRECTION,
+        )
+        new = np.clip(new, low, high)
+        moved = float(np.sqrt(np.mean(np.sum((new - self.positions) ** 2, axis=1))))
+        self.positions = new
+        for part in self.parts:
+            part.set_positions(self.positions)
+        self._forward_all()
+        self._object_precond = None
+        return moved
 
     def synchronize(self) -> None:
         for part in self.parts:
@@ -428,21 +628,37 @@ def _abs2(x: Any) -> Any:
     return x.real * x.real + x.imag * x.imag
 
 
+def _intensity(farfield: Any) -> Any:
+    """Incoherent sum over the mode axis: (N, MODES, H, W) -> (N, H, W)."""
+    return _abs2(farfield).sum(axis=1)
+
+
+def _real_dot(a: Any, b: Any, axes: tuple[int, ...]) -> Any:
+    """Re sum(conj(a) * b) over ``axes``, in double precision."""
+    product = a.real * b.real
+    product += a.imag * b.imag
+    return product.sum(axis=axes, dtype=ACCUMULATE_REAL)
+
+
 def reconstruct(
     scan: ScanData,
     options: ReconOptions | None = None,
     *,
     device_ids: Sequence[int] | None = None,
     progress: ProgressCallback | None = None,
+    monitor: IterationMonitor | None = None,
 ) -> ReconResult:
     """Reconstruct object and probe of one view.
 
     scan : the validated view (see :class:`recon.scan.ScanData`).
-    options : iterations, cost, probe refinement, devices, backend.
+    options : iterations, cost, patch model, probe modes, probe and position refinement,
+        devices, backend.
     device_ids : GPUs to use (CuPy), e.g. those claimed from the node's GPU lock;
         with NumPy only their count matters. Default: ``options.devices`` devices
         (0, 1, ...), or one.
     progress : called after every iteration with (iteration, cost, seconds).
+    monitor : called after every iteration with (iteration, object, probe); stops the
+        iterations when it returns True (``recon.holdout`` stops on held-out patterns).
     """
     options = options or ReconOptions()
     xp = resolve_backend(options.backend.value)
@@ -468,6 +684,8 @@ def reconstruct(
         object_steps.append(state.object_step())
         if options.refine_probe and iteration >= options.probe_start:
             probe_steps.append(state.probe_step())
+        if options.refine_positions and iteration >= options.position_start:
+            state.position_step()
         state.synchronize()
         elapsed = time.perf_counter() - start
         seconds.append(elapsed)
@@ -478,12 +696,15 @@ def reconstruct(
             raise InputError(
                 f"{scan.source}: the cost became {costs[-1]} at iteration {iteration + 1}"
             )
+        if monitor is not None and monitor(iteration + 1, state.object, state.probe):
+            break
 
     return ReconResult(
         object=to_host(state.object),
         probe=to_host(state.probe),
         cost=np.asarray(costs, dtype=np.float64),
         positions=scan.positions,
+        refined_positions=state.positions.astype(REAL) if options.refine_positions else None,
         object_steps=object_steps,
         probe_steps=probe_steps,
         seconds_per_iteration=seconds,

@@ -1,15 +1,30 @@
 """Result files: one HDF5 file per reconstructed view, and a PNG preview beside it.
 
-Layout of ``<view>.h5`` (the data contract in ``DESIGN.md``):
+One file, two readers: our own datasets, and the product layout of Ptychodus
+(``ptychodus.api.io.load_product``, checked against ptychodus 1.7), so a result opens in
+the field's GUI. Layout of ``<view>.h5`` (the data contract in ``DESIGN.md``):
 
-- datasets ``object`` (OBJ_H, OBJ_W) complex64, ``probe`` (H, W) complex64,
-  ``cost`` (N_ITER,) float64, ``positions`` (N_POS, 2) float32 (row, col) object pixels;
-- attributes ``options`` (JSON), ``pixel_size`` (metres, NaN when unknown),
-  ``iterations``, ``devices`` (JSON list), ``timings`` (JSON, seconds per stage),
-  ``backend``, ``created`` (ISO 8601, UTC), ``ptychoflow_version``, and
-  ``json_attributes`` (JSON list of the attribute names stored as JSON).
+- ``object`` (OBJ_H, OBJ_W) complex64; ``probe`` (H, W) or (MODES, H, W) complex64 (every
+  incoherent mode; Ptychodus reads a 3-D probe as modes); both datasets are shared by
+  the two layouts;
+- ours: ``cost`` (N_ITER,) float64, ``positions`` (N_POS, 2) float32 (row, col) top-left
+  corners in object pixels as reported by the input, and ``refined_positions`` (same
+  shape) when the solver refined them; root attributes ``options`` (JSON),
+  ``pixel_size`` (metres, NaN when unknown), ``iterations``, ``devices`` (JSON list),
+  ``timings`` (JSON, seconds per stage), ``backend``, ``created`` (ISO 8601, UTC),
+  ``ptychoflow_version``, ``json_attributes`` (names stored as JSON);
+- Ptychodus: ``probe_position_indexes``, ``probe_position_x_m``, ``probe_position_y_m``
+  (probe centres in metres: the refined positions when there are any), ``loss_epochs``
+  and ``loss_values`` (our ``cost``), ``object_layer_spacing_m`` (empty: one layer);
+  attributes ``center_x_m``, ``center_y_m``, ``pixel_width_m``, ``pixel_height_m`` on
+  ``object`` and the pixel sizes on ``probe``; root attributes ``name``, ``comments``,
+  ``detector_object_distance_m``, ``photon_energy_eV``, ``probe_photon_count`` and the
+  other product metadata (zero when unknown). The object's centre is placed so that
+  metres / pixel size = object pixel coordinates of the probe centre. Without a known
+  pixel size (npz input) the metres are object pixels (pixel size 1).
 
-``<view>.png`` shows the phase and the amplitude of the scanned region side by side.
+``<view>.png`` shows the phase and the amplitude of the scanned region side by side, and
+each probe mode's amplitude with its share of the power.
 """
 
 from __future__ import annotations
@@ -42,7 +57,33 @@ PREVIEW_LABEL_HEIGHT = 22
 PREVIEW_PERCENTILES = (1.0, 99.0)
 
 DATASETS = ("object", "probe", "cost", "positions")
+OPTIONAL_DATASETS = ("refined_positions",)
 JSON_ATTRIBUTES = ("options", "devices", "timings")
+#: Electron volt in joules (exact SI value).
+ELECTRON_VOLT_J = 1.602176634e-19
+#: Root attributes of the Ptychodus product layout that we write (``load_product`` reads
+#: these names; see ``ptychodus.api.io.ProductFileKeys``).
+PTYCHODUS_ATTRIBUTES = (
+    "name",
+    "comments",
+    "detector_object_distance_m",
+    "photon_energy_eV",
+    "probe_photon_count",
+    "exposure_time_s",
+    "mass_attenuation_m2_per_kg",
+    "tomography_angle_deg",
+    "focus_object_distance_m",
+    "tilt_angle_deg",
+    "far_field",
+)
+PTYCHODUS_DATASETS = (
+    "probe_position_indexes",
+    "probe_position_x_m",
+    "probe_position_y_m",
+    "object_layer_spacing_m",
+    "loss_epochs",
+    "loss_values",
+)
 
 
 def ptychoflow_version() -> str:
@@ -66,14 +107,23 @@ def write_result(
     timings: dict[str, float],
     backend: str,
     extra_attrs: dict[str, Any] | None = None,
+    preview_deramp: bool = True,
+    refined_positions: np.ndarray | None = None,
+    energy_j: float | None = None,
+    distance_m: float | None = None,
+    name: str | None = None,
 ) -> tuple[pathlib.Path, pathlib.Path]:
     """Write the result file (atomically: a temporary file beside it, then a rename)
     and its PNG preview ``<stem>.png``. Arrays must be on the host (NumPy).
 
-    object : (OBJ_H, OBJ_W) complex; probe : (H, W) complex (or with leading modes);
-    cost : (N_ITER,) floats; positions : (N_POS, 2) (row, col) object pixels.
+    object : (OBJ_H, OBJ_W) complex; probe : (H, W) or (MODES, H, W) complex;
+    cost : (N_ITER,) floats; positions : (N_POS, 2) (row, col) object pixels, as reported.
+    refined_positions : (N_POS, 2) or None, the positions the solver ended with.
+    energy_j, distance_m : photon energy (J) and sample-detector distance (m), None when
+        unknown; name : the product name Ptychodus shows (default: the file's stem).
     extra_attrs : more attributes; strings and numbers are stored as they are,
         anything else as JSON (and decoded again by :func:`read_result`).
+    preview_deramp : remove the fitted phase ramp in the preview (see :func:`save_preview`).
 
     Returns (h5_path, png_path).
     """
@@ -86,6 +136,15 @@ def write_result(
         raise ValueError(f"object has shape {object_.shape}; expected (OBJ_H, OBJ_W)")
     if positions.ndim != 2 or positions.shape[1] != 2:
         raise ValueError(f"positions has shape {positions.shape}; expected (N_POS, 2)")
+    if probe.ndim not in (2, 3):
+        raise ValueError(f"probe has shape {probe.shape}; expected (H, W) or (MODES, H, W)")
+    if refined_positions is not None:
+        refined_positions = np.asarray(refined_positions, dtype=REAL)
+        if refined_positions.shape != positions.shape:
+            raise ValueError(
+                f"refined_positions has shape {refined_positions.shape}; expected "
+                f"{positions.shape} like positions"
+            )
     attributes: dict[str, Any] = {
         "options": json.dumps(options, default=str),
         "pixel_size": float("nan") if pixel_size is None else float(pixel_size),
@@ -97,28 +156,123 @@ def write_result(
         "ptychoflow_version": ptychoflow_version(),
     }
     json_names = list(JSON_ATTRIBUTES)
-    for name, value in (extra_attrs or {}).items():
-        if name in attributes or name in DATASETS or name == "json_attributes":
-            raise ValueError(f"extra attribute {name!r} would overwrite a standard one")
+    reserved = (*DATASETS, *OPTIONAL_DATASETS, *PTYCHODUS_ATTRIBUTES, "json_attributes")
+    for key, value in (extra_attrs or {}).items():
+        if key in attributes or key in reserved:
+            raise ValueError(f"extra attribute {key!r} would overwrite a standard one")
         if isinstance(value, str | int | float | bool | np.integer | np.floating):
-            attributes[name] = value
+            attributes[key] = value
         else:
-            attributes[name] = json.dumps(value, default=str)
-            json_names.append(name)
+            attributes[key] = json.dumps(value, default=str)
+            json_names.append(key)
     attributes["json_attributes"] = json.dumps(json_names)
+
+    product = _ptychodus_product(
+        object_,
+        probe,
+        positions if refined_positions is None else refined_positions,
+        cost,
+        pixel_size=pixel_size,
+        energy_j=energy_j,
+        distance_m=distance_m,
+        name=name or path.stem,
+        comments=f"ptychoflow {attributes['ptychoflow_version']}, "
+        f"{int(iterations)} iterations on {backend}",
+    )
 
     def fill(handle: h5py.File) -> None:
         handle.create_dataset("object", data=object_)
         handle.create_dataset("probe", data=probe)
         handle.create_dataset("cost", data=cost)
         handle.create_dataset("positions", data=positions)
-        for name, value in attributes.items():
-            handle.attrs[name] = value
+        if refined_positions is not None:
+            handle.create_dataset("refined_positions", data=refined_positions)
+        for key, value in attributes.items():
+            handle.attrs[key] = value
+        for key, value in product["attributes"].items():
+            handle.attrs[key] = value
+        for key, value in product["datasets"].items():
+            handle.create_dataset(key, data=value)
+        for dataset in ("object", "probe"):
+            for key, value in product[f"{dataset}_attributes"].items():
+                handle[dataset].attrs[key] = value
 
     write_hdf5_atomically(path, fill)
-    probe_shape = probe.shape[-2:]
-    png_path = save_preview(path.with_suffix(".png"), object_, positions, probe_shape)
+    png_path = save_preview(
+        path.with_suffix(".png"),
+        object_,
+        positions if refined_positions is None else refined_positions,
+        probe.shape[-2:],
+        deramp=preview_deramp,
+        probe=probe,
+    )
     return path, png_path
+
+
+def _ptychodus_product(
+    object_: np.ndarray,
+    probe: np.ndarray,
+    positions: np.ndarray,
+    cost: np.ndarray,
+    *,
+    pixel_size: float | None,
+    energy_j: float | None,
+    distance_m: float | None,
+    name: str,
+    comments: str,
+) -> dict[str, dict[str, Any]]:
+    """The Ptychodus product layout (``ptychodus.api.io.save_product``'s names).
+
+    Ptychodus places probe positions in metres at the probe's centre, and the object's
+    pixel (N - 1) / 2 at its ``center_x_m`` / ``center_y_m``; our positions are top-left
+    corners in object pixels. The object's centre is put at (N - 1) / 2 pixels from our
+    origin, so x_m / pixel size is the object column of the probe centre.
+    """
+    pixel = float(pixel_size) if pixel_size and math.isfinite(pixel_size) else 1.0
+    height, width = object_.shape
+    probe_height, probe_width = probe.shape[-2:]
+    centre_rows = positions[:, 0].astype(np.float64) + (probe_height - 1) / 2
+    centre_cols = positions[:, 1].astype(np.float64) + (probe_width - 1) / 2
+    energy_ev = float(energy_j) / ELECTRON_VOLT_J if energy_j else 0.0
+    return {
+        "attributes": {
+            "name": name,
+            "comments": comments,
+            "detector_object_distance_m": float(distance_m) if distance_m else 0.0,
+            "photon_energy_eV": energy_ev,
+            "probe_photon_count": float(np.sum(np.abs(probe) ** 2)),
+            "exposure_time_s": 0.0,
+            "mass_attenuation_m2_per_kg": 0.0,
+            "tomography_angle_deg": 0.0,
+            "focus_object_distance_m": 0.0,
+            "tilt_angle_deg": 0.0,
+            "far_field": True,
+        },
+        "datasets": {
+            "probe_position_indexes": np.arange(len(positions), dtype=np.int64),
+            "probe_position_x_m": centre_cols * pixel,
+            "probe_position_y_m": centre_rows * pixel,
+            "object_layer_spacing_m": np.zeros(0, dtype=np.float64),
+            "loss_epochs": np.arange(len(cost), dtype=np.int64),
+            "loss_values": cost,
+        },
+        "object_attributes": {
+            "center_x_m": (width - 1) / 2 * pixel,
+            "center_y_m": (height - 1) / 2 * pixel,
+            "pixel_width_m": pixel,
+            "pixel_height_m": pixel,
+        },
+        "probe_attributes": {"pixel_width_m": pixel, "pixel_height_m": pixel},
+    }
+
+
+def probe_power_fractions(probe: np.ndarray) -> np.ndarray:
+    """(MODES,) each probe mode's share of the total power; probe (H, W) or (MODES, H, W)."""
+    probe = np.asarray(probe)
+    modes = probe.reshape(-1, *probe.shape[-2:])
+    power = np.sum(np.abs(modes) ** 2, axis=(-2, -1)).astype(np.float64)
+    total = power.sum()
+    return power / total if total > 0 else power
 
 
 def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -135,6 +289,9 @@ def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
                     f"{path}: not a ptychoflow result file ({', '.join(missing)} missing)"
                 )
             result: dict[str, Any] = {name: handle[name][()] for name in DATASETS}
+            for name in OPTIONAL_DATASETS:
+                if name in handle:
+                    result[name] = handle[name][()]
             attributes = {name: handle.attrs[name] for name in handle.attrs}
     except OSError as err:
         raise InputError(
@@ -166,14 +323,23 @@ def save_preview(
     object: np.ndarray,
     positions: np.ndarray | None = None,
     probe_shape: tuple[int, int] | None = None,
+    *,
+    deramp: bool = True,
+    probe: np.ndarray | None = None,
 ) -> pathlib.Path:
-    """Save a PNG with the object's phase (left) and amplitude (right).
+    """Save a PNG with the object's phase (left) and amplitude (right), and with ``probe``
+    ((H, W) or (MODES, H, W)) one panel per probe mode: its amplitude, labelled with its
+    share of the total power ("probe 1  81.2 %").
 
     object : (OBJ_H, OBJ_W) complex. With ``positions`` ((N_POS, 2) row, col) and
     ``probe_shape`` the image is cropped to the scanned region. The global phase is
-    removed first; each panel's grey scale spans its 1st..99th percentile, written in
-    the label above it ("phase -1.2 to 1.3 rad", "amplitude 0.61 to 1.02").
+    removed first and, with ``deramp`` (the default), the fitted linear phase ramp
+    (:func:`recon.metrics.deramp_phase`): a ramp is an ambiguity of the data, and it would
+    wrap the phase display. Each panel's grey scale spans its 1st..99th percentile,
+    written in the label above it ("phase -1.2 to 1.3 rad", "amplitude 0.61 to 1.02").
     """
+    from recon.metrics import deramp_phase
+
     png_path = pathlib.Path(png_path)
     object_ = np.asarray(object)
     if object_.ndim != 2:
@@ -186,9 +352,12 @@ def save_preview(
         bottom, right = min(bottom, object_.shape[0]), min(right, object_.shape[1])
         if bottom > top and right > left:
             object_ = object_[top:bottom, left:right]
-    total = complex(np.sum(object_))
-    if total != 0:
-        object_ = object_ * np.exp(-1j * np.angle(total))
+    if deramp:
+        object_, _, _ = deramp_phase(object_)
+    else:
+        total = complex(np.sum(object_))
+        if total != 0:
+            object_ = object_ * np.exp(-1j * np.angle(total))
     panels = []
     for name, values, unit in (
         ("phase", np.angle(object_), " rad"),
@@ -196,6 +365,18 @@ def save_preview(
     ):
         grey, low, high = _to_grey(values)
         panels.append((f"{name}  {low:.3g} to {high:.3g}{unit}", _resize_panel(grey)))
+    if probe is not None:
+        modes = np.asarray(probe).reshape(-1, *np.asarray(probe).shape[-2:])
+        fractions = probe_power_fractions(modes)
+        height = panels[0][1].height
+        for index, (mode, fraction) in enumerate(zip(modes, fractions, strict=True)):
+            amplitude = np.abs(mode)
+            peak = float(amplitude.max())
+            grey = np.clip(amplitude / peak if peak > 0 else amplitude, 0, 1) * 255 + 0.5
+            image = Image.fromarray(grey.astype(np.uint8))
+            side = max(1, round(image.width * height / image.height))
+            image = image.resize((side, height), Image.NEAREST)
+            panels.append((f"probe {index + 1}  {100 * fraction:.1f} %", image))
     font = _font()
     width = PREVIEW_GAP + sum(image.width + PREVIEW_GAP for _, image in panels)
     height = PREVIEW_LABEL_HEIGHT + max(image.height for _, image in panels) + 2 * PREVIEW_GAP

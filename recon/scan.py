@@ -24,6 +24,8 @@ class ScanData:
         Object pixel size in metres (None when the source does not say, e.g. npz).
     wavelength : float or None
         X-ray wavelength in metres.
+    distance : float or None
+        Sample-to-detector distance in metres (None when the source does not say).
     source : str
         Where the data came from, for messages ("scan100/view000.cxi").
     """
@@ -35,6 +37,7 @@ class ScanData:
     pixel_size: float | None = None
     wavelength: float | None = None
     source: str = "<memory>"
+    distance: float | None = None
 
     @property
     def n_positions(self) -> int:

@@ -64,3 +64,13 @@ def test_real_siemens_star_data_reconstructs(siemens_star_path, tmp_path):
     # The phase carries the star: strong contrast between spokes in the scanned area.
     phase = np.angle(result["object"][150:350, 150:350])
     assert np.ptp(np.percentile(phase, [5, 95])) > 1.0
+
+
+def test_preview_deramp_flag(view, tmp_path):
+    pngs = []
+    for flag in ("--preview-deramp", "--no-preview-deramp"):
+        out = tmp_path / flag.strip("-") / "view000.h5"
+        run = ptychoflow("recon", str(view), "-o", str(out), "--iterations", "3", "--quiet", flag)
+        assert run.returncode == 0, run.stderr
+        pngs.append(out.with_suffix(".png").read_bytes())
+    assert pngs[0] != pngs[1]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from recon.metrics import compare_objects, illuminated_region
+from recon.metrics import compare_objects, deramp_phase, illuminated_region
 from recon.simulate import simulate_view
 
 
@@ -94,3 +94,35 @@ def test_default_region_and_bad_input(truth):
         compare_objects(object_[None], object_)
     with pytest.raises(ValueError, match="region has shape"):
         compare_objects(object_, object_, np.ones((3, 3), bool))
+
+
+def test_the_reported_score_is_ramp_free_and_the_ramp_costs_without_removal(truth):
+    object_, region = truth
+    rows, cols = np.indices(object_.shape)
+    ramped = object_ * np.exp(1j * (0.8 + 0.05 * rows + 0.03 * cols))
+    fair = compare_objects(ramped, object_, region)
+    raw = compare_objects(ramped, object_, region, remove_ramp=False)
+    assert fair["phase_ssim"] > 0.999
+    assert raw["phase_ssim"] < 0.9 and raw["phase_ramp"] == (0.0, 0.0)
+    assert raw["global_phase"] != 0.0
+    # Without a ramp, both agree.
+    plain = object_ * np.exp(0.4j)
+    assert compare_objects(plain, object_, region, remove_ramp=False)[
+        "phase_ssim"
+    ] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_deramp_phase_removes_a_ramp_from_one_image_without_a_truth(truth):
+    object_, region = truth
+    rows, cols = np.indices(object_.shape)
+    ramped = (object_ * np.exp(1j * (2.0 + 0.2 * rows - 0.15 * cols))).astype(np.complex64)
+    flat, slopes, _ = deramp_phase(ramped, region)
+    reference, reference_slopes, _ = deramp_phase(object_, region)
+    assert flat.dtype == np.complex64
+    assert slopes == pytest.approx(
+        (reference_slopes[0] + 0.2, reference_slopes[1] - 0.15), abs=1e-5
+    )
+    difference = np.angle(flat * reference.conj())[region]
+    assert np.abs(difference).max() < 1e-3
+    with pytest.raises(ValueError, match="expected"):
+        deramp_phase(object_[None])
