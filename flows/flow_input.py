@@ -39,9 +39,12 @@ PREVIEW_SUFFIX = ".png"
 def _load_packaged_json(name: str) -> dict[str, Any]:
     text = resources.files("flows").joinpath(name).read_text(encoding="utf-8")
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"flows/{name}: not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise ConfigError(f"flows/{name}: must be a JSON object")
+    return value
 
 
 def load_definition() -> dict[str, Any]:

@@ -330,28 +330,34 @@ def run_attempt(tags: Iterable[str]) -> int:
 
 
 #: What a person does about an INACTIVE run, by the code Flows gives in its details.
+#: Short, because ``status`` shows the first 160 characters: the fix comes first.
 INACTIVE_FIXES: Mapping[str, str] = {
     "ConsentRequired": (
-        "run `ptychoflow login` as the identity that started the run (for the watcher's "
-        "runs: with its client credentials in the environment), then `ptychoflow resume`"
+        "run `ptychoflow login` as the identity that started it, then `ptychoflow resume`"
     ),
 }
-DEFAULT_INACTIVE_FIX = (
-    "open the run in the Globus web app, fix what it asks for, then `ptychoflow resume`"
-)
+DEFAULT_INACTIVE_FIX = "see the run in the web app, fix it, then `ptychoflow resume`"
 
 
 def inactive_text(run: Mapping[str, Any]) -> str:
-    """Why a run is INACTIVE and what to do, e.g. ``inactive: ConsentRequired: ...; fix: ...``."""
+    """Why a run is INACTIVE and what to do, fix first:
+    ``inactive (ConsentRequired): run `ptychoflow login` ...; <description> (scope ...)``.
+
+    For the watcher's runs "the identity that started it" is the watcher's client:
+    run ``login`` with its credentials in the environment.
+    """
     details = run.get("details") or {}
-    code = str(details.get("code") or "") if isinstance(details, dict) else ""
-    description = str(details.get("description") or "") if isinstance(details, dict) else ""
-    scope = details.get("required_scope") if isinstance(details, dict) else None
-    reason = ": ".join(part for part in (code, description) if part) or "no reason given"
-    if scope:
-        reason += f" (scope {scope})"
+    if not isinstance(details, dict):
+        details = {}
+    code = str(details.get("code") or "")
+    description = str(details.get("description") or "")
+    scope = details.get("required_scope")
     fix = INACTIVE_FIXES.get(code, DEFAULT_INACTIVE_FIX)
-    text = f"inactive: {reason}; fix: {fix}"
+    text = f"inactive ({code or 'no reason given'}): {fix}"
+    if description:
+        text += f"; {description}"
+    if scope:
+        text += f" (scope {scope})"
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 

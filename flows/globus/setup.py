@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.backend import ViewRequest
 from flows.config import Config
 from flows.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flows.globus.backend import GlobusBackend
 
 
 def _require_globus_settings(config: Config, *names: str) -> None:
@@ -43,7 +46,7 @@ def input_builder(config: Config, function_id: str) -> Callable[[ViewRequest], d
     )
 
 
-def open_globus_backend(config: Config):
+def open_globus_backend(config: Config) -> GlobusBackend:
     """A ready :class:`flows.globus.backend.GlobusBackend` from the config and deployment state."""
     from flows.globus.auth import make_app
     from flows.globus.backend import GlobusBackend
