@@ -303,10 +303,21 @@ compute_base = "/"
 #    root as a filesystem path on the cluster's nodes.
 compute_endpoint = ""
 compute_root_on_endpoint = ""
-# Identities (urn:globus:auth:identity:... or urn:globus:groups:id:...) that may see
-# or cancel runs in the Globus web app.
+# Who may do what (see "Identity model" in README.md):
+# the watcher's confidential client (the id in PTYCHOFLOW_CLIENT_ID or
+# GLOBUS_COMPUTE_CLIENT_ID); deploy makes it a flow starter, and the Compute endpoint
+# is started with its credentials so it owns the endpoint.
+watcher_client_id = ""
+# More identities or groups (urn:globus:auth:identity:... / urn:globus:groups:id:...)
+# allowed to start runs (people who use `run-flow`), see runs, or see and cancel them.
+flow_starters = []
 run_monitors = []
 run_managers = []
+# GCS v5 *mapped* collections (e.g. ALCF Eagle) the flow transfers on: their
+# data_access consent is asked for at `login` and `deploy`. Never list guest collections.
+data_access_collections = []
+# Your Globus subscription id: without one the flow expires 30 days after its last update.
+subscription_id = ""
 """
 )
 

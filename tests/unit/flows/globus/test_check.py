@@ -7,6 +7,7 @@ import json
 
 import globus_sdk
 import pytest
+import responses
 from globus_compute_sdk.serialize import ComputeSerializer
 from globus_sdk.testing import RegisteredResponse
 
@@ -393,3 +394,38 @@ def test_check_command_exits_non_zero_and_prints_each_line(config, mocked_respon
     assert "FAIL compute endpoint online" in out
     assert "ok   flow exists" in out
     assert "8/9 ok" in out
+
+
+def test_deploy_reports_when_the_endpoint_runs_other_code(config, mocked_responses):
+    from flows.globus.check import endpoint_code_report
+
+    register_task({**LOCAL, "code_hash": "sha256:old", "allowed_roots": [ROOT]})
+    compute = auth.compute_client(authorizer=globus_sdk.NullAuthorizer(), do_version_check=False)
+    (message,) = endpoint_code_report(compute, config, STATE, timeout_s=5, local=LOCAL)
+    assert message.startswith("warning: the endpoint runs ptychoflow 0.1.0 (code sha256:old)")
+    assert "install the same ptychoflow" in message
+
+
+def test_deploy_says_when_the_endpoint_did_not_answer_in_time(config, mocked_responses):
+    from flows.globus.check import run_identity_task
+
+    register_task()
+    responses.replace(
+        responses.GET,
+        f"https://compute.api.globus.org/v2/tasks/{TASK_ID}",
+        json={"task_id": TASK_ID, "status": "waiting-for-launch"},
+    )
+    compute = auth.compute_client(authorizer=globus_sdk.NullAuthorizer(), do_version_check=False)
+    clock = iter(range(0, 100, 10))
+    result = run_identity_task(
+        compute,
+        ENDPOINT,
+        IDENTITY_FUNCTION_ID,
+        timeout_s=25,
+        sleep=lambda s: None,
+        clock=lambda: next(clock),
+    )
+    assert result.answer is None
+    assert "still waiting-for-launch after 25 s" in (result.error or "")
+    polls = [r for r in sent_requests() if r.path_url == f"/v2/tasks/{TASK_ID}"]
+    assert len(polls) == 3
