@@ -182,7 +182,11 @@ class _TransitionPrinter:
             if self.seen.get(key) != now:
                 self.seen[key] = now
                 stage = f" ({row.stage})" if row.stage and not row.status.terminal else ""
-                print(f"  {row.label}: {row.status.value}{stage}", file=sys.stderr, flush=True)
+                # An INACTIVE run waits for a person: say why and what to do.
+                reason = f": {row.error}" if row.status.value == "inactive" and row.error else ""
+                print(
+                    f"  {row.label}: {row.status.value}{stage}{reason}", file=sys.stderr, flush=True
+                )
 
 
 # -- status ----------------------------------------------------------------------------

@@ -281,3 +281,34 @@ def test_an_inactive_run_shows_its_reason_and_fix_and_resume_continues_it(
     assert "scan100-v003: active" in capsys.readouterr().out
     row = Ledger(config.ledger).get(100, 3)
     assert row is not None and row.status is RunStatus.ACTIVE and row.error is None
+
+
+def test_login_asks_for_data_access_under_transfer_and_under_the_deployed_flow(
+    config, mocked_responses, monkeypatch
+):
+    from flows.globus.setup import login_from_config
+    from flows.globus.state import DeploymentState, save_state
+
+    monkeypatch.setenv("GLOBUS_COMPUTE_CLIENT_ID", WATCHER)
+    monkeypatch.setenv("GLOBUS_COMPUTE_CLIENT_SECRET", "s3cret")
+    save_state(config.state_dir, DeploymentState(flow_id=FLOW_ID))
+    register_tokens()
+    RegisteredResponse(
+        service="compute",
+        path="/v2/version",
+        json={"api": "2", "min_sdk_version": "0.0.1", "min_ep_version": "0.0.1"},
+    ).add()
+
+    login_from_config(config)
+
+    scopes = [
+        urllib.parse.parse_qs(r.body)["scope"][0]
+        for r in sent_requests()
+        if r.path_url == "/v2/oauth2/token"
+    ]
+    assert "grant_type=client_credentials" in sent_requests()[0].body
+    data_access = f"[*https://auth.globus.org/scopes/{EAGLE}/data_access]"
+    (flow_scope,) = [s for s in scopes if f"{FLOW_ID}/flow_" in s]
+    assert f"transfer.api.globus.org:all{data_access}" in flow_scope
+    (transfer_scope,) = [s for s in scopes if s.startswith("urn:globus:auth:scope:transfer")]
+    assert data_access in transfer_scope
