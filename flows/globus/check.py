@@ -37,6 +37,7 @@ from flows.config import Config
 from flows.globus.errors import FLOW_GONE_HINT, api_error_text
 from flows.globus.state import DeploymentState
 from functions.code_identity import code_identity, roots_cover
+from recon.errors import PtychoflowError
 
 LOGIN_FIX = "run `ptychoflow login` with the same identity (environment) and check again"
 ENDPOINT_FIX = (
@@ -221,22 +222,49 @@ class DeploymentChecker:
     def lines(self) -> Iterator[CheckLine]:
         settings = self.config.globus
         if self.app is not None:
-            yield self.check_tokens()
-        yield self.check_collection(
-            "acquisition collection", settings.acquisition_collection, settings.acquisition_base
+            yield self._guarded("tokens and consents", self.check_tokens)
+        yield self._guarded(
+            "acquisition collection",
+            lambda: self.check_collection(
+                "acquisition collection",
+                settings.acquisition_collection,
+                settings.acquisition_base,
+            ),
         )
-        yield self.check_collection(
-            "compute collection", settings.compute_collection, settings.compute_base
+        yield self._guarded(
+            "compute collection",
+            lambda: self.check_collection(
+                "compute collection", settings.compute_collection, settings.compute_base
+            ),
         )
-        yield self.check_endpoint_online()
-        task_line, answer = self.check_identity_task()
+        yield self._guarded("compute endpoint online", self.check_endpoint_online)
+        answer: dict[str, Any] | None = None
+        try:
+            task_line, answer = self.check_identity_task()
+        except Exception as err:  # a checklist line, never a traceback
+            task_line = CheckLine("functions runnable by this identity", False, _error_text(err))
         yield task_line
-        yield self.check_code(answer)
-        yield self.check_allowed_roots(answer)
-        flow_line, flow = self.check_flow_exists()
+        yield self._guarded("same code on the endpoint", lambda: self.check_code(answer))
+        yield self._guarded(
+            "PTYCHOFLOW_ALLOWED_ROOTS covers the compute root",
+            lambda: self.check_allowed_roots(answer),
+        )
+        flow: dict[str, Any] | None = None
+        try:
+            flow_line, flow = self.check_flow_exists()
+        except Exception as err:
+            flow_line = CheckLine("flow exists", False, _error_text(err))
         yield flow_line
-        yield self.check_may_start(flow)
-        yield self.check_subscription(flow)
+        yield self._guarded("this identity may start the flow", lambda: self.check_may_start(flow))
+        yield self._guarded("subscription", lambda: self.check_subscription(flow))
+
+    @staticmethod
+    def _guarded(name: str, check: Callable[[], CheckLine]) -> CheckLine:
+        """``check()``, or a failed line naming the unexpected error (no traceback)."""
+        try:
+            return check()
+        except Exception as err:
+            return CheckLine(name, False, _error_text(err))
 
     # -- the lines ---------------------------------------------------------------------------
 
@@ -406,22 +434,10 @@ class DeploymentChecker:
                     f"the watcher's client {watcher_urn} is not among the flow's starters; "
                     f"fix: {DEPLOY_FIX} (it sends [globus] watcher_client_id as a starter)",
                 )
-        request = ViewRequest(
-            scan_id=0, view=0, view_file="check.cxi", scan_folder="scan0", recon={}
-        )
-        from flows.flow_input import build_flow_input
-
-        settings = self.config.globus
-        body = build_flow_input(
-            request,
-            acquisition_collection=settings.acquisition_collection,
-            acquisition_base=settings.acquisition_base,
-            compute_collection=settings.compute_collection,
-            compute_base=settings.compute_base,
-            compute_endpoint=settings.compute_endpoint,
-            function_id=self.state.function_id or "",
-            compute_root_on_endpoint=settings.compute_root_on_endpoint,
-        )
+        try:
+            body = self._sample_input()
+        except PtychoflowError as err:
+            return CheckLine(name, False, f"the config cannot make a flow input: {err}")
         try:
             self.run_client.validate_run(body, label="ptychoflow check", tags=["check"])
         except _SERVICE_ERRORS as err:
@@ -439,6 +455,25 @@ class DeploymentChecker:
                 fix = "see the message"
             return CheckLine(name, False, f"{_error_text(err)}; fix: {fix}")
         return CheckLine(name, True, f"{self.identity_urn or 'this identity'} may start runs")
+
+    def _sample_input(self) -> dict[str, Any]:
+        """The flow input of a made-up view, built from the config as runs are."""
+        from flows.flow_input import build_flow_input
+
+        settings = self.config.globus
+        request = ViewRequest(
+            scan_id=0, view=0, view_file="check.cxi", scan_folder="scan0", recon={}
+        )
+        return build_flow_input(
+            request,
+            acquisition_collection=settings.acquisition_collection,
+            acquisition_base=settings.acquisition_base,
+            compute_collection=settings.compute_collection,
+            compute_base=settings.compute_base,
+            compute_endpoint=settings.compute_endpoint,
+            function_id=self.state.function_id or "",
+            compute_root_on_endpoint=settings.compute_root_on_endpoint,
+        )
 
     def check_subscription(self, flow: dict[str, Any] | None) -> CheckLine:
         name = "subscription"

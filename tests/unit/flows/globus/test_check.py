@@ -429,3 +429,15 @@ def test_deploy_says_when_the_endpoint_did_not_answer_in_time(config, mocked_res
     assert "still waiting-for-launch after 25 s" in (result.error or "")
     polls = [r for r in sent_requests() if r.path_url == f"/v2/tasks/{TASK_ID}"]
     assert len(polls) == 3
+
+
+def test_an_incomplete_config_gives_failed_lines_not_a_traceback(config, mocked_responses):
+    config.globus.acquisition_collection = ""
+    register_healthy(collections=False)
+    register_collection(COMPUTE)
+    register_delete()
+    lines = by_name(make_checker(config).run())
+    assert not lines["acquisition collection"].ok
+    assert "not set" in lines["acquisition collection"].detail
+    assert lines["compute collection"].ok
+    assert len(lines) == 9
