@@ -22,6 +22,7 @@ class RunStatus(StrEnum):
     PENDING = "pending"  #: recorded, not yet handed to the backend
     SUBMITTING = "submitting"  #: handed to the backend; run id not yet known
     ACTIVE = "active"  #: the backend accepted the run and it is executing
+    INACTIVE = "inactive"  #: paused until a person acts (e.g. consent); see ``error``
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
@@ -52,6 +53,9 @@ class ViewRequest:
     recon: dict[str, Any]
     """Reconstruction options (``recon.options.ReconOptions.to_dict()``)."""
     trigger: Trigger = Trigger.MANUAL
+    attempt: int = 1
+    """The ledger row's attempt number (1, then +1 per forced or failed re-run); tagged
+    on the run so a re-run is never mistaken for an earlier attempt's run."""
 
     @property
     def label(self) -> str:
@@ -65,6 +69,7 @@ class ViewRequest:
             f"scan:{self.scan_id}",
             f"view:{self.view}",
             f"trigger:{Trigger(self.trigger).value}",
+            f"attempt:{self.attempt}",
         ]
 
 

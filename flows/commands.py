@@ -1,4 +1,5 @@
-"""``ptychoflow`` subcommands of the flow: run (run-flow), status, init, demo, deploy, login.
+"""``ptychoflow`` subcommands of the flow: run (run-flow), status, init, demo, deploy, login,
+check, resume.
 
 Thin: argument parsing here, the work in ``flows.launcher``, ``flows.ledger`` and the
 backends. Heavy imports happen inside the handlers so ``--help`` is fast.
@@ -57,6 +58,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     deploy.add_argument("--config", help="config file (default ./ptychoflow.toml)")
     deploy.set_defaults(handler=deploy_command)
+
+    check = subparsers.add_parser(
+        "check",
+        help="prove the Globus deployment works: a checklist of ok/failure lines with fixes",
+        description="Against the live services, with this process's identity: tokens and "
+        "consents, both collections writable, endpoint online, the functions runnable "
+        "(a tiny task), the same code on the endpoint, PTYCHOFLOW_ALLOWED_ROOTS, the flow "
+        "startable, the subscription. Exit 0 only when every line is ok.",
+    )
+    check.add_argument("--config", help="config file (default ./ptychoflow.toml)")
+    check.add_argument(
+        "--task-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the test task on the endpoint (default 600)",
+    )
+    check.set_defaults(handler=check_command)
+
+    resume = subparsers.add_parser(
+        "resume",
+        help="continue INACTIVE Globus runs (e.g. after `ptychoflow login` gave a consent)",
+    )
+    resume.add_argument("--scan", help="only these scan id(s): 100, or 100-103")
+    resume.add_argument("--config", help="config file (default ./ptychoflow.toml)")
+    resume.set_defaults(handler=resume_command)
 
     login = subparsers.add_parser("login", help="log in to Globus (people; not the watcher)")
     login.add_argument("--config", help="config file (default ./ptychoflow.toml)")
@@ -156,7 +182,11 @@ class _TransitionPrinter:
             if self.seen.get(key) != now:
                 self.seen[key] = now
                 stage = f" ({row.stage})" if row.stage and not row.status.terminal else ""
-                print(f"  {row.label}: {row.status.value}{stage}", file=sys.stderr, flush=True)
+                # An INACTIVE run waits for a person: say why and what to do.
+                reason = f": {row.error}" if row.status.value == "inactive" and row.error else ""
+                print(
+                    f"  {row.label}: {row.status.value}{stage}{reason}", file=sys.stderr, flush=True
+                )
 
 
 # -- status ----------------------------------------------------------------------------
@@ -277,10 +307,21 @@ compute_base = "/"
 #    root as a filesystem path on the cluster's nodes.
 compute_endpoint = ""
 compute_root_on_endpoint = ""
-# Identities (urn:globus:auth:identity:... or urn:globus:groups:id:...) that may see
-# or cancel runs in the Globus web app.
+# Who may do what (see "Identity model" in README.md):
+# the watcher's confidential client (the id in PTYCHOFLOW_CLIENT_ID or
+# GLOBUS_COMPUTE_CLIENT_ID); deploy makes it a flow starter, and the Compute endpoint
+# is started with its credentials so it owns the endpoint.
+watcher_client_id = ""
+# More identities or groups (urn:globus:auth:identity:... / urn:globus:groups:id:...)
+# allowed to start runs (people who use `run-flow`), see runs, or see and cancel them.
+flow_starters = []
 run_monitors = []
 run_managers = []
+# GCS v5 *mapped* collections (e.g. ALCF Eagle) the flow transfers on: their
+# data_access consent is asked for at `login` and `deploy`. Never list guest collections.
+data_access_collections = []
+# Your Globus subscription id: without one the flow expires 30 days after its last update.
+subscription_id = ""
 """
 )
 
@@ -393,3 +434,63 @@ def login_command(args: argparse.Namespace) -> int:
     login_from_config(config, force=args.force)
     print("logged in; tokens stored under", config.state_dir)
     return 0
+
+
+def check_command(args: argparse.Namespace) -> int:
+    from flows.globus.setup import check_from_config
+
+    config = _load(args)
+    lines = check_from_config(config, task_timeout_s=args.task_timeout)
+    for line in lines:
+        print(line.format(), flush=True)
+    failed = [line for line in lines if not line.ok]
+    print(
+        f"{len(lines) - len(failed)}/{len(lines)} ok"
+        + ("" if not failed else "; fix the FAIL lines")
+    )
+    return 1 if failed else 0
+
+
+def resume_command(args: argparse.Namespace) -> int:
+    from flows.backend import RunStatus
+    from flows.errors import TransientBackendError
+    from flows.globus.errors import GlobusAuthorizationError, GlobusServiceError
+    from flows.globus.setup import open_globus_backend
+    from flows.ledger import Ledger
+    from flows.scans import parse_views
+
+    config = _load(args)
+    if not config.ledger.exists():
+        print(f"no runs yet (no ledger at {config.ledger})")
+        return 0
+    ledger = Ledger(config.ledger)
+    try:
+        scans = parse_views(args.scan) if args.scan else None
+        rows = [
+            row
+            for row in ledger.runs()
+            if row.status is RunStatus.INACTIVE
+            and row.run_id
+            and row.backend == "globus"
+            and (scans is None or row.scan_id in scans)
+        ]
+        if not rows:
+            print("no inactive runs" + (f" for scan(s) {args.scan}" if args.scan else ""))
+            return 0
+        backend = open_globus_backend(config)
+        failed = False
+        for row in rows:
+            assert row.run_id is not None
+            try:
+                progress = backend.resume(row.run_id)
+            except (GlobusAuthorizationError, GlobusServiceError, TransientBackendError) as err:
+                print(f"{row.label}: not resumed: {err}")
+                failed = True
+                continue
+            ledger.update_progress(row.scan_id, row.view, progress)
+            detail = f": {progress.error}" if progress.error else ""
+            print(f"{row.label}: {progress.status.value}{detail}")
+            failed |= progress.status in (RunStatus.INACTIVE, RunStatus.FAILED)
+    finally:
+        ledger.close()
+    return 1 if failed else 0

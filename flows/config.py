@@ -11,6 +11,7 @@ import dataclasses
 import pathlib
 import re
 import tomllib
+import uuid
 from typing import Any
 
 from flows.errors import ConfigError
@@ -40,6 +41,16 @@ class GlobusSettings:
     """Identity URNs allowed to see runs in the web app."""
     run_managers: list[str] = dataclasses.field(default_factory=list)
     """Identity URNs allowed to cancel runs."""
+    watcher_client_id: str = ""
+    """Client id of the watcher's confidential client (``PTYCHOFLOW_CLIENT_ID`` or
+    ``GLOBUS_COMPUTE_CLIENT_ID``): deploy makes it a flow starter; it owns the endpoint."""
+    flow_starters: list[str] = dataclasses.field(default_factory=list)
+    """More identity or group URNs allowed to start runs (people who run ``run-flow``)."""
+    data_access_collections: list[str] = dataclasses.field(default_factory=list)
+    """GCS v5 *mapped* collections (e.g. ALCF Eagle) whose ``data_access`` consent
+    ``login`` and ``deploy`` request; never guest collections."""
+    subscription_id: str = ""
+    """Globus subscription the flow is created under (without one it expires in 30 days)."""
 
 
 @dataclasses.dataclass
@@ -133,12 +144,48 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
     except ValueError as err:
         raise ConfigError(f"{where}: [recon]: {err}") from err
     config = Config(**raw, recon=recon, globus=GlobusSettings(**globus_raw))
+    check_globus_settings(config.globus, where)
     if config.backend not in ("local", "globus"):
         raise ConfigError(f"{where}: backend = {config.backend!r}; expected 'local' or 'globus'")
     if not isinstance(config.concurrency, int) or config.concurrency < 1:
         raise ConfigError(f"{where}: concurrency must be a positive integer")
     config.scan_regex()
     return config
+
+
+_URN_PREFIXES = ("urn:globus:auth:identity:", "urn:globus:groups:id:")
+
+
+def check_globus_settings(settings: GlobusSettings, where: str = "config") -> None:
+    """Check the [globus] ids and URN lists; a :class:`ConfigError` names the key."""
+    for key in ("watcher_client_id", "subscription_id"):
+        value = getattr(settings, key)
+        if value and not _is_uuid(value):
+            raise ConfigError(f"{where}: [globus] {key} = {value!r} is not a Globus id (a UUID)")
+    for key in ("run_monitors", "run_managers", "flow_starters", "data_access_collections"):
+        values = getattr(settings, key)
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"{where}: [globus] {key} must be a list of strings")
+        for value in values:
+            if key == "data_access_collections":
+                if not _is_uuid(value):
+                    raise ConfigError(
+                        f"{where}: [globus] data_access_collections: {value!r} is not a "
+                        "collection id (a UUID)"
+                    )
+            elif not value.startswith(_URN_PREFIXES):
+                raise ConfigError(
+                    f"{where}: [globus] {key}: {value!r} must be an identity or group URN "
+                    "(urn:globus:auth:identity:<id> or urn:globus:groups:id:<id>)"
+                )
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return True
 
 
 def resolve_paths(config: Config, base: pathlib.Path) -> Config:

@@ -227,6 +227,9 @@ class Launcher:
     def _submit(self, request: ViewRequest) -> ViewOutcome:
         """Hand a claimed (pending) request to the backend and record the result."""
         self.ledger.mark_submitting(request.scan_id, request.view)
+        claimed = self.ledger.get(request.scan_id, request.view)
+        if claimed is not None and claimed.attempt != request.attempt:
+            request = dataclasses.replace(request, attempt=claimed.attempt)  # tagged on the run
         adopted: list[StartedRun] = []
 
         def look_before_retrying(_err: TransientBackendError) -> StartedRun | None:
@@ -406,7 +409,7 @@ class Launcher:
                 key = (row.scan_id, row.view)
                 if (
                     shared
-                    and row.status is RunStatus.ACTIVE
+                    and row.status in (RunStatus.ACTIVE, RunStatus.INACTIVE)
                     and row.run_id
                     and key not in self.in_flight
                     and row.backend == self.backend.name
@@ -459,7 +462,7 @@ class Launcher:
                 record.attempt,
                 record.owner.pid,
             )
-            if record.status is RunStatus.ACTIVE:
+            if record.status in (RunStatus.ACTIVE, RunStatus.INACTIVE):
                 if self.backend.runs_die_with_owner:
                     self.ledger.restart(record.scan_id, record.view)
                 else:

@@ -43,8 +43,14 @@ from flows.errors import ConfigError
 SCHEMA_VERSION = 1
 
 #: States in which a run must not be started again (unless forced, for succeeded).
-_BLOCKING = (RunStatus.PENDING, RunStatus.SUBMITTING, RunStatus.ACTIVE, RunStatus.SUCCEEDED)
-_UNFINISHED = (RunStatus.PENDING, RunStatus.SUBMITTING, RunStatus.ACTIVE)
+_BLOCKING = (
+    RunStatus.PENDING,
+    RunStatus.SUBMITTING,
+    RunStatus.ACTIVE,
+    RunStatus.INACTIVE,
+    RunStatus.SUCCEEDED,
+)
+_UNFINISHED = (RunStatus.PENDING, RunStatus.SUBMITTING, RunStatus.ACTIVE, RunStatus.INACTIVE)
 
 _SCHEMA = """
 CREATE TABLE runs (
@@ -177,6 +183,7 @@ class RunRecord:
             scan_folder=self.scan_folder,
             recon=dict(self.recon),
             trigger=self.trigger,
+            attempt=self.attempt,
         )
 
     @classmethod

@@ -41,7 +41,8 @@ def reconstruct_view(
         ``output``, ``preview`` (paths), ``iterations`` (int), ``final_cost`` (float),
         ``devices`` (device ordinals used), ``backend`` (``numpy``/``cupy``),
         ``host``, ``input``, ``gpus`` (GPU ids claimed on the node; empty on CPU),
-        ``seconds`` ({``load``, ``solve``, ``write``, ``gpu_wait``, ``total``}).
+        ``seconds`` ({``load``, ``solve``, ``write``, ``gpu_wait``, ``total``}),
+        ``ptychoflow_version`` and ``code_hash`` (:mod:`functions.code_identity`).
 
     Raises
     ------
@@ -65,6 +66,7 @@ def reconstruct_view(
     import socket
     import time
 
+    from functions.code_identity import code_identity
     from functions.gpu_lock import GpuPool, choose_gpu_count
     from recon.backend import is_cupy, resolve_backend
     from recon.cxi import peek_view_shape
@@ -119,6 +121,7 @@ def reconstruct_view(
 
     summary = dict(result)
     summary.update(host=socket.gethostname(), input=str(source), gpus=list(gpus))
+    summary.update(code_identity())  # ptychoflow_version, code_hash: what ran on the endpoint
     summary["seconds"] = {
         **dict(result.get("seconds") or {}),
         "gpu_wait": gpu_wait,

@@ -5,7 +5,9 @@ Two ways to authenticate:
 - **Unattended** (the watcher on the acquisition machine): a confidential client
   (``globus_sdk.ClientApp``) whose id and secret come from the environment,
   ``PTYCHOFLOW_CLIENT_ID`` / ``PTYCHOFLOW_CLIENT_SECRET`` (or the
-  ``GLOBUS_CLIENT_ID`` / ``GLOBUS_CLIENT_SECRET`` pair).
+  ``GLOBUS_COMPUTE_CLIENT_ID`` / ``GLOBUS_COMPUTE_CLIENT_SECRET`` pair that the
+  Compute endpoint is started with, so one client owns the endpoint and starts
+  the runs; or ``GLOBUS_CLIENT_ID`` / ``GLOBUS_CLIENT_SECRET``).
 - **People** (``run-flow`` by hand, ``deploy``): a ``globus_sdk.UserApp`` with a
   public native-app client and refresh tokens, so one ``ptychoflow login``
   lasts a whole beamtime.
@@ -49,6 +51,7 @@ DEFAULT_NATIVE_CLIENT_ID: str | None = None
 #: Credential variables, in order of preference: (id variable, secret variable).
 CONFIDENTIAL_CLIENT_VARIABLES = (
     ("PTYCHOFLOW_CLIENT_ID", "PTYCHOFLOW_CLIENT_SECRET"),
+    ("GLOBUS_COMPUTE_CLIENT_ID", "GLOBUS_COMPUTE_CLIENT_SECRET"),
     ("GLOBUS_CLIENT_ID", "GLOBUS_CLIENT_SECRET"),
 )
 NATIVE_CLIENT_VARIABLE = "PTYCHOFLOW_NATIVE_CLIENT_ID"
@@ -83,6 +86,11 @@ def confidential_credentials(environ: Mapping[str, str] = os.environ) -> tuple[s
                 f"(unset {present} to log in as a person instead)"
             )
     return None
+
+
+def identity_urn(client_or_identity_id: str) -> str:
+    """``urn:globus:auth:identity:<id>``: a confidential client's identity id is its client id."""
+    return f"urn:globus:auth:identity:{client_or_identity_id}"
 
 
 def native_client_id(environ: Mapping[str, str] = os.environ) -> str:

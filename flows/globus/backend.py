@@ -9,7 +9,13 @@
 - :meth:`GlobusBackend.poll` maps the run's status and its log events to a
   :class:`~flows.backend.RunProgress` with per-stage seconds;
 - :meth:`GlobusBackend.find_run` finds a run started before a crash by its
-  label and tags, so it is adopted instead of started twice.
+  label and tags (``attempt:N`` included), so it is adopted instead of started
+  twice, and a forced re-run never adopts an earlier attempt's run;
+- :meth:`GlobusBackend.resume` continues an INACTIVE run (after ``ptychoflow login``).
+
+``run_flow`` is sent with the SDK's own retries off: a POST that timed out may
+have started the run, so the launcher decides (it looks with ``find_run``
+before starting again).
 
 Errors come out as project errors (:mod:`flows.globus.errors`):
 :class:`TransientBackendError` for 5xx/429/network trouble (retry with
@@ -32,7 +38,13 @@ from flows.backend import STAGES, Backend, RunProgress, RunStatus, StartedRun, V
 from flows.config import Config
 from flows.errors import ConfigError
 from flows.globus import auth
-from flows.globus.errors import GlobusServiceError, translate
+from flows.globus.errors import (
+    FLOW_GONE_HINT,
+    FlowGoneError,
+    GlobusServiceError,
+    api_error_text,
+    translate,
+)
 from flows.globus.state import load_state
 
 log = logging.getLogger(__name__)
@@ -46,8 +58,9 @@ DEFAULT_STAGE_OF_STATE: Mapping[str, str] = {
     "TransferOut": "transfer_out",
 }
 
-#: Flows run statuses; anything else that is not active counts as failed.
-ACTIVE_STATUSES = frozenset({"ACTIVE", "INACTIVE"})
+#: Flows run statuses; anything else counts as failed.
+ACTIVE_STATUS = "ACTIVE"
+INACTIVE_STATUS = "INACTIVE"
 SUCCEEDED_STATUS = "SUCCEEDED"
 
 #: Most run-list pages ``find_run`` reads before giving up (each holds up to ~20 runs).
@@ -120,7 +133,7 @@ class GlobusBackend(Backend):
             raise ConfigError(
                 f"no deployed flow in {config.state_dir}: run `ptychoflow deploy` first"
             )
-        collections = list(data_access_collections)
+        collections = list(data_access_collections or config.globus.data_access_collections)
         return cls(
             config,
             flow_id=flow_id,
@@ -171,7 +184,8 @@ class GlobusBackend(Backend):
         body = self.input_builder(request)
         doing = f"starting the flow run for {request.label}"
         try:
-            with self._lock:
+            # No SDK retries: a retried POST after a lost answer would start a second run.
+            with self._lock, self.run_client.retry_config.tune(max_retries=0):
                 response = self.run_client.run_flow(
                     body=body,
                     label=request.label,
@@ -179,6 +193,12 @@ class GlobusBackend(Backend):
                     run_monitors=list(self.config.globus.run_monitors),
                     run_managers=list(self.config.globus.run_managers),
                 )
+        except globus_sdk.GlobusAPIError as err:
+            if err.http_status == 404:
+                raise FlowGoneError(
+                    f"{doing}: flow {self.flow_id}: {FLOW_GONE_HINT} ({api_error_text(err)})"
+                ) from err
+            raise translate(err, doing) from err
         except _API_ERRORS as err:
             raise translate(err, doing) from err
         run_id = response.get("run_id")
@@ -203,7 +223,11 @@ class GlobusBackend(Backend):
             yield from page.get("entries", [])
 
     def find_run(self, request: ViewRequest) -> StartedRun | None:
-        """The newest run of this flow with the request's label and scan/view tags."""
+        """The newest run of this flow with the request's label and scan/view/attempt tags.
+
+        A run with no ``attempt:`` tag (started before attempts were tagged) counts
+        as attempt 1.
+        """
         doing = f"searching runs for {request.label}"
         wanted_tags = {f"scan:{request.scan_id}", f"view:{request.view}"}
         matches: list[dict[str, Any]] = []
@@ -217,8 +241,11 @@ class GlobusBackend(Backend):
                 )
                 for number, page in enumerate(pages):
                     for run in page.get("runs", []):
-                        if run.get("label") == request.label and wanted_tags <= set(
-                            run.get("tags") or []
+                        tags = set(run.get("tags") or [])
+                        if (
+                            run.get("label") == request.label
+                            and wanted_tags <= tags
+                            and run_attempt(tags) == request.attempt
                         ):
                             matches.append(run)
                     if number + 1 >= FIND_RUN_MAX_PAGES:
@@ -230,6 +257,20 @@ class GlobusBackend(Backend):
         newest = max(matches, key=lambda run: _parse_time(run.get("start_time")) or _EPOCH)
         run_id = str(newest["run_id"])
         return StartedRun(run_id=run_id, web_url=run_web_url(run_id))
+
+    def resume(self, run_id: str) -> RunProgress:
+        """Ask Flows to continue an INACTIVE run (``POST /runs/{id}/resume``).
+
+        Call it after the missing consent was given (``ptychoflow login``); the
+        run's new status is returned (ACTIVE, or INACTIVE again with the reason).
+        """
+        doing = f"resuming run {run_id}"
+        try:
+            with self._lock:
+                run = self.run_client.resume_run(run_id).data
+        except _API_ERRORS as err:
+            raise translate(err, doing) from err
+        return progress_from_run(run, (), self.stage_of_state)
 
     def close(self) -> None:
         """Nothing to release: clients hold no threads; the app's token file stays."""
@@ -277,6 +318,47 @@ def stage_times(
             seconds[stage] = seconds.get(stage, 0.0) + max(0.0, (when - begin).total_seconds())
     running = next(reversed(started), None) if started else None
     return seconds, running
+
+
+def run_attempt(tags: Iterable[str]) -> int:
+    """The attempt number in a run's ``attempt:N`` tag; 1 when it has none."""
+    for tag in tags:
+        name, _, number = str(tag).partition(":")
+        if name == "attempt" and number.isdigit():
+            return int(number)
+    return 1
+
+
+#: What a person does about an INACTIVE run, by the code Flows gives in its details.
+#: Short, because ``status`` shows the first 160 characters: the fix comes first.
+INACTIVE_FIXES: Mapping[str, str] = {
+    "ConsentRequired": (
+        "run `ptychoflow login` as the identity that started it, then `ptychoflow resume`"
+    ),
+}
+DEFAULT_INACTIVE_FIX = "see the run in the web app, fix it, then `ptychoflow resume`"
+
+
+def inactive_text(run: Mapping[str, Any]) -> str:
+    """Why a run is INACTIVE and what to do, fix first:
+    ``inactive (ConsentRequired): run `ptychoflow login` ...; <description> (scope ...)``.
+
+    For the watcher's runs "the identity that started it" is the watcher's client:
+    run ``login`` with its credentials in the environment.
+    """
+    details = run.get("details") or {}
+    if not isinstance(details, dict):
+        details = {}
+    code = str(details.get("code") or "")
+    description = str(details.get("description") or "")
+    scope = details.get("required_scope")
+    fix = INACTIVE_FIXES.get(code, DEFAULT_INACTIVE_FIX)
+    text = f"inactive ({code or 'no reason given'}): {fix}"
+    if description:
+        text += f"; {description}"
+    if scope:
+        text += f" (scope {scope})"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 def _find_task_output(value: Any, depth: int = 0) -> Any:
@@ -333,8 +415,12 @@ def progress_from_run(
     """Map a Flows run document (and its log events) to :class:`RunProgress`."""
     status_text = str(run.get("status", "")).upper()
     seconds, running = stage_times(events, stage_of_state)
-    if status_text in ACTIVE_STATUSES:
+    if status_text == ACTIVE_STATUS:
         return RunProgress(RunStatus.ACTIVE, stage=running, stage_seconds=seconds)
+    if status_text == INACTIVE_STATUS:
+        return RunProgress(
+            RunStatus.INACTIVE, stage=running, stage_seconds=seconds, error=inactive_text(run)
+        )
     if status_text == SUCCEEDED_STATUS:
         output = _find_task_output((run.get("details") or {}).get("output") or {})
         return RunProgress(

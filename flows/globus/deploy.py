@@ -26,7 +26,7 @@ import inspect
 import json
 import logging
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import globus_sdk
@@ -68,9 +68,22 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def flow_content_hash(definition: dict[str, Any], input_schema: dict[str, Any], title: str) -> str:
-    """``sha256:<hex>`` of the flow's content; any change to what Flows stores changes it."""
-    text = canonical_json({"definition": definition, "input_schema": input_schema, "title": title})
+def flow_content_hash(
+    definition: dict[str, Any],
+    input_schema: dict[str, Any],
+    title: str,
+    settings: Mapping[str, Any] | None = None,
+) -> str:
+    """``sha256:<hex>`` of the flow's content; any change to what Flows stores changes it.
+
+    ``settings``: the other fields sent (keywords, run monitors and managers, flow
+    starters, subscription), so a changed permission list is sent on the next deploy.
+    """
+    content: dict[str, Any] = {"definition": definition, "input_schema": input_schema}
+    content["title"] = title
+    if settings:
+        content["settings"] = dict(settings)
+    text = canonical_json(content)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -156,7 +169,9 @@ def deploy(
     subscription_id: str | None = None,
     run_managers: Sequence[str] = (),
     run_monitors: Sequence[str] = (),
+    flow_starters: Sequence[str] = (),
     compute_endpoint: str | None = None,
+    identity_function: Callable[..., Any] | None = None,
     now: Callable[[], datetime.datetime] | None = None,
 ) -> DeployResult:
     """Validate, create/update the flow, (re-)register the function, save the state.
@@ -166,13 +181,19 @@ def deploy(
     returns the new function id). ``state`` is the current deployment state
     (``flows.globus.state.load_state``); the new state is saved to ``state_dir`` when
     given and returned either way. ``run_managers`` / ``run_monitors`` are
-    identity or group URNs the flow grants on every run.
+    identity or group URNs the flow grants on every run; ``flow_starters`` the
+    URNs allowed to start runs (the watcher's client: run managers cannot start
+    runs). ``subscription_id`` keeps the flow from expiring after 30 days.
+    ``identity_function`` (:func:`functions.code_identity.endpoint_identity`) is
+    registered beside ``function`` for ``ptychoflow check``. Functions are
+    registered ``public`` so the watcher's client may run a function a person
+    registered (their source is this package's; the endpoint still runs only
+    its owner's tasks).
     """
     now = now or (lambda: datetime.datetime.now(datetime.UTC))
     messages: list[str] = []
     new_state = dataclasses.replace(state)
 
-    flow_hash = flow_content_hash(definition, input_schema, title)
     flow_fields: dict[str, Any] = {
         "title": title,
         "definition": definition,
@@ -180,13 +201,20 @@ def deploy(
         "keywords": list(keywords),
         "run_managers": list(run_managers),
         "run_monitors": list(run_monitors),
+        "flow_starters": list(flow_starters),
     }
     if subtitle is not None:
         flow_fields["subtitle"] = subtitle
     if description is not None:
         flow_fields["description"] = description
-    if subscription_id is not None:
+    if subscription_id:
         flow_fields["subscription_id"] = subscription_id
+    settings = {
+        key: value
+        for key, value in flow_fields.items()
+        if key not in ("title", "definition", "input_schema") and value
+    }
+    flow_hash = flow_content_hash(definition, input_schema, title, settings)
 
     if state.flow_id and state.flow_hash == flow_hash:
         flow_change = Change.UNCHANGED
@@ -226,6 +254,16 @@ def deploy(
         new_state.function_id = _register_function(compute_client, function)
         function_change = Change.UPDATED if state.function_id else Change.CREATED
     new_state.function_hash = function_hash
+    if identity_function is not None:
+        identity_hash = function_source_hash(identity_function)
+        if not (state.identity_function_id and state.identity_function_hash == identity_hash):
+            new_state.identity_function_id = _register_function(compute_client, identity_function)
+            function_change = (
+                function_change
+                if function_change is not Change.UNCHANGED
+                else (Change.UPDATED if state.identity_function_id else Change.CREATED)
+            )
+        new_state.identity_function_hash = identity_hash
     if compute_endpoint is not None:
         new_state.compute_endpoint = compute_endpoint
 
@@ -252,7 +290,7 @@ def _create_flow(flows_client: globus_sdk.FlowsClient, flow_fields: dict[str, An
 def _register_function(compute_client: Any, function: Callable[..., Any]) -> str:
     name = getattr(function, "__qualname__", repr(function))
     try:
-        function_id = compute_client.register_function(function)
+        function_id = compute_client.register_function(function, public=True)
     except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError) as err:
         raise translate(err, f"registering {name} with Globus Compute") from err
     if not function_id:

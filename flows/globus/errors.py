@@ -26,6 +26,17 @@ class GlobusServiceError(PtychoflowError, RuntimeError):
     """A Globus service refused the request (4xx other than authorization)."""
 
 
+class FlowGoneError(GlobusServiceError, LookupError):
+    """Globus Flows no longer has the deployed flow (deleted, or expired after 30 days
+    without a subscription)."""
+
+
+FLOW_GONE_HINT = (
+    "the flow is gone (flows expire after 30 days without a subscription; set "
+    "[globus] subscription_id); run `ptychoflow deploy`"
+)
+
+
 def api_error_text(err: globus_sdk.GlobusAPIError) -> str:
     """``HTTP 422 UNPROCESSABLE_ENTITY: <the service's message>`` for an API error."""
     message = err.message or err.text or err.http_reason

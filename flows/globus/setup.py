@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.backend import ViewRequest
 from flows.config import Config
 from flows.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flows.globus.backend import GlobusBackend
 
 
 def _require_globus_settings(config: Config, *names: str) -> None:
@@ -43,7 +46,7 @@ def input_builder(config: Config, function_id: str) -> Callable[[ViewRequest], d
     )
 
 
-def open_globus_backend(config: Config):
+def open_globus_backend(config: Config) -> GlobusBackend:
     """A ready :class:`flows.globus.backend.GlobusBackend` from the config and deployment state."""
     from flows.globus.auth import make_app
     from flows.globus.backend import GlobusBackend
@@ -68,18 +71,45 @@ def open_globus_backend(config: Config):
     )
 
 
-def deploy_from_config(config: Config):
-    """Validate and create/update the flow, (re-)register the function, save the IDs."""
+def flow_starters(config: Config) -> list[str]:
+    """Who may start runs: the watcher's confidential client, then ``[globus] flow_starters``.
+
+    Run managers may cancel runs but not start them (Globus Flows permissions), so
+    the watcher's client must be listed here; without it every ``run_flow`` the
+    watcher sends is refused.
+    """
+    from flows.globus.auth import identity_urn
+
+    starters = (
+        [identity_urn(config.globus.watcher_client_id)] if config.globus.watcher_client_id else []
+    )
+    return list(dict.fromkeys([*starters, *config.globus.flow_starters]))
+
+
+def deploy_from_config(config: Config, *, identity_wait_s: float = 30.0) -> Any:
+    """Validate and create/update the flow, (re-)register the functions, save the IDs.
+
+    Clients are built in this order: Flows, Transfer and Compute first, with no
+    flow scope (the flow in the old state may be gone); after the deploy, the
+    client for the flow that now exists, with its ``data_access`` dependencies,
+    and one ``login`` asks for every consent. Then the code installed on the
+    endpoint is compared with this machine's (a tiny task, ``identity_wait_s``).
+    """
+    import dataclasses
+
     from flows.flow_input import load_definition, load_input_schema
     from flows.globus.auth import make_app, make_clients, specific_flow_client
     from flows.globus.deploy import deploy
     from flows.globus.state import load_state
+    from functions.code_identity import endpoint_identity
     from functions.reconstruct import reconstruct_view
 
     _require_globus_settings(config, "compute_endpoint")
+    settings = config.globus
     app = make_app(config, login_on_demand=True)
     state = load_state(config.state_dir)
-    clients = make_clients(app, flow_id=state.flow_id)
+    collections = list(settings.data_access_collections)
+    clients = make_clients(app, data_access_collections=collections)
     result = deploy(
         clients.flows,
         clients.compute,
@@ -87,22 +117,78 @@ def deploy_from_config(config: Config):
         input_schema=load_input_schema(),
         state=state,
         function=reconstruct_view,
+        identity_function=endpoint_identity,
         state_dir=config.state_dir,
-        run_managers=config.globus.run_managers,
-        run_monitors=config.globus.run_monitors,
-        compute_endpoint=config.globus.compute_endpoint,
+        run_managers=settings.run_managers,
+        run_monitors=settings.run_monitors,
+        flow_starters=flow_starters(config),
+        subscription_id=settings.subscription_id or None,
+        compute_endpoint=settings.compute_endpoint,
     )
-    # Starting runs needs consent to the new flow's own scope: ask for it now, while a
-    # person is at the terminal, rather than at the first run during beamtime.
-    specific_flow_client(result.state.flow_id, app)
+    # Starting runs needs consent to the new flow's own scope (and the data_access
+    # scopes under it): ask for it now, while a person is at the terminal.
+    assert result.state.flow_id is not None
+    specific_flow_client(result.state.flow_id, app, data_access_collections=collections)
     app.login()
-    return result
+    messages = list(result.messages)
+    if not settings.subscription_id:
+        messages.append(
+            "warning: no [globus] subscription_id: the flow expires 30 days after its last "
+            "update and every run is then refused; set it and run `ptychoflow deploy` again"
+        )
+    if not settings.watcher_client_id:
+        messages.append(
+            "warning: no [globus] watcher_client_id: only you may start runs of this flow; "
+            "set it to the watcher's client id and run `ptychoflow deploy` again"
+        )
+    if identity_wait_s > 0:
+        from flows.globus.check import endpoint_code_report
+
+        messages.extend(
+            endpoint_code_report(clients.compute, config, result.state, timeout_s=identity_wait_s)
+        )
+    return dataclasses.replace(result, messages=tuple(messages))
 
 
 def login_from_config(config: Config, *, force: bool = False) -> None:
+    """Log in for every scope: Flows, Transfer and Compute, the deployed flow's own scope,
+    and ``data_access`` for ``[globus] data_access_collections`` (under Transfer and
+    under the flow's scope, as a flow that transfers on a mapped collection needs)."""
     from flows.globus.auth import make_app, make_clients
     from flows.globus.state import load_state
 
     app = make_app(config, login_on_demand=True)
-    make_clients(app, flow_id=load_state(config.state_dir).flow_id)
+    make_clients(
+        app,
+        flow_id=load_state(config.state_dir).flow_id,
+        data_access_collections=config.globus.data_access_collections,
+    )
     app.login(force=force)
+
+
+def check_from_config(config: Config, *, task_timeout_s: float = 600.0) -> list[Any]:
+    """Run ``ptychoflow check`` with this process's identity; returns the checklist lines."""
+    from flows.globus.auth import confidential_credentials, identity_urn, make_app, make_clients
+    from flows.globus.check import DeploymentChecker
+    from flows.globus.state import load_state
+
+    state = load_state(config.state_dir)
+    app = make_app(config)
+    clients = make_clients(
+        app,
+        flow_id=state.flow_id,
+        data_access_collections=config.globus.data_access_collections,
+    )
+    credentials = confidential_credentials()
+    checker = DeploymentChecker(
+        config,
+        state,
+        flows_client=clients.flows,
+        run_client=clients.run,
+        transfer_client=clients.transfer,
+        compute_client=clients.compute,
+        app=app,
+        identity_urn=identity_urn(credentials[0]) if credentials else None,
+        task_timeout_s=task_timeout_s,
+    )
+    return checker.run()

@@ -34,6 +34,9 @@ class DeploymentState:
     function_id: str | None = None
     function_hash: str | None = None
     """sha256 of the compute function's source text."""
+    identity_function_id: str | None = None
+    """``functions.code_identity.endpoint_identity``: the tiny task ``ptychoflow check`` runs."""
+    identity_function_hash: str | None = None
     compute_endpoint: str | None = None
     """Globus Compute endpoint the flow input sends tasks to."""
     deployed_at: str | None = None

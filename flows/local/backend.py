@@ -42,7 +42,7 @@ from flows.flow_input import (
     build_flow_input,
     load_definition,
 )
-from flows.local.errors import UnknownRunError
+from flows.local.errors import ActionRequestRefused, UnknownRunError
 from flows.local.interpreter import FlowInterpreter, FlowRunResult
 from flows.local.transfer import (
     LOCAL_ACQUISITION_COLLECTION,
@@ -256,24 +256,24 @@ class LocalBackend(Backend):
                 "completion_time": _now_iso(),
             }
 
+        # A request the Compute action provider would refuse: ActionUnableToRun.
         if params.get("endpoint_id") != LOCAL_COMPUTE_ENDPOINT:
-            return failed(
+            raise ActionRequestRefused(
                 f"endpoint_id {params.get('endpoint_id')!r} is not the local endpoint "
-                f"({LOCAL_COMPUTE_ENDPOINT!r})",
-                [],
+                f"({LOCAL_COMPUTE_ENDPOINT!r})"
             )
         tasks = params.get("tasks")
         if not isinstance(tasks, list) or not tasks:
-            return failed("tasks must be a non-empty list", [])
-        submitted: list[tuple[str, concurrent.futures.Future]] = []
+            raise ActionRequestRefused("tasks must be a non-empty list")
         for index, task in enumerate(tasks):
-            function = self._registry.get(task.get("function_id"))
-            if function is None:
-                return failed(
+            if task.get("function_id") not in self._registry:
+                raise ActionRequestRefused(
                     f"tasks[{index}].function_id {task.get('function_id')!r} is not registered "
-                    f"with the local backend (registered: {', '.join(sorted(self._registry))})",
-                    [],
+                    f"with the local backend (registered: {', '.join(sorted(self._registry))})"
                 )
+        submitted: list[tuple[str, concurrent.futures.Future]] = []
+        for task in tasks:
+            function = self._registry[task["function_id"]]
             future = self._compute_submit(function, *task.get("args", []), **task.get("kwargs", {}))
             submitted.append((str(uuid.uuid4()), future))
         results: list[dict[str, Any]] = []

@@ -11,6 +11,12 @@ class TransferPathError(InputError):
     """A path of a transfer request is outside its collection or of the wrong kind."""
 
 
+class ActionRequestRefused(PtychoflowError, ValueError):
+    """A local action provider refused the request before running anything (unknown
+    endpoint, unregistered function). The interpreter raises ``ActionUnableToRun`` for
+    it, the error name Globus Flows uses when an action provider refuses to start."""
+
+
 class UnknownRunError(PtychoflowError, LookupError):
     """A run id this backend did not start (local runs live only as long as the process)."""
 

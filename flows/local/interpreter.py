@@ -11,7 +11,10 @@ implements the subset of the flow language (the Amazon States Language plus the
   (the action's deadline: past it, the error ``ActionTimeout``),
   ``ExceptionOnActionFailure`` (a ``FAILED`` action raises
   ``ActionFailedException``; otherwise its status document is stored and the
-  run goes on), ``Catch`` (``ErrorEquals``, ``ResultPath``, ``Next``).
+  run goes on), ``Catch`` (``ErrorEquals``, ``ResultPath``, ``Next``). An
+  action callable that raises :class:`~flows.local.errors.ActionRequestRefused`
+  (the request itself is wrong) is ``ActionUnableToRun``, as Flows names an
+  action provider's refusal to start.
 - ``Pass`` (``InputPath``, ``Parameters``, ``Result``, ``ResultPath``),
   ``Choice`` (``Variable`` with ``StringEquals``, ``NumericEquals``,
   ``NumericLessThan[Equals]``, ``NumericGreaterThan[Equals]``,
@@ -51,6 +54,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flows.errors import FlowDefinitionError
+from flows.local.errors import ActionRequestRefused
 from flows.local.jsonpath import PathNotFound, format_path, get_path, parse_path, set_path
 
 ActionCallable = Callable[[dict[str, Any]], dict[str, Any]]
@@ -497,6 +501,8 @@ class FlowInterpreter:
                 f"the action at {state['ActionUrl']} did not finish within "
                 f"WaitTime={wait_time:g} s",
             )
+        if isinstance(outcome.get("exception"), ActionRequestRefused):
+            raise _StateError("ActionUnableToRun", str(outcome["exception"]))
         if "exception" in outcome:
             err = outcome["exception"]
             status = {

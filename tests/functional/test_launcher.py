@@ -83,7 +83,7 @@ def test_start_scan_once_then_skips_then_force(config, ledger, tmp_path):
     assert [o.action for o in outcomes] == [ViewAction.STARTED] * 3
     starts = backend.starts()
     assert [s["label"] for s in starts] == ["scan100-v000", "scan100-v001", "scan100-v002"]
-    assert starts[0]["tags"] == ["ptychography", "scan:100", "view:0", "trigger:auto"]
+    assert starts[0]["tags"] == ["ptychography", "scan:100", "view:0", "trigger:auto", "attempt:1"]
     assert starts[0]["recon"]["iterations"] == 7
     assert [r["event"] for r in backend.records()].count("prepare") == 1
     rows = ledger.runs(100)
@@ -102,6 +102,7 @@ def test_start_scan_once_then_skips_then_force(config, ledger, tmp_path):
     assert [o.action for o in forced] == [ViewAction.STARTED]
     assert ledger.get(100, 1).attempt == 2
     assert len(backend.starts()) == 4
+    assert backend.starts()[-1]["tags"][-1] == "attempt:2", "the forced re-run is attempt 2"
 
 
 def test_bad_view_file_and_refused_view_fail_while_others_start(config, ledger, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 
 import jsonschema
 import pytest
@@ -18,11 +19,14 @@ from flows.flow_input import (
     load_input_schema,
     validate_flow_input,
 )
+from flows.local.errors import ActionRequestRefused
+from flows.local.interpreter import FlowInterpreter
 from flows.local.jsonpath import parse_path
 from recon.errors import OptionsError
 from recon.options import ArrayBackend, CostFunction, ReconOptions
 
 ACTION_STATES = ("TransferIn", "Reconstruct", "TransferOut")
+FLOWS_ACTION_ERRORS = ("ActionUnableToRun", "ActionFailedException", "ActionTimeout")
 
 
 def sample_input(**recon):
@@ -114,7 +118,8 @@ def test_actions_are_the_three_stages_with_finite_waits_and_their_own_catch():
         assert state["ExceptionOnActionFailure"] is True
         assert state["ResultPath"] == f"$.{name}Result"
         (catcher,) = state["Catch"]
-        assert catcher["ErrorEquals"] == ["States.ALL"]
+        # The action errors the Globus Flows documentation names (not States.ALL).
+        assert catcher["ErrorEquals"] == list(FLOWS_ACTION_ERRORS)
         assert catcher["ResultPath"] == f"$.{name}Error"
         fail = states[catcher["Next"]]
         assert fail["Type"] == "Fail"
@@ -236,3 +241,41 @@ def test_loaders_return_independent_copies():
     first = load_definition()
     first["States"].clear()
     assert load_definition()["States"]
+
+
+def _succeeded(params):
+    return {"action_id": "a", "status": "SUCCEEDED", "details": {"results": [{"output": {}}]}}
+
+
+def _refused(params):
+    raise ActionRequestRefused("tasks[0].function_id 'x' is not registered")
+
+
+def _failed(params):
+    return {"action_id": "a", "status": "FAILED", "display_status": "quota", "details": {}}
+
+
+def _slow(params):
+    time.sleep(0.5)
+    return _succeeded(params)
+
+
+@pytest.mark.parametrize(
+    ("compute", "wait_time", "error"),
+    [
+        (_refused, None, "ActionUnableToRun"),
+        (_failed, None, "ActionFailedException"),
+        (_slow, 0.05, "ActionTimeout"),
+    ],
+)
+def test_each_documented_action_error_is_caught_by_the_packaged_definition_locally(
+    compute, wait_time, error
+):
+    definition = load_definition()
+    if wait_time is not None:
+        definition["States"]["Reconstruct"]["WaitTime"] = wait_time
+    actions = {TRANSFER_ACTION_URL: _succeeded, COMPUTE_ACTION_URL: compute}
+    result = FlowInterpreter(definition, actions).run(sample_input())
+    assert result.output["ReconstructError"]["Error"] == error
+    assert "TransferOutResult" not in result.output
+    assert "ReconstructFailed" in (result.error or "")

@@ -83,6 +83,15 @@ def request_paths() -> list[tuple[str, str]]:
     return [(request.method, request.path_url.split("?")[0]) for request in sent_requests()]
 
 
+MONITOR = "urn:globus:groups:id:9b1c1f8e-7a9f-4ce2-9d6c-1a2b3c4d5e6f"
+
+
+def deployed_flow_hash() -> str:
+    """The content hash ``run_deploy`` with its defaults saves."""
+    settings = {"keywords": ["ptychography", "ptychoflow"], "run_monitors": [MONITOR]}
+    return flow_content_hash(DEFINITION, INPUT_SCHEMA, "ptychoflow test flow", settings)
+
+
 def run_deploy(clients, state, tmp_path, **overrides):
     flows, compute = clients
     arguments = {
@@ -137,7 +146,7 @@ def test_first_deploy_validates_creates_registers_and_saves(clients, tmp_path):
     assert result.state.compute_endpoint == ENDPOINT
     saved = load_state(tmp_path / "state")
     assert saved == result.state
-    assert saved.flow_hash == flow_content_hash(DEFINITION, INPUT_SCHEMA, "ptychoflow test flow")
+    assert saved.flow_hash == deployed_flow_hash()
     assert saved.function_hash == function_source_hash(reconstruct_stand_in)
     assert stat.S_IMODE(os.stat(state_path(tmp_path / "state")).st_mode) == 0o600
 
@@ -163,7 +172,7 @@ def test_changed_definition_updates_the_same_flow(clients, tmp_path):
     register_validate_ok()
     state = DeploymentState(
         flow_id=flow_id,
-        flow_hash=flow_content_hash(DEFINITION, INPUT_SCHEMA, "ptychoflow test flow"),
+        flow_hash=deployed_flow_hash(),
         function_id="f-1",
         function_hash=function_source_hash(reconstruct_stand_in),
     )
@@ -227,7 +236,7 @@ def test_invalid_definition_reports_the_service_message_and_changes_nothing(clie
 
 def test_changed_function_source_is_registered_again(clients, tmp_path):
     load_response(globus_sdk.ComputeClientV3.register_function)
-    flow_hash = flow_content_hash(DEFINITION, INPUT_SCHEMA, "ptychoflow test flow")
+    flow_hash = deployed_flow_hash()
     state = DeploymentState(
         flow_id="flow-1",
         flow_hash=flow_hash,

@@ -1,0 +1,443 @@
+"""``ptychoflow check`` against mocked Globus services: every line ok, and one test per
+failure line, asserting on the requests actually sent."""
+
+from __future__ import annotations
+
+import json
+
+import globus_sdk
+import pytest
+import responses
+from globus_compute_sdk.serialize import ComputeSerializer
+from globus_sdk.testing import RegisteredResponse
+
+from flows.config import Config, GlobusSettings
+from flows.globus import auth
+from flows.globus.check import DeploymentChecker
+from flows.globus.state import DeploymentState
+from tests.unit.flows.globus.sent import sent_requests
+
+ACQUISITION = "a1a1a1a1-0000-4c61-8d0a-6a1e5b7c9d20"
+COMPUTE = "c0c0c0c0-0000-4c61-8d0a-6a1e5b7c9d20"
+ENDPOINT = "e0e0e0e0-0000-4c61-8d0a-6a1e5b7c9d20"
+FLOW_ID = "f0f0f0f0-0000-4c61-8d0a-6a1e5b7c9d20"
+FUNCTION_ID = "0f0f0f0f-0000-4c61-8d0a-6a1e5b7c9d20"
+IDENTITY_FUNCTION_ID = "1d1d1d1d-0000-4c61-8d0a-6a1e5b7c9d20"
+TASK_ID = "7a7a7a7a-0000-4c61-8d0a-6a1e5b7c9d20"
+WATCHER = "5d9c3e2e-6b3c-4a6e-9a57-0f9b1f4c8a11"
+SUBSCRIPTION = "5b5b5b5b-0000-4c61-8d0a-6a1e5b7c9d20"
+LOCAL = {"ptychoflow_version": "0.1.0", "code_hash": "sha256:abc"}
+ROOT = "/eagle/project/ptycho"
+
+
+@pytest.fixture
+def config(tmp_path):
+    return Config(
+        backend="globus",
+        state_dir=tmp_path / "state",
+        globus=GlobusSettings(
+            acquisition_collection=ACQUISITION,
+            acquisition_base="/beamline",
+            compute_collection=COMPUTE,
+            compute_base="/ptycho",
+            compute_endpoint=ENDPOINT,
+            compute_root_on_endpoint=ROOT,
+            watcher_client_id=WATCHER,
+            subscription_id=SUBSCRIPTION,
+        ),
+    )
+
+
+STATE = DeploymentState(
+    flow_id=FLOW_ID, function_id=FUNCTION_ID, identity_function_id=IDENTITY_FUNCTION_ID
+)
+
+
+def make_checker(config, state=STATE, app=None):
+    authorizer = None if app is not None else globus_sdk.NullAuthorizer()
+    kwargs = {"app": app} if app is not None else {"authorizer": authorizer}
+    return DeploymentChecker(
+        config,
+        state,
+        flows_client=auth.flows_client(**kwargs),
+        run_client=auth.specific_flow_client(FLOW_ID, **kwargs),
+        transfer_client=auth.transfer_client(**kwargs),
+        compute_client=auth.compute_client(do_version_check=False, **kwargs),
+        app=app,
+        identity_urn=f"urn:globus:auth:identity:{WATCHER}",
+        task_timeout_s=10,
+        sleep=lambda seconds: None,
+        local_identity=LOCAL,
+    )
+
+
+# -- the services as a healthy deployment answers ----------------------------------------------
+
+
+def register_collection(collection, *, mkdir_status=200, mkdir_code="DirectoryCreated"):
+    RegisteredResponse(
+        service="transfer",
+        path=f"/v0.10/operation/endpoint/{collection}/mkdir",
+        method="POST",
+        status=mkdir_status,
+        json={"DATA_TYPE": "mkdir_result", "code": mkdir_code, "message": mkdir_code},
+    ).add()
+
+
+def register_delete(status="SUCCEEDED"):
+    RegisteredResponse(
+        service="transfer", path="/v0.10/submission_id", json={"value": "sub-1"}
+    ).add()
+    RegisteredResponse(
+        service="transfer",
+        path="/v0.10/delete",
+        method="POST",
+        json={"DATA_TYPE": "delete_result", "task_id": "del-1", "code": "Accepted"},
+    ).add()
+    RegisteredResponse(
+        service="transfer", path="/v0.10/task/del-1", json={"task_id": "del-1", "status": status}
+    ).add()
+
+
+def register_endpoint(status="online"):
+    RegisteredResponse(
+        service="compute",
+        path=f"/v2/endpoints/{ENDPOINT}/status",
+        json={"status": status, "details": {}},
+    ).add()
+
+
+def register_task(answer=None, *, function_status=200, submit_status=200):
+    RegisteredResponse(
+        service="compute",
+        path=f"/v2/functions/{FUNCTION_ID}",
+        status=function_status,
+        json={"function_uuid": FUNCTION_ID, "function_name": "reconstruct_view"},
+    ).add()
+    RegisteredResponse(
+        service="compute",
+        path=f"/v3/endpoints/{ENDPOINT}/submit",
+        method="POST",
+        status=submit_status,
+        json=(
+            {
+                "request_id": "r",
+                "task_group_id": "g",
+                "endpoint_id": ENDPOINT,
+                "tasks": {IDENTITY_FUNCTION_ID: [TASK_ID]},
+            }
+            if submit_status == 200
+            else {"code": "FORBIDDEN", "error": "Endpoint not owned by you"}
+        ),
+    ).add()
+    if answer is None:
+        answer = {**LOCAL, "allowed_roots": ["/eagle/project"], "host": "x3005c0s1"}
+    RegisteredResponse(
+        service="compute",
+        path=f"/v2/tasks/{TASK_ID}",
+        json={
+            "task_id": TASK_ID,
+            "status": "success",
+            "result": ComputeSerializer().serialize(answer),
+            "completion_t": "1700000000",
+        },
+    ).add()
+
+
+def register_flow(flow_status=200, *, starters=None, subscription=SUBSCRIPTION, validate=200):
+    RegisteredResponse(
+        service="flows",
+        path=f"/flows/{FLOW_ID}",
+        status=flow_status,
+        json=(
+            {
+                "id": FLOW_ID,
+                "title": "ptychoflow",
+                "flow_starters": (
+                    starters if starters is not None else [f"urn:globus:auth:identity:{WATCHER}"]
+                ),
+                "subscription_id": subscription,
+            }
+            if flow_status == 200
+            else {"error": {"code": "NOT_FOUND", "detail": "no such flow"}}
+        ),
+    ).add()
+    RegisteredResponse(
+        service="flows",
+        path=f"/flows/{FLOW_ID}/validate_run",
+        method="POST",
+        status=validate,
+        json=(
+            {"message": "the run is valid"}
+            if validate == 200
+            else {"error": {"code": "FORBIDDEN", "detail": "not a flow starter"}}
+        ),
+    ).add()
+
+
+def register_healthy(**overrides):
+    collections = overrides.pop("collections", True)
+    if collections:
+        register_collection(ACQUISITION)
+        register_delete()
+        register_collection(COMPUTE)
+    register_endpoint(overrides.pop("endpoint_status", "online"))
+    register_task(overrides.pop("answer", None))
+    register_flow(**overrides)
+
+
+def by_name(lines):
+    return {line.name: line for line in lines}
+
+
+def failed(lines):
+    return [line for line in lines if not line.ok]
+
+
+# -- every line ok ---------------------------------------------------------------------------
+
+
+def test_a_healthy_deployment_passes_every_line_and_sends_the_expected_requests(
+    config, mocked_responses
+):
+    register_healthy()
+    lines = make_checker(config).run()
+    assert failed(lines) == [], [line.format() for line in lines]
+    assert [line.name for line in lines] == [
+        "acquisition collection",
+        "compute collection",
+        "compute endpoint online",
+        "functions runnable by this identity",
+        "same code on the endpoint",
+        "PTYCHOFLOW_ALLOWED_ROOTS covers the compute root",
+        "flow exists",
+        "this identity may start the flow",
+        "subscription",
+    ]
+    sent = sent_requests()
+    mkdirs = [r for r in sent if r.path_url.endswith("/mkdir")]
+    assert [json.loads(r.body)["path"].rsplit("/", 1)[0] for r in mkdirs] == [
+        "/beamline",
+        "/ptycho",
+    ]
+    deletes = [json.loads(r.body) for r in sent if r.path_url == "/v0.10/delete"]
+    made = [json.loads(r.body)["path"] for r in mkdirs]
+    assert [d["DATA"][0]["path"] for d in deletes] == made, "the test folders are removed"
+    assert all(d["endpoint"] in (ACQUISITION, COMPUTE) for d in deletes)
+    (submit,) = [r for r in sent if r.path_url.endswith("/submit")]
+    assert list(json.loads(submit.body)["tasks"]) == [IDENTITY_FUNCTION_ID]
+    (validate,) = [r for r in sent if r.path_url.endswith("/validate_run")]
+    body = json.loads(validate.body)["body"]
+    assert body["compute_function"]["endpoint_id"] == ENDPOINT
+    assert body["compute_function"]["function_id"] == FUNCTION_ID
+
+
+# -- one test per failure line ------------------------------------------------------------------
+
+
+def test_tokens_line_fails_when_the_client_credentials_are_refused(config, mocked_responses):
+    app = auth.make_app(
+        config, environ={"PTYCHOFLOW_CLIENT_ID": WATCHER, "PTYCHOFLOW_CLIENT_SECRET": "wrong"}
+    )
+    RegisteredResponse(
+        service="auth",
+        path="/v2/oauth2/token",
+        method="POST",
+        status=401,
+        json={"error": "invalid_client"},
+    ).add()
+    checker = make_checker(config, app=app)
+    line = checker.check_tokens()
+    assert not line.ok
+    assert "ptychoflow login" in line.detail
+    assert "401" in line.detail
+    assert "grant_type=client_credentials" in sent_requests()[0].body
+
+
+def test_collection_line_names_the_missing_data_access_consent(config, mocked_responses):
+    register_collection(ACQUISITION)
+    register_delete()
+    RegisteredResponse(
+        service="transfer",
+        path=f"/v0.10/operation/endpoint/{COMPUTE}/mkdir",
+        method="POST",
+        status=403,
+        json={
+            "code": "ConsentRequired",
+            "message": "Missing required data_access consent",
+            "required_scopes": [
+                f"https://auth.globus.org/scopes/{COMPUTE}/data_access",
+            ],
+        },
+    ).add()
+    lines = by_name(make_checker(config).run())
+    assert lines["acquisition collection"].ok
+    line = lines["compute collection"]
+    assert not line.ok
+    assert "data_access_collections" in line.detail
+    assert "ptychoflow login" in line.detail
+    assert "guest collection" in line.detail
+
+
+def test_collection_line_fails_when_the_test_folder_cannot_be_deleted(config, mocked_responses):
+    register_collection(ACQUISITION)
+    register_delete(status="FAILED")
+    register_collection(COMPUTE)
+    register_endpoint()
+    register_task()
+    register_flow()
+    lines = by_name(make_checker(config).run())
+    assert not lines["acquisition collection"].ok
+    assert "delete task del-1 is FAILED" in lines["acquisition collection"].detail
+
+
+def test_endpoint_line_fails_when_offline_and_says_how_to_start_it(config, mocked_responses):
+    register_healthy(endpoint_status="offline")
+    (line,) = failed(make_checker(config).run())
+    assert line.name == "compute endpoint online"
+    assert "is offline" in line.detail
+    assert "GLOBUS_COMPUTE_CLIENT_ID" in line.detail
+
+
+def test_function_line_fails_when_the_endpoint_refuses_this_identity(config, mocked_responses):
+    register_task(submit_status=403)
+    checker = make_checker(config)
+    line, answer = checker.check_identity_task()
+    assert not line.ok and answer is None
+    assert "403" in line.detail
+    assert "runs only its owner's tasks" in line.detail
+    # The code and roots lines cannot pass without the task.
+    assert not checker.check_code(answer).ok
+    assert not checker.check_allowed_roots(answer).ok
+
+
+def test_code_line_fails_when_the_endpoint_runs_other_code(config, mocked_responses):
+    answer = {
+        "ptychoflow_version": "0.0.9",
+        "code_hash": "sha256:old",
+        "allowed_roots": [ROOT],
+        "host": "x1",
+    }
+    register_healthy(collections=False, answer=answer)
+    checker = make_checker(config)
+    task_line, got = checker.check_identity_task()
+    assert task_line.ok
+    line = checker.check_code(got)
+    assert not line.ok
+    assert "0.0.9" in line.detail and "sha256:old" in line.detail
+    assert "restart the endpoint" in line.detail
+
+
+def test_allowed_roots_line_fails_when_the_compute_root_is_outside(config, mocked_responses):
+    answer = {**LOCAL, "allowed_roots": ["/eagle/other"], "host": "x1"}
+    register_healthy(collections=False, answer=answer)
+    checker = make_checker(config)
+    _, got = checker.check_identity_task()
+    line = checker.check_allowed_roots(got)
+    assert not line.ok
+    assert "/eagle/other" in line.detail and ROOT in line.detail
+
+
+def test_flow_line_fails_when_the_flow_is_gone(config, mocked_responses):
+    register_flow(flow_status=404)
+    checker = make_checker(config)
+    line, flow = checker.check_flow_exists()
+    assert not line.ok and flow is None
+    assert "ptychoflow deploy" in line.detail
+    assert "30 days" in line.detail
+
+
+def test_start_line_fails_when_the_watcher_is_not_a_starter(config, mocked_responses):
+    register_flow(starters=[])
+    checker = make_checker(config)
+    _, flow = checker.check_flow_exists()
+    line = checker.check_may_start(flow)
+    assert not line.ok
+    assert f"urn:globus:auth:identity:{WATCHER}" in line.detail
+
+
+def test_start_line_fails_when_flows_refuses_this_identity(config, mocked_responses):
+    register_flow(validate=403)
+    checker = make_checker(config)
+    _, flow = checker.check_flow_exists()
+    line = checker.check_may_start(flow)
+    assert not line.ok
+    assert "flow_starters" in line.detail
+    assert "run managers cannot start runs" in line.detail
+
+
+@pytest.mark.parametrize(("configured", "actual"), [("", SUBSCRIPTION), (SUBSCRIPTION, None)])
+def test_subscription_line_fails_without_one(config, configured, actual, mocked_responses):
+    config.globus.subscription_id = configured
+    register_flow(subscription=actual)
+    checker = make_checker(config)
+    _, flow = checker.check_flow_exists()
+    line = checker.check_subscription(flow)
+    assert not line.ok
+    assert "ptychoflow deploy" in line.detail
+
+
+def test_check_command_exits_non_zero_and_prints_each_line(config, mocked_responses, capsys):
+    """The CLI prints the checklist and exits 1 on any failure (endpoint offline here)."""
+    import flows.globus.setup as setup
+    from flows.cli import main
+
+    register_healthy(endpoint_status="offline")
+    original = setup.check_from_config
+    setup.check_from_config = lambda cfg, task_timeout_s: make_checker(config).run()
+    try:
+        code = main(["check"])
+    finally:
+        setup.check_from_config = original
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL compute endpoint online" in out
+    assert "ok   flow exists" in out
+    assert "8/9 ok" in out
+
+
+def test_deploy_reports_when_the_endpoint_runs_other_code(config, mocked_responses):
+    from flows.globus.check import endpoint_code_report
+
+    register_task({**LOCAL, "code_hash": "sha256:old", "allowed_roots": [ROOT]})
+    compute = auth.compute_client(authorizer=globus_sdk.NullAuthorizer(), do_version_check=False)
+    (message,) = endpoint_code_report(compute, config, STATE, timeout_s=5, local=LOCAL)
+    assert message.startswith("warning: the endpoint runs ptychoflow 0.1.0 (code sha256:old)")
+    assert "install the same ptychoflow" in message
+
+
+def test_deploy_says_when_the_endpoint_did_not_answer_in_time(config, mocked_responses):
+    from flows.globus.check import run_identity_task
+
+    register_task()
+    responses.replace(
+        responses.GET,
+        f"https://compute.api.globus.org/v2/tasks/{TASK_ID}",
+        json={"task_id": TASK_ID, "status": "waiting-for-launch"},
+    )
+    compute = auth.compute_client(authorizer=globus_sdk.NullAuthorizer(), do_version_check=False)
+    clock = iter(range(0, 100, 10))
+    result = run_identity_task(
+        compute,
+        ENDPOINT,
+        IDENTITY_FUNCTION_ID,
+        timeout_s=25,
+        sleep=lambda s: None,
+        clock=lambda: next(clock),
+    )
+    assert result.answer is None
+    assert "still waiting-for-launch after 25 s" in (result.error or "")
+    polls = [r for r in sent_requests() if r.path_url == f"/v2/tasks/{TASK_ID}"]
+    assert len(polls) == 3
+
+
+def test_an_incomplete_config_gives_failed_lines_not_a_traceback(config, mocked_responses):
+    config.globus.acquisition_collection = ""
+    register_healthy(collections=False)
+    register_collection(COMPUTE)
+    register_delete()
+    lines = by_name(make_checker(config).run())
+    assert not lines["acquisition collection"].ok
+    assert "not set" in lines["acquisition collection"].detail
+    assert lines["compute collection"].ok
+    assert len(lines) == 9
