@@ -681,8 +681,10 @@ def reconstruct(
     seconds: list[float] = []
     for iteration in range(options.iterations):
         start = time.perf_counter()
-        object_steps.append(state.object_step())
-        if options.refine_probe and iteration >= options.probe_start:
+        warming_up = options.refine_probe and iteration < options.probe_warmup
+        if not warming_up:
+            object_steps.append(state.object_step())
+        if options.refine_probe and (warming_up or iteration >= options.probe_start):
             probe_steps.append(state.probe_step())
         if options.refine_positions and iteration >= options.position_start:
             state.position_step()
