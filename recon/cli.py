@@ -64,6 +64,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="remove the global phase and the fitted linear phase ramp in the PNG preview "
         "(default on: a ramp, an ambiguity of the data, wraps the phase display)",
     )
+    parser.add_argument(
+        "--probe-modes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="incoherent probe modes for a partially coherent beam (default 1)",
+    )
+    parser.add_argument(
+        "--refine-positions",
+        action="store_true",
+        help="refine the scan positions (encoder errors of a pixel or more)",
+    )
+    parser.add_argument(
+        "--patch-model",
+        choices=["fourier", "bilinear"],
+        default=None,
+        help="sub-pixel shift model (default fourier: band-limited)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -82,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         "devices": args.devices,
         "cost": args.cost,
         "backend": args.backend,
+        "probe_modes": args.probe_modes,
+        "patch_model": args.patch_model,
+        "refine_positions": args.refine_positions or None,
         "holdout_fraction": args.holdout,
         "holdout_patience": args.holdout_patience,
     }

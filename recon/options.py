@@ -55,8 +55,14 @@ class ReconOptions:
     """Refine the probe as well as the object (alternating). False keeps the probe guess."""
 
     probe_start: int = 1
-    """First iteration (0-based) at which the probe is refined; early object-only iterations
-    keep the probe from absorbing object structure while the object is still flat."""
+    """With ``probe_warmup=0``: first iteration (0-based) at which the probe is refined;
+    early object-only iterations keep the probe from absorbing object structure."""
+
+    probe_warmup: int = 10
+    """Staged start: the first ``probe_warmup`` iterations refine only the probe, against
+    a flat object, so a rough guess (a Gaussian spot of the wrong size) first takes the
+    beam's size and far-field footprint before the object can absorb its errors. With
+    ``probe_warmup=0`` the object is refined first and the probe from ``probe_start``."""
 
     patch_model: PatchModel = PatchModel.FOURIER
     """Sub-pixel model: ``fourier`` (band-limited shift, the default) or ``bilinear``."""
@@ -70,7 +76,7 @@ class ReconOptions:
     """Refine every scan position by its cost gradient (``fourier`` model only), the mean
     correction removed so the object does not drift."""
 
-    position_start: int = 10
+    position_start: int = 20
     """First iteration (0-based) at which positions are refined, once the object has form."""
     holdout_fraction: float = 0.0
     """Fraction of the patterns (e.g. 0.05) held out of the fit to decide when to stop:
@@ -106,6 +112,7 @@ class ReconOptions:
                 raise OptionsError(f"option {field}={value!r} is not one of: {choices}") from None
         _check_int("iterations", self.iterations, minimum=1)
         _check_int("probe_start", self.probe_start, minimum=0)
+        _check_int("probe_warmup", self.probe_warmup, minimum=0)
         _check_int("probe_modes", self.probe_modes, minimum=1)
         _check_int("position_start", self.position_start, minimum=0)
         if self.probe_modes > MAX_PROBE_MODES:

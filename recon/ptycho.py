@@ -69,6 +69,11 @@ EXTRA_MODE_POWER = 0.05
 MAX_POSITION_CORRECTION = 4.0
 #: Largest change of a position in one iteration, object pixels.
 MAX_POSITION_STEP = 0.5
+#: Over-relaxation of the per-position Gauss-Newton step: while the object is still being
+#: formed it absorbs part of each misplacement, so the plain step under-estimates the move
+#: (measured on independently simulated scans: 1 px RMS errors fall to 0.13 px in 100
+#: iterations with 3, to 0.34 px with 1).
+POSITION_STEP_GAIN = 3.0
 #: Regularisation of the per-position 2 x 2 Gauss-Newton system, relative to its trace.
 POSITION_REGULARISATION = 1e-3
 
@@ -599,6 +604,7 @@ class _Reconstruction:
                     # Delta = -A^-1 b: the shift that best explains the residual.
                     move = xp.stack([-(a11 * b0 - a01 * b1) / det, -(a00 * b1 - a01 * b0) / det])
                     moves[chunk.indices] = to_host(move).T
+        moves *= POSITION_STEP_GAIN
         moves = np.clip(moves, -MAX_POSITION_STEP, MAX_POSITION_STEP)
         moves -= moves.mean(axis=0)  # no global drift
         low = np.zeros(2)
@@ -681,8 +687,10 @@ def reconstruct(
     seconds: list[float] = []
     for iteration in range(options.iterations):
         start = time.perf_counter()
-        object_steps.append(state.object_step())
-        if options.refine_probe and iteration >= options.probe_start:
+        warming_up = options.refine_probe and iteration < options.probe_warmup
+        if not warming_up:
+            object_steps.append(state.object_step())
+        if options.refine_probe and (warming_up or iteration >= options.probe_start):
             probe_steps.append(state.probe_step())
         if options.refine_positions and iteration >= options.position_start:
             state.position_step()

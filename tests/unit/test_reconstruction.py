@@ -108,3 +108,31 @@ def test_progress_callback_sees_every_iteration(noisy):
     )
     assert [i for i, _, _ in seen] == [1, 2, 3, 4]
     assert all(seconds > 0 for _, _, seconds in seen)
+
+
+def test_partitions_agree_with_probe_modes_and_position_refinement():
+    """The hybrid model stays exact with two probe modes and refined positions."""
+    from recon.simulate_fourier import simulate_scan
+
+    simulation = simulate_scan(
+        detector=32, n_positions=60, seed=4, mode_powers=(0.8, 0.2), position_error_px=1.0
+    )
+    options = ReconOptions(
+        iterations=12,
+        probe_modes=2,
+        probe_warmup=2,
+        refine_positions=True,
+        position_start=4,
+        backend="numpy",
+    )
+    results = {n: reconstruct(simulation.to_scan(), options.replace(devices=n)) for n in (1, 2, 4)}
+    one = results[1]
+    assert one.probe.shape == (2, 32, 32)
+    assert not np.array_equal(one.refined_positions, one.positions)
+    for n in (2, 4):
+        other = results[n]
+        np.testing.assert_allclose(other.cost, one.cost, rtol=1e-6)
+        np.testing.assert_allclose(other.refined_positions, one.refined_positions, atol=1e-5)
+        for name in ("object", "probe"):
+            a, b = getattr(one, name), getattr(other, name)
+            assert np.linalg.norm(b - a) <= 1e-4 * np.linalg.norm(a), (n, name)
