@@ -11,6 +11,10 @@ class TransferPathError(InputError):
     """A path of a transfer request is outside its collection or of the wrong kind."""
 
 
+class RunCancelledError(PtychoflowError, RuntimeError):
+    """A run's compute task was abandoned because the backend was closed with ``cancel``."""
+
+
 class UnknownRunError(PtychoflowError, LookupError):
     """A run id this backend did not start (local runs live only as long as the process)."""
 
