@@ -327,26 +327,42 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(f"ledger {self.path}: cannot create its folder: {err}") from err
+        roots = list(result_roots)
+        if roots and self._holds_no_history(existed):
+            evidence = find_results(roots)
+            if evidence:
+                raise LedgerLostError(
+                    f"ledger {self.path} is "
+                    + ("empty" if existed else "missing")
+                    + f", but results exist (e.g. {evidence[0]}): the run history was "
+                    "lost, and starting afresh would run finished scans again. Run "
+                    "`ptychoflow ledger rebuild` to rebuild it from the result files"
+                )
         try:
-            self._open(list(result_roots), existed)
+            self._open()
         except BaseException:
             self.close()
             raise
 
-    def _open(self, result_roots: list[pathlib.Path], existed: bool) -> None:
+    def _holds_no_history(self, existed: bool) -> bool:
+        """True when the ledger file is missing, or a database without any table (a file
+        truncated to 0 bytes reads as one). Looked at read-only: nothing is written."""
+        if not existed:
+            return True
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1)
+            try:
+                return db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return False  # damaged or locked: opening it says which
+
+    def _open(self) -> None:
         def create_or_check(db: sqlite3.Connection) -> None:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
             if version == 0 and not tables:
-                evidence = find_results(result_roots)
-                if evidence:
-                    raise LedgerLostError(
-                        f"ledger {self.path} is "
-                        + ("empty" if existed else "missing")
-                        + f", but results exist (e.g. {evidence[0]}): the run history was "
-                        "lost, and starting afresh would run finished scans again. Run "
-                        "`ptychoflow ledger rebuild` to rebuild it from the result files"
-                    )
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
@@ -364,13 +380,7 @@ class Ledger:
                     f"ledger {self.path}: {'; '.join(problems)}; {RECOVERY_HINT}"
                 )
 
-        try:
-            self._write(create_or_check)
-        except LedgerLostError:
-            if not existed:  # leave no empty file behind: the next start says the same
-                for suffix in ("", "-wal", "-shm", "-journal"):
-                    pathlib.Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            raise
+        self._write(create_or_check)
 
     # -- connections and errors ----------------------------------------------------------------
 
