@@ -1,7 +1,11 @@
 """The main job end to end on the local backend: real files, a real Globus Compute
 engine, the real flow definition, `run-flow` as a process, the SQLite ledger."""
 
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 
 import h5py
 import numpy as np
@@ -223,3 +227,53 @@ def test_lost_and_damaged_ledgers_are_refused_then_rebuilt_from_results(site):
     assert str(ledger_path) in status.stderr and "ptychoflow ledger check" in status.stderr
     check = ptychoflow("ledger", "check", cwd=site)
     assert check.returncode == 1 and "malformed" in check.stderr
+
+
+def _rows(ledger_path):
+    if not ledger_path.exists():
+        return []
+    ledger = Ledger(ledger_path)
+    try:
+        return ledger.runs()
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_cancels_run_flow_and_a_later_run_starts_the_views_again(site, signum):
+    """Before: the rows stayed 'active' for ever (and SIGTERM left a traceback-free but
+    silent mess). Now: stop, close the backend, record 'cancelled by SIG...', exit 128+n."""
+    scan = site / "acquisition" / "scan100"
+    write_simulated_scan(scan, n_views=2, detector=32, n_positions=49, photons=1e5, seed=3)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--scan", "100", "--iterations", "100000"],
+        cwd=site,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(r.stage == "compute" for r in _rows(site / "ledger.sqlite")):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no view reached the compute stage"
+            time.sleep(0.2)
+        process.send_signal(signum)
+        _out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    name = signal.Signals(signum).name
+    assert process.returncode == 128 + signum, err
+    assert "Traceback" not in err and f"stopped by {name}" in err
+    rows = _rows(site / "ledger.sqlite")
+    assert [r.status for r in rows] == [RunStatus.CANCELLED] * 2
+    assert {r.error for r in rows} == {f"cancelled by {name}"}
+    if signum == signal.SIGINT:
+        return  # the restart below is the same for both signals
+
+    again = ptychoflow("run", "--scan", "100", "--iterations", "2", cwd=site)
+    assert again.returncode == 0, again.stderr
+    rows = _rows(site / "ledger.sqlite")
+    assert [(r.status, r.attempt) for r in rows] == [(RunStatus.SUCCEEDED, 2)] * 2
