@@ -230,9 +230,18 @@ class WatcherService:
                 return
 
     def _touch(self, scan_path: pathlib.Path, age_seconds: float = 0.0) -> None:
-        if not self.tracker.touch(scan_path, age_seconds=age_seconds):
-            return
         assert self.launcher is not None
+        if not self.tracker.touch(scan_path, age_seconds=age_seconds):
+            # A scan handed over before: a view file that arrived since (view000 after
+            # view001) makes the ledger and the folder differ; hand it over again.
+            if not self.tracker.was_reported(scan_path) or self.launcher.scan_handed_over(
+                scan_path.name
+            ):
+                return
+            log.info("%s: a view file arrived after it was handed over", scan_path.name)
+            self.tracker.reopen(scan_path)
+            self.tracker.touch(scan_path, age_seconds=age_seconds)
+            return
         scan_id = self.config.scan_id_of(scan_path.name)
         if scan_id is None or self.launcher.scan_handed_over(scan_path.name):
             self.tracker.forget(scan_path)
