@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flows.config import Config
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = subparsers.add_parser(
         "run",
         help="start one flow run per view of a scan (also: run-flow)",
@@ -97,7 +100,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["local", "globus"], help="override the config")
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> Config:
     from flows.config import load_config
 
     config = load_config(args.config)

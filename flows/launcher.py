@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import pathlib
 import threading
@@ -502,7 +503,8 @@ class Launcher:
             elif record.status is RunStatus.SUBMITTING:
                 try:
                     existing = self._with_retry(
-                        lambda r=request: self.backend.find_run(r), f"{request.label}: find_run"
+                        functools.partial(self.backend.find_run, request),
+                        f"{request.label}: find_run",
                     )
                 except Exception as err:
                     outcomes.append(self._fail(request, describe_error(err)))

@@ -352,7 +352,8 @@ class Ledger:
         try:
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1)
             try:
-                return db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+                count: int = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+                return count == 0
             finally:
                 db.close()
         except sqlite3.Error:
@@ -845,6 +846,7 @@ class Ledger:
         """Rows of one scan folder (by name; an int: every folder with that scan id) or of
         all, ordered by scan id, folder and view file name."""
         order = " ORDER BY scan_id, scan_folder, view_file"
+        params: tuple[Any, ...]
         if scan is None:
             query, params = "SELECT * FROM runs" + order, ()
         elif isinstance(scan, int):

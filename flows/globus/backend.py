@@ -232,8 +232,9 @@ class GlobusBackend(Backend):
         run_id = str(newest["run_id"])
         return StartedRun(run_id=run_id, web_url=run_web_url(run_id))
 
-    def close(self) -> None:
-        """Nothing to release: clients hold no threads; the app's token file stays."""
+    def close(self, *, cancel: bool = False) -> None:
+        """Nothing to release: clients hold no threads; the app's token file stays. Runs
+        go on at the service with or without ``cancel`` (they outlive this process)."""
 
 
 # -- mapping Flows documents to RunProgress ------------------------------------------------

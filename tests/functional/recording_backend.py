@@ -128,7 +128,7 @@ class RecordingBackend(Backend):
                 )
         return None
 
-    def close(self) -> None:
+    def close(self, *, cancel: bool = False) -> None:
         self.closed = True
 
     # -- reading the log -----------------------------------------------------------------------
