@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                     seed=scan_id,
                 )
                 begin = time.perf_counter()
-                launcher.start_scan(scan_id, trigger=Trigger.MANUAL)
-                rows = launcher.wait(scan_id, poll_interval_s=0.05)
+                launcher.start_scan(f"scan{scan_id}", trigger=Trigger.MANUAL)
+                rows = launcher.wait(f"scan{scan_id}", poll_interval_s=0.05)
                 wall = time.perf_counter() - begin
                 failed = [r.label for r in rows if r.status.value != "succeeded"]
                 if failed:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
+import re
 import time
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Any
 
 
@@ -25,10 +28,11 @@ class RunStatus(StrEnum):
     INACTIVE = "inactive"  #: paused until a person acts (e.g. consent); see ``error``
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  #: stopped by a signal before it finished; started again next time
 
     @property
     def terminal(self) -> bool:
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED)
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
 class Trigger(StrEnum):
@@ -40,37 +44,76 @@ class Trigger(StrEnum):
 STAGES = ("transfer_in", "compute", "transfer_out")
 
 
+#: Most characters of a run label (Globus Flows run labels are short; the transfer
+#: label of the flow input adds ``ptychoflow `` and allows 128).
+LABEL_MAX_CHARS = 64
+
+
+def safe_name(text: str, max_chars: int = LABEL_MAX_CHARS) -> str:
+    """``text`` with every character outside ``[A-Za-z0-9_-]`` replaced by ``_``, at most
+    ``max_chars`` long. When anything was replaced or cut, an 8-hex-digit hash of the
+    original is appended, so two different names never share a result."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "_", text)
+    if cleaned == text and len(text) <= max_chars:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{cleaned[: max_chars - 9]}-{digest}"
+
+
 @dataclasses.dataclass(frozen=True)
 class ViewRequest:
-    """One view of one scan to reconstruct."""
+    """One view of one scan to reconstruct. A view is its file name inside its scan
+    folder (``scan100/view003.cxi``), never its position in a listing."""
 
     scan_id: int
-    view: int
+    """The number in the scan folder's name (``100`` for ``flyscan100``)."""
     view_file: str
     """File name of the view inside the scan folder, e.g. ``view003.cxi``."""
     scan_folder: str
-    """Name of the scan folder on the acquisition side, e.g. ``scan100``."""
+    """Name of the scan folder on the acquisition side, e.g. ``scan100``: the scan's key."""
     recon: dict[str, Any]
     """Reconstruction options (``recon.options.ReconOptions.to_dict()``)."""
     trigger: Trigger = Trigger.MANUAL
     attempt: int = 1
     """The ledger row's attempt number (1, then +1 per forced or failed re-run); tagged
     on the run so a re-run is never mistaken for an earlier attempt's run."""
+    scan_dir: str = ""
+    """Folder name under ``input/`` and ``recon/`` on both sides: the scan id (``100``),
+    or the scan folder's name when another folder got that id first; ``""`` means
+    ``str(scan_id)``."""
+
+    @property
+    def view(self) -> str:
+        """The view's name: its file name without the suffix (``view003``); results are
+        ``recon/<scan_dir>/<view>.h5``."""
+        return PurePosixPath(self.view_file).stem
+
+    @property
+    def compute_dir(self) -> str:
+        """The folder name under ``input/`` and ``recon/`` (see :attr:`scan_dir`)."""
+        return self.scan_dir or str(self.scan_id)
 
     @property
     def label(self) -> str:
-        """Run label shown in the Globus web app: ``scan100-v003``."""
-        return f"scan{self.scan_id}-v{self.view:03d}"
+        """Run label shown in the Globus web app: ``scan100-view003`` (the scan folder and
+        the view's name; safe characters, at most :data:`LABEL_MAX_CHARS`)."""
+        return run_label(self.scan_folder, self.view_file)
 
     @property
     def tags(self) -> list[str]:
         return [
             "ptychography",
             f"scan:{self.scan_id}",
-            f"view:{self.view}",
+            f"folder:{safe_name(self.scan_folder)}",
+            f"view:{safe_name(self.view)}",
             f"trigger:{Trigger(self.trigger).value}",
             f"attempt:{self.attempt}",
         ]
+
+
+def run_label(scan_folder: str, view_file: str) -> str:
+    """``scan100``, ``view003.cxi`` -> ``scan100-view003`` (see :attr:`ViewRequest.label`)."""
+    return safe_name(f"{scan_folder}-{PurePosixPath(view_file).stem}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +152,9 @@ class Backend(abc.ABC):
     runs_die_with_owner: bool = False
 
     @abc.abstractmethod
-    def prepare_scan(self, scan_id: int) -> None:
-        """Create ``input/<id>/`` and ``recon/<id>/`` on the compute side (idempotent)."""
+    def prepare_scan(self, scan_dir: str) -> None:
+        """Create ``input/<scan_dir>/`` and ``recon/<scan_dir>/`` on the compute side
+        (idempotent); ``scan_dir`` is :attr:`ViewRequest.compute_dir`."""
 
     @abc.abstractmethod
     def start_view(self, request: ViewRequest) -> StartedRun:
@@ -140,5 +184,7 @@ class Backend(abc.ABC):
                 return progress
             time.sleep(min(1.0, remaining))
 
-    def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
-        """Release what the backend holds (engines, threads, clients)."""
+    def close(self, *, cancel: bool = False) -> None:  # noqa: B027 - most hold nothing
+        """Release what the backend holds (engines, threads, clients). ``cancel``: runs
+        that die with this process are stopped rather than waited for (a signal asked
+        ``run-flow`` to stop); runs kept by a service (Globus) go on either way."""

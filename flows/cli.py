@@ -47,7 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except PtychoflowError as err:
-        print(f"ptychoflow {args.command}: error: {err}", file=sys.stderr)
+        from flows.terminal import printable
+
+        print(f"ptychoflow {args.command}: error: {printable(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"ptychoflow {args.command}: interrupted", file=sys.stderr)

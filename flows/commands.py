@@ -9,18 +9,32 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flows.config import Config
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = subparsers.add_parser(
         "run",
         help="start one flow run per view of a scan (also: run-flow)",
         description="Start one flow run per view of a scan: the compute-side input/recon "
         "folders are created, each view is recorded in the run ledger and started "
-        "(a view already done or running is skipped unless --force).",
+        "(a view already done or running is skipped unless --force). SIGINT/SIGTERM stop "
+        "it: unfinished views are recorded as cancelled and started again next time.",
     )
-    run.add_argument("--scan", required=True, help="scan id(s): 100, or 100-103,110")
-    run.add_argument("--views", help="views to run: 0,3-5 (default: all views of the scan)")
+    run.add_argument(
+        "--scan",
+        required=True,
+        help="scan ids, ranges or folder names: 100, 100-300, flyscan100 (a range runs "
+        "every scan folder in it and names the missing ids)",
+    )
+    run.add_argument(
+        "--views",
+        help="views to run: positions in the sorted listing (0,3-5) or file names "
+        "(view009 or view009.cxi); default: all views of the scan",
+    )
     run.add_argument("--iterations", type=int, help="solver iterations (default from config)")
     run.add_argument("--devices", type=int, help="GPUs per view (default: chosen from view size)")
     run.add_argument(
@@ -33,9 +47,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status = subparsers.add_parser(
         "status", help="table of runs: state, stage, per-stage seconds, errors, links"
     )
-    status.add_argument("--scan", help="only these scan id(s): 100, or 100-103")
+    status.add_argument("--scan", help="only these scans: 100, 100-103 or flyscan100")
     _common(status)
     status.set_defaults(handler=status_command)
+
+    ledger = subparsers.add_parser(
+        "ledger",
+        help="check or rebuild the run ledger (the SQLite file named by `ledger` in the config)",
+    )
+    ledger_commands = ledger.add_subparsers(dest="ledger_command", metavar="ACTION")
+    check = ledger_commands.add_parser(
+        "check", help="integrity and schema check of the ledger; exit 1 if it is damaged"
+    )
+    check.add_argument("--config", help="config file (default ./ptychoflow.toml)")
+    check.set_defaults(handler=ledger_check_command, command="ledger check")
+    rebuild = ledger_commands.add_parser(
+        "rebuild",
+        help="move the ledger aside and rebuild it from the result files under recon/",
+    )
+    rebuild.add_argument("--config", help="config file (default ./ptychoflow.toml)")
+    rebuild.set_defaults(handler=ledger_rebuild_command, command="ledger rebuild")
 
     init = subparsers.add_parser("init", help="write a commented config file (TOML)")
     init.add_argument("--backend", choices=["local", "globus"], default="local")
@@ -95,7 +126,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["local", "globus"], help="override the config")
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> Config:
     from flows.config import load_config
 
     config = load_config(args.config)
@@ -107,59 +138,142 @@ def _load(args: argparse.Namespace):
 # -- run -------------------------------------------------------------------------------
 
 
+class _StopOnSignal:
+    """SIGINT/SIGTERM set ``event`` (the launcher stops submitting and waiting); a second
+    signal acts as usual (SIGINT: KeyboardInterrupt; SIGTERM: the process ends)."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        import signal
+
+        self.signum = signum
+        self.event.set()
+        signal.signal(signum, self._previous[signal.Signals(signum)])
+        print(
+            f"run-flow: {signal.Signals(signum).name}: stopping (again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def run_command(args: argparse.Namespace) -> int:
     import logging
 
-    from flows.backend import Trigger
+    from flows.backend import RunStatus, Trigger
     from flows.launcher import Launcher, make_backend
-    from flows.ledger import Ledger
-    from flows.scans import parse_views
+    from flows.ledger import open_ledger
+    from flows.scans import choose_scans, parse_selection, scan_folders
+    from flows.terminal import configure_logging, printable
+    from recon.errors import InputFileNotFound, PtychoflowError
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.WARNING, "%(levelname)s %(name)s: %(message)s")
     config = _load(args)
-    scans = parse_views(args.scan)
-    views = parse_views(args.views) if args.views else None
+    selection = parse_selection(args.scan, "scan")
+    views = parse_selection(args.views, "views") if args.views else None
     overrides = {
         key: value
         for key, value in (("iterations", args.iterations), ("devices", args.devices))
         if value is not None
     }
-    ledger = Ledger(config.ledger)
-    backend = make_backend(config)
-    failed = False
     try:
-        launcher = Launcher(config, backend, ledger)
-        launcher.recover()
-        for scan_id in scans:
-            outcomes = launcher.start_scan(
-                scan_id,
-                views=views,
-                recon_overrides=overrides,
-                trigger=Trigger.MANUAL,
-                force=args.force,
-            )
-            for outcome in outcomes:
-                print(f"scan{scan_id}-v{outcome.view:03d}: {_describe_outcome(outcome)}")
-        if args.wait:
-            for scan_id in scans:
-                printer = _TransitionPrinter()
-                rows = launcher.wait(scan_id, progress_callback=printer)
-                print(format_status(rows))
-                failed |= any(row.status.value == "failed" for row in rows)
-        elif backend.runs_die_with_owner:
-            # Local runs execute inside this process: wait for them, or they would die with it.
-            for scan_id in scans:
-                rows = launcher.wait(scan_id, progress_callback=_TransitionPrinter())
-                print(format_status(rows))
-                failed |= any(row.status.value == "failed" for row in rows)
-    finally:
-        backend.close()
+        choice = choose_scans(config, selection)
+    except InputFileNotFound as err:
+        raise InputFileNotFound(f"--scan {args.scan}: {err}") from err
+    root = config.acquisition_root
+    if not choice.folders:
+        present = [f.name for f in scan_folders(config)[0]]
+        shown = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "")
+        raise InputFileNotFound(
+            f"--scan {args.scan}: no scan folder matching {config.scan_pattern!r} for "
+            f"{', '.join(choice.missing)} under {root} (scan folders there: {shown or 'none'})"
+        )
+    if choice.missing:
+        print(
+            f"run-flow: no scan folder under {root} for {', '.join(choice.missing)}; "
+            f"starting the {len(choice.folders)} found",
+            file=sys.stderr,
+        )
+    ledger = open_ledger(config)
+    try:
+        backend = make_backend(config)
+    except BaseException:
         ledger.close()
+        raise
+    stop = _StopOnSignal()
+    failed = choice.missing_explicit
+    started: list[str] = []
+    launcher = Launcher(config, backend, ledger, stop_event=stop.event)
+    try:
+        launcher.recover()
+        for folder in choice.folders:
+            if stop.event.is_set():
+                break
+            try:
+                outcomes = launcher.start_scan(
+                    folder.name,
+                    views=views,
+                    recon_overrides=overrides,
+                    trigger=Trigger.MANUAL,
+                    force=args.force,
+                )
+            except PtychoflowError as err:
+                print(f"{printable(folder.name)}: error: {printable(err)}", file=sys.stderr)
+                failed = True
+                continue
+            started.append(folder.name)
+            for outcome in outcomes:
+                print(f"{printable(outcome.label)}: {printable(_describe_outcome(outcome))}")
+        # Local runs execute inside this process: wait for them, or they would die with it.
+        if args.wait or backend.runs_die_with_owner:
+            for name in started:
+                if stop.event.is_set():
+                    break
+                rows = launcher.wait(name, progress_callback=_TransitionPrinter())
+                if stop.event.is_set():
+                    break
+                print(format_status(rows))
+                failed |= any(row.status is RunStatus.FAILED for row in rows)
+    finally:
+        try:
+            if stop.signum is not None:
+                cancelled = launcher.cancel_unfinished(f"cancelled by {stop.name}")
+                print(
+                    f"run-flow: stopped by {stop.name}; {len(cancelled)} view(s) recorded as "
+                    "cancelled (run-flow starts them again)",
+                    file=sys.stderr,
+                )
+            backend.close(cancel=stop.signum is not None)
+        finally:
+            ledger.close()
+            stop.restore()
+    if stop.signum is not None:
+        return 128 + stop.signum
     return 1 if failed else 0
 
 
-def _describe_outcome(outcome) -> str:
-    text = outcome.action.value
+def _describe_outcome(outcome: Any) -> str:
+    text = str(outcome.action.value)
     if outcome.web_url:
         text += f" {outcome.web_url}"
     elif outcome.run_id:
@@ -173,30 +287,35 @@ class _TransitionPrinter:
     """Prints a line to stderr whenever a view changes state or stage."""
 
     def __init__(self) -> None:
-        self.seen: dict[tuple[int, int], tuple[str, str | None]] = {}
+        self.seen: dict[tuple[str, str], tuple[str, str | None]] = {}
 
-    def __call__(self, rows) -> None:
+    def __call__(self, rows: list[Any]) -> None:
+        from flows.terminal import printable
+
         for row in rows:
-            key = (row.scan_id, row.view)
             now = (row.status.value, row.stage)
-            if self.seen.get(key) != now:
-                self.seen[key] = now
+            if self.seen.get(row.key) != now:
+                self.seen[row.key] = now
                 stage = f" ({row.stage})" if row.stage and not row.status.terminal else ""
                 # An INACTIVE run waits for a person: say why and what to do.
                 reason = f": {row.error}" if row.status.value == "inactive" and row.error else ""
                 print(
-                    f"  {row.label}: {row.status.value}{stage}{reason}", file=sys.stderr, flush=True
+                    printable(f"  {row.label}: {row.status.value}{stage}{reason}"),
+                    file=sys.stderr,
+                    flush=True,
                 )
 
 
 # -- status ----------------------------------------------------------------------------
 
 
-def format_status(rows) -> str:
-    """A plain-text table of ledger rows (one per view)."""
+def format_status(rows: list[Any]) -> str:
+    """A plain-text table of ledger rows (one per view), control characters escaped."""
     from flows.backend import STAGES
+    from flows.terminal import printable
 
-    header = ["RUN", "STATE", "STAGE", *(s.upper() for s in STAGES), "OTHER", "TOTAL", "DETAIL"]
+    header = ["SCAN", "VIEW", "STATE", "STAGE", *(s.upper() for s in STAGES), "OTHER", "TOTAL"]
+    header.append("DETAIL")
     lines = [header]
     for row in rows:
         seconds = row.stage_seconds or {}
@@ -204,12 +323,20 @@ def format_status(rows) -> str:
         total = "-"
         if row.finished_at and row.submitted_at:
             total = f"{row.finished_at - row.submitted_at:.1f}s"
-        detail = row.error or row.web_url or (row.run_id or "")
-        if row.error:
-            detail = row.error.replace("\n", " ")
-            if len(detail) > 160:
-                detail = detail[:157] + "..."
-        lines.append([row.label, row.status.value, row.stage or "-", *stages, total, detail])
+        detail = printable(row.error or row.web_url or (row.run_id or ""))
+        if len(detail) > 160:
+            detail = detail[:157] + "..."
+        lines.append(
+            [
+                printable(row.scan_folder),
+                printable(row.view_file),
+                row.status.value,
+                row.stage or "-",
+                *stages,
+                total,
+                detail,
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))
@@ -221,28 +348,77 @@ def format_status(rows) -> str:
 
 def status_command(args: argparse.Namespace) -> int:
     from flows.ledger import Ledger
-    from flows.scans import parse_views
+    from flows.scans import parse_selection
+    from flows.terminal import printable
 
     config = _load(args)
+    selection = parse_selection(args.scan, "scan") if args.scan else None
+
+    def wanted(folder: str, scan_id: int | None) -> bool:
+        if selection is None:
+            return True
+        if folder in selection.names:
+            return True
+        return scan_id is not None and selection.contains(scan_id)
+
     if not config.ledger.exists():
-        print(f"no runs yet (no ledger at {config.ledger})")
+        print(f"no runs yet (no ledger at {printable(config.ledger)})")
         return 0
     ledger = Ledger(config.ledger)
     try:
-        scans = parse_views(args.scan) if args.scan else None
-        rows = [r for r in ledger.runs() if scans is None or r.scan_id in scans]
-        failed_scans = [
-            s for s in ledger.scans() if s.error and (scans is None or s.scan_id in scans)
-        ]
+        rows = [r for r in ledger.runs() if wanted(r.scan_folder, r.scan_id)]
+        scans = [s for s in ledger.scans() if wanted(s.folder, s.scan_id)]
     finally:
         ledger.close()
+    failed_scans = [s for s in scans if s.error]
     if not rows and not failed_scans:
-        print("no runs recorded" + (f" for scan(s) {args.scan}" if args.scan else ""))
+        print("no runs recorded" + (f" for scan(s) {printable(args.scan)}" if args.scan else ""))
         return 0
     if rows:
         print(format_status(rows))
+    for scan in scans:
+        if scan.scan_dir and scan.scan_id is not None and scan.scan_dir != str(scan.scan_id):
+            print(
+                printable(
+                    f"{scan.folder}: shares scan id {scan.scan_id} with another folder; "
+                    f"its results are in recon/{scan.scan_dir}/"
+                )
+            )
     for scan in failed_scans:
-        print(f"scan {scan.scan_id} ({scan.folder}): {scan.status}: {scan.error}")
+        print(printable(f"{scan.folder}: {scan.status}: {scan.error}"))
+    return 0
+
+
+# -- ledger check / rebuild --------------------------------------------------------------
+
+
+def ledger_check_command(args: argparse.Namespace) -> int:
+    from flows.ledger_repair import check_ledger
+    from flows.terminal import printable
+
+    config = _load(args)
+    problems = check_ledger(config.ledger)
+    if not problems:
+        print(f"ledger {printable(config.ledger)}: ok")
+        return 0
+    for problem in problems:
+        print(f"ledger {printable(config.ledger)}: {printable(problem)}", file=sys.stderr)
+    print(
+        "rebuild it from the result files with `ptychoflow ledger rebuild` "
+        "(the damaged file is moved aside, not deleted)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def ledger_rebuild_command(args: argparse.Namespace) -> int:
+    from flows.ledger_repair import rebuild_ledger
+    from flows.terminal import printable
+
+    config = _load(args)
+    report = rebuild_ledger(config)
+    for line in report:
+        print(printable(line))
     return 0
 
 
@@ -267,7 +443,7 @@ state_dir = ".ptychoflow"
 # Scan folder names: a regular expression matched against the whole name; its last
 # group is the scan id.
 scan_pattern = '(fly)?scan(\\d+)'
-# Files of a scan folder that are views, sorted by name (view index = position).
+# Files of a scan folder that are views; a view is known by its file name.
 view_glob = "*.cxi"
 # A scan is complete when this marker file appears in it. Set it to "" to decide by
 # settle time instead (nothing changed for settle_seconds and every file opens).
@@ -355,7 +531,7 @@ def demo_command(args: argparse.Namespace) -> int:
     from flows.backend import Trigger
     from flows.config import load_config
     from flows.launcher import Launcher, make_backend
-    from flows.ledger import Ledger
+    from flows.ledger import open_ledger
     from recon.metrics import compare_objects, illuminated_region
     from recon.result import read_result
     from recon.simulate import write_simulated_scan
@@ -383,18 +559,18 @@ def demo_command(args: argparse.Namespace) -> int:
         marker=config.marker or None,
     )
     start = time.perf_counter()
-    ledger = Ledger(config.ledger)
+    ledger = open_ledger(config)
     backend = make_backend(config)
     try:
         launcher = Launcher(config, backend, ledger)
-        launcher.start_scan(scan_id, trigger=Trigger.MANUAL)
-        rows = launcher.wait(scan_id, progress_callback=_TransitionPrinter())
+        launcher.start_scan(scan_folder.name, trigger=Trigger.MANUAL)
+        rows = launcher.wait(scan_folder.name, progress_callback=_TransitionPrinter())
     finally:
         backend.close()
         ledger.close()
     print(format_status(rows))
     print(f"\nscan {scan_id}: {len(rows)} views in {time.perf_counter() - start:.1f} s")
-    results = config.acquisition_root / "recon" / str(scan_id)
+    results = config.acquisition_root / "recon" / (rows[0].scan_dir if rows else str(scan_id))
     failed = [r for r in rows if r.status.value != "succeeded"]
     for row in rows:
         if row.status.value != "succeeded":
@@ -457,22 +633,27 @@ def resume_command(args: argparse.Namespace) -> int:
     from flows.globus.errors import GlobusAuthorizationError, GlobusServiceError
     from flows.globus.setup import open_globus_backend
     from flows.ledger import Ledger
-    from flows.scans import parse_views
+    from flows.scans import parse_selection
+    from flows.terminal import printable
 
     config = _load(args)
     if not config.ledger.exists():
-        print(f"no runs yet (no ledger at {config.ledger})")
+        print(f"no runs yet (no ledger at {printable(config.ledger)})")
         return 0
+    selection = parse_selection(args.scan, "scan") if args.scan else None
     ledger = Ledger(config.ledger)
     try:
-        scans = parse_views(args.scan) if args.scan else None
         rows = [
             row
             for row in ledger.runs()
             if row.status is RunStatus.INACTIVE
             and row.run_id
             and row.backend == "globus"
-            and (scans is None or row.scan_id in scans)
+            and (
+                selection is None
+                or row.scan_folder in selection.names
+                or (row.scan_id is not None and selection.contains(row.scan_id))
+            )
         ]
         if not rows:
             print("no inactive runs" + (f" for scan(s) {args.scan}" if args.scan else ""))
@@ -484,12 +665,12 @@ def resume_command(args: argparse.Namespace) -> int:
             try:
                 progress = backend.resume(row.run_id)
             except (GlobusAuthorizationError, GlobusServiceError, TransientBackendError) as err:
-                print(f"{row.label}: not resumed: {err}")
+                print(printable(f"{row.label}: not resumed: {err}"))
                 failed = True
                 continue
-            ledger.update_progress(row.scan_id, row.view, progress)
+            ledger.update_progress(*row.key, progress)
             detail = f": {progress.error}" if progress.error else ""
-            print(f"{row.label}: {progress.status.value}{detail}")
+            print(printable(f"{row.label}: {progress.status.value}{detail}"))
             failed |= progress.status in (RunStatus.INACTIVE, RunStatus.FAILED)
     finally:
         ledger.close()

@@ -27,3 +27,22 @@ class LaunchError(PtychoflowError, RuntimeError):
 class FlowDefinitionError(PtychoflowError, ValueError):
     """The flow definition or its input schema is invalid: refused by Globus Flows, or
     using something the local interpreter does not support."""
+
+
+class LedgerError(PtychoflowError, RuntimeError):
+    """The run ledger cannot be used; the message names the file and what to do."""
+
+
+class LedgerBusyError(LedgerError, TimeoutError):
+    """Another process holds the ledger's lock longer than the bounded wait. Transient:
+    the watcher catches it and tries again later; the message names the holder."""
+
+
+class LedgerDamagedError(LedgerError):
+    """The ledger file is not a readable SQLite database of ours (a corrupted page, a
+    wrong schema); ``ptychoflow ledger check`` / ``ledger rebuild`` are the way out."""
+
+
+class LedgerLostError(LedgerError):
+    """The ledger is missing or empty while results exist: the history was lost.
+    Refused rather than running finished scans again; ``ptychoflow ledger rebuild``."""

@@ -74,8 +74,10 @@ def build_flow_input(
     (absolute, ``/`` for the collection root); ``compute_root_on_endpoint`` is
     the same compute root as a filesystem path on the cluster's nodes.
 
-    For ``scan100/view003.cxi`` with ``acquisition_base="/data"`` and
-    ``compute_base="/ptycho"`` the transfers are ``/data/scan100/view003.cxi ->
+    The compute-side folder is ``request.compute_dir`` (the scan id, or the scan
+    folder's name when another folder has that id). For ``scan100/view003.cxi`` with
+    ``acquisition_base="/data"`` and ``compute_base="/ptycho"`` the transfers are
+    ``/data/scan100/view003.cxi ->
     /ptycho/input/100/view003.cxi`` and ``/ptycho/recon/100/view003.{h5,png} ->
     /data/recon/100/view003.{h5,png}``.
 
@@ -87,7 +89,7 @@ def build_flow_input(
         raise ConfigError(
             f"view_file {request.view_file!r} must be a plain file name inside the scan folder"
         )
-    scan = str(request.scan_id)
+    scan = request.compute_dir
     recon = ReconOptions.from_dict(request.recon).to_dict()
     acquisition_recon = posixpath.join(acquisition_base, "recon", scan)
     compute_recon = posixpath.join(compute_base, "recon", scan)

@@ -1,6 +1,7 @@
 """Starting runs: the one code path shared by ``run-flow`` and the watcher.
 
-For a scan: find its folder and views, create the compute-side folder pair once
+For a scan folder (its name is its key): find its views (each identified by its
+file name), create the compute-side folder pair once
 (``Backend.prepare_scan``), then for every view: claim it in the ledger
 (``pending``), mark it ``submitting``, ask the backend to start it, record the
 run id (``active``). A view that is already running or done is skipped; a view
@@ -19,18 +20,28 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
+import pathlib
 import threading
 import time
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from flows.backend import Backend, RunProgress, RunStatus, StartedRun, Trigger, ViewRequest
+from flows.backend import (
+    Backend,
+    RunProgress,
+    RunStatus,
+    StartedRun,
+    Trigger,
+    ViewRequest,
+    run_label,
+)
 from flows.config import Config
 from flows.errors import ConfigError, LaunchError, TransientBackendError
 from flows.ledger import Ledger, RunRecord, ScanState
-from flows.scans import discover_views
+from flows.scans import ScanNameError, Selection, choose_views, scan_folder, view_files
 from recon.cxi import peek_view_shape
 from recon.errors import InputError, PtychoflowError
 
@@ -53,8 +64,7 @@ class ViewAction(StrEnum):
 class ViewOutcome:
     """The result of handing one view to the backend."""
 
-    scan_id: int
-    view: int
+    scan_folder: str
     view_file: str
     action: ViewAction
     status: RunStatus | None
@@ -62,6 +72,11 @@ class ViewOutcome:
     run_id: str | None = None
     web_url: str | None = None
     error: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``scan100-view003``: the run label of the view."""
+        return run_label(self.scan_folder, self.view_file)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,100 +149,120 @@ class Launcher:
         self.poll_interval_s = poll_interval_s
         self.stop_event = stop_event or threading.Event()
         self._sleep = sleep
-        #: Runs this launcher started or adopted and has not seen finish: (scan, view) -> run id.
-        self.in_flight: dict[tuple[int, int], str] = {}
-        self._refresh_pass: collections.deque[tuple[int, int]] = collections.deque()
+        #: Runs this launcher started or adopted and has not seen finish:
+        #: (scan folder, view file) -> run id.
+        self.in_flight: dict[tuple[str, str], str] = {}
+        self._refresh_pass: collections.deque[tuple[str, str]] = collections.deque()
 
     # -- starting ------------------------------------------------------------------------------
 
     def start_scan(
         self,
-        scan_id: int,
+        folder: str,
         *,
-        views: list[int] | None = None,
+        views: Selection | None = None,
         recon_overrides: dict[str, Any] | None = None,
         trigger: Trigger = Trigger.MANUAL,
         force: bool = False,
     ) -> list[ViewOutcome]:
-        """Start one run per (selected) view of ``scan_id``; see the module docstring.
+        """Start one run per (selected) view of the scan folder named ``folder``.
 
-        Raises for problems of the scan as a whole (missing folder, no views, bad
+        Views already in the ledger as running or done are skipped, so calling it
+        again after more view files arrived starts just the new ones. Raises for
+        problems of the scan as a whole (missing folder, id too long, no views, bad
         options, compute-side folders not created), after recording them in the
         ledger's ``scans`` table when the folder exists.
         """
         try:
-            folder, all_views = discover_views(self.config, scan_id)
+            scan = scan_folder(self.config, folder)
+        except ScanNameError as err:
+            self.ledger.scan_failed(folder, None, str(err))
+            raise
+        try:
+            files = view_files(self.config, scan.path)
         except InputError as err:
-            # The folder exists but holds no views (or the id is ambiguous): record it.
-            self.ledger.scan_failed(scan_id, f"scan{scan_id}", str(err))
+            self.ledger.scan_failed(folder, scan.scan_id, str(err))
             raise
         recon = self.config.recon.replace(**(recon_overrides or {})).to_dict()
-        selected = all_views
-        if views is not None:
-            available = {index for index, _ in all_views}
-            missing = sorted(set(views) - available)
-            if missing:
-                raise InputError(
-                    f"{folder}: no view(s) {', '.join(map(str, missing))}; "
-                    f"this scan has views 0-{len(all_views) - 1}"
-                )
-            selected = [(i, name) for i, name in all_views if i in set(views)]
-        self.ledger.scan_seen(scan_id, folder.name)
-        log.info("scan %d (%s): %d view(s) to hand over", scan_id, folder.name, len(selected))
+        selected = files if views is None else choose_views(files, views, folder)
+        try:
+            scan_dir = self.ledger.scan_seen(folder, scan.scan_id).scan_dir
+        except ConfigError as err:
+            self.ledger.scan_failed(folder, scan.scan_id, str(err))
+            raise
+        assert scan_dir is not None
+        log.info("%s: %d view(s) to hand over", folder, len(selected))
+        # Two view files with one name (view003.cxi, view003.h5) would share a result.
+        first_with_stem: dict[str, str] = {}
+        for name in files:
+            first_with_stem.setdefault(pathlib.PurePosixPath(name).stem, name)
 
         outcomes: list[ViewOutcome] = []
         prepared = False
         prepare_error: str | None = None
-        for index, file_name in selected:
+        for file_name in selected:
             request = ViewRequest(
-                scan_id=scan_id,
-                view=index,
+                scan_id=scan.scan_id,
                 view_file=file_name,
-                scan_folder=folder.name,
+                scan_folder=folder,
                 recon=recon,
                 trigger=trigger,
+                scan_dir=scan_dir,
             )
             if self.stop_event.is_set():
-                outcomes.append(
-                    ViewOutcome(scan_id, index, file_name, ViewAction.INTERRUPTED, None)
-                )
+                outcomes.append(ViewOutcome(folder, file_name, ViewAction.INTERRUPTED, None))
                 continue
             if not self.ledger.claim(request, self.backend.name, force=force):
                 outcomes.append(self._outcome(request, ViewAction.SKIPPED))
                 continue
+            twin = first_with_stem[request.view]
+            if twin != file_name:
+                outcomes.append(
+                    self._fail(
+                        request,
+                        f"{folder}/{file_name}: its result recon/{scan_dir}/{request.view}.h5 "
+                        f"would overwrite that of {twin}; rename one of them",
+                    )
+                )
+                continue
             try:
-                peek_view_shape(folder / file_name, f"{folder.name}/{file_name}")
+                peek_view_shape(scan.path / file_name, f"{folder}/{file_name}")
             except InputError as err:
                 outcomes.append(self._fail(request, str(err)))
                 continue
             if not prepared and prepare_error is None:
                 try:
                     self._with_retry(
-                        lambda: self.backend.prepare_scan(scan_id),
-                        f"scan {scan_id}: creating input/{scan_id} and recon/{scan_id}",
+                        lambda: self.backend.prepare_scan(scan_dir),
+                        f"{folder}: creating input/{scan_dir} and recon/{scan_dir}",
                     )
                     prepared = True
                 except Exception as err:  # every failure is recorded, none stops the rest
                     prepare_error = (
-                        f"scan {scan_id}: could not create the compute-side folders "
-                        f"input/{scan_id} and recon/{scan_id}: {describe_error(err)}"
+                        f"{folder}: could not create the compute-side folders "
+                        f"input/{scan_dir} and recon/{scan_dir}: {describe_error(err)}"
                     )
-                    self.ledger.scan_failed(scan_id, folder.name, prepare_error)
+                    self.ledger.scan_failed(folder, scan.scan_id, prepare_error)
             if prepare_error is not None:
                 outcomes.append(self._fail(request, prepare_error))
                 continue
             self._wait_for_slot()
+            if self.stop_event.is_set():
+                # Claimed but not handed over: left pending for this process to record
+                # as cancelled (run-flow) or for the next start to recover (watcher).
+                outcomes.append(self._outcome(request, ViewAction.INTERRUPTED))
+                continue
             outcomes.append(self._submit(request))
         if prepare_error is not None:
             raise LaunchError(prepare_error)
         if not self.stop_event.is_set():
-            self.ledger.scan_submitted(scan_id)
+            self.ledger.scan_submitted(folder)
         return outcomes
 
     def _submit(self, request: ViewRequest) -> ViewOutcome:
         """Hand a claimed (pending) request to the backend and record the result."""
-        self.ledger.mark_submitting(request.scan_id, request.view)
-        claimed = self.ledger.get(request.scan_id, request.view)
+        self.ledger.mark_submitting(request.scan_folder, request.view_file)
+        claimed = self.ledger.get(request.scan_folder, request.view_file)
         if claimed is not None and claimed.attempt != request.attempt:
             request = dataclasses.replace(request, attempt=claimed.attempt)  # tagged on the run
         adopted: list[StartedRun] = []
@@ -260,8 +295,8 @@ class Launcher:
     def _record_started(
         self, request: ViewRequest, started: StartedRun, action: ViewAction
     ) -> ViewOutcome:
-        self.ledger.mark_started(request.scan_id, request.view, started)
-        self.in_flight[(request.scan_id, request.view)] = started.run_id
+        self.ledger.mark_started(request.scan_folder, request.view_file, started)
+        self.in_flight[(request.scan_folder, request.view_file)] = started.run_id
         log.info(
             "%s %s: run %s%s",
             request.label,
@@ -270,8 +305,7 @@ class Launcher:
             f" {started.web_url}" if started.web_url else "",
         )
         return ViewOutcome(
-            request.scan_id,
-            request.view,
+            request.scan_folder,
             request.view_file,
             action,
             RunStatus.ACTIVE,
@@ -280,11 +314,10 @@ class Launcher:
         )
 
     def _fail(self, request: ViewRequest, reason: str) -> ViewOutcome:
-        self.ledger.mark_failed(request.scan_id, request.view, reason)
+        self.ledger.mark_failed(request.scan_folder, request.view_file, reason)
         log.error("%s failed to start: %s", request.label, reason)
         return ViewOutcome(
-            request.scan_id,
-            request.view,
+            request.scan_folder,
             request.view_file,
             ViewAction.FAILED,
             RunStatus.FAILED,
@@ -292,11 +325,10 @@ class Launcher:
         )
 
     def _outcome(self, request: ViewRequest, action: ViewAction) -> ViewOutcome:
-        record = self.ledger.get(request.scan_id, request.view)
+        record = self.ledger.get(request.scan_folder, request.view_file)
         assert record is not None
         return ViewOutcome(
-            request.scan_id,
-            request.view,
+            request.scan_folder,
             request.view_file,
             action,
             record.status,
@@ -337,7 +369,7 @@ class Launcher:
 
     def _wait_for_slot(self) -> None:
         """Block until fewer than ``config.concurrency`` runs are in flight."""
-        while len(self.in_flight) >= self.config.concurrency:
+        while len(self.in_flight) >= self.config.concurrency and not self.stop_event.is_set():
             self.refresh()
             if len(self.in_flight) >= self.config.concurrency:
                 self._sleep(self.poll_interval_s)
@@ -375,11 +407,11 @@ class Launcher:
                 )
         return True
 
-    def _poll(self, scan_id: int, view: int, run_id: str) -> RunProgress | None:
+    def _poll(self, scan_folder: str, view_file: str, run_id: str) -> RunProgress | None:
         try:
             return self.backend.poll(run_id)
         except TransientBackendError as err:
-            log.warning("scan %d view %d: poll of run %s failed (%s)", scan_id, view, run_id, err)
+            log.warning("%s/%s: poll of run %s failed (%s)", scan_folder, view_file, run_id, err)
             return None
         except Exception as err:
             return RunProgress(
@@ -388,12 +420,13 @@ class Launcher:
 
     def wait(
         self,
-        scan_id: int,
+        folder: str,
         progress_callback: Callable[[list[RunRecord]], None] | None = None,
         poll_interval_s: float | None = None,
         timeout_s: float | None = None,
     ) -> list[RunRecord]:
-        """Poll until every ledger row of ``scan_id`` is finished; returns the rows.
+        """Poll until every ledger row of the scan folder is finished (or ``stop_event``
+        is set); returns the rows.
 
         Rows started by another process are polled too when the backend's runs
         outlive their starter (Globus); otherwise their owner's updates are read.
@@ -404,9 +437,9 @@ class Launcher:
         shared = not self.backend.runs_die_with_owner
         while True:
             self.refresh()
-            rows = self.ledger.runs(scan_id)
+            rows = self.ledger.runs(folder)
             for row in rows:
-                key = (row.scan_id, row.view)
+                key = row.key
                 if (
                     shared
                     and row.status in (RunStatus.ACTIVE, RunStatus.INACTIVE)
@@ -414,13 +447,13 @@ class Launcher:
                     and key not in self.in_flight
                     and row.backend == self.backend.name
                 ):
-                    progress = self._poll(row.scan_id, row.view, row.run_id)
+                    progress = self._poll(*key, row.run_id)
                     if progress is not None:
-                        self.ledger.update_progress(row.scan_id, row.view, progress)
-            rows = self.ledger.runs(scan_id)
+                        self.ledger.update_progress(*key, progress)
+            rows = self.ledger.runs(folder)
             if progress_callback is not None:
                 progress_callback(rows)
-            if all(row.status.terminal for row in rows):
+            if all(row.status.terminal for row in rows) or self.stop_event.is_set():
                 return rows
             if deadline is not None and time.monotonic() > deadline:
                 unfinished = [r.label for r in rows if not r.status.terminal]
@@ -464,16 +497,17 @@ class Launcher:
             )
             if record.status in (RunStatus.ACTIVE, RunStatus.INACTIVE):
                 if self.backend.runs_die_with_owner:
-                    self.ledger.restart(record.scan_id, record.view)
+                    self.ledger.restart(*record.key)
                 else:
                     assert record.run_id is not None
-                    self.in_flight[(record.scan_id, record.view)] = record.run_id
+                    self.in_flight[record.key] = record.run_id
                     outcomes.append(self._outcome(request, ViewAction.ADOPTED))
                     continue
             elif record.status is RunStatus.SUBMITTING:
                 try:
                     existing = self._with_retry(
-                        lambda r=request: self.backend.find_run(r), f"{request.label}: find_run"
+                        functools.partial(self.backend.find_run, request),
+                        f"{request.label}: find_run",
                     )
                 except Exception as err:
                     outcomes.append(self._fail(request, describe_error(err)))
@@ -485,8 +519,39 @@ class Launcher:
             outcomes.append(self._submit(request))
         return outcomes
 
-    def scan_settled_in_ledger(self, scan_id: int) -> bool:
-        """True when the ledger shows the scan handed over completely (or failed as a whole),
-        so a watcher must not start it again."""
-        record = self.ledger.scan(scan_id)
-        return record is not None and record.status in (ScanState.SUBMITTED, ScanState.FAILED)
+    def scan_handed_over(self, folder: str) -> bool:
+        """True when the scan folder needs nothing more: the ledger shows it handed over
+        (or failed as a whole) and every view file now in it has a ledger row. A view
+        file that arrived after the scan was started makes it False again, so the
+        watcher hands the scan over once more and just the new view starts."""
+        record = self.ledger.scan(folder)
+        if record is None or record.status is ScanState.SEEN:
+            return False
+        if record.scan_id is None:
+            return True  # its name was refused; renaming the folder makes a new scan
+        try:
+            files = view_files(self.config, self.config.acquisition_root / folder)
+        except InputError:
+            return record.status is ScanState.FAILED  # still no views: nothing new
+        return set(files) <= self.ledger.view_files(folder)
+
+    # -- cancelling ----------------------------------------------------------------------------
+
+    def cancel_unfinished(self, reason: str) -> list[RunRecord]:
+        """Record this process's unfinished views as cancelled (``reason``, e.g.
+        ``cancelled by SIGTERM``) after a stop was requested; returns them.
+
+        On a backend whose runs die with this process (local) every unfinished row is
+        cancelled. Otherwise (Globus) runs accepted by the service go on without us:
+        only views never handed over (``pending``) are cancelled; ``submitting`` and
+        ``active`` rows stay for ``status`` and recovery to follow.
+        """
+        cancelled = []
+        for record in self.ledger.owned_unfinished():
+            if not self.backend.runs_die_with_owner and record.status is not RunStatus.PENDING:
+                continue
+            if self.ledger.mark_cancelled(*record.key, reason):
+                self.in_flight.pop(record.key, None)
+                cancelled.append(record)
+                log.warning("%s %s", record.label, reason)
+        return cancelled

@@ -27,7 +27,6 @@ import logging
 import pathlib
 import queue
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,8 +45,9 @@ from flows.launcher import (
     describe_error,
     make_backend,
 )
-from flows.ledger import Ledger
-from flows.scans import scan_folders
+from flows.ledger import Ledger, open_ledger
+from flows.scans import ScanNameError, scan_folders, scan_id_of
+from flows.terminal import configure_logging as configure_printable_logging
 from recon.errors import InputFileNotFound, PtychoflowError
 from watcher.handler import ScanFolderHandler
 from watcher.settle import SettleTracker
@@ -59,11 +59,7 @@ BackendFactory = Callable[[Config], Backend]
 
 def configure_logging(level: int = logging.INFO) -> None:
     """One timestamped line per event on stderr (what a systemd journal or tmux shows)."""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_printable_logging(level)  # control characters in file names escaped
 
 
 class WatcherService:
@@ -113,7 +109,7 @@ class WatcherService:
                 f"acquisition root {root} does not exist or is not a folder "
                 "(set acquisition_root in the config)"
             )
-        self.ledger = Ledger(self.config.ledger)
+        self.ledger = open_ledger(self.config)
         self.backend = self.backend_factory(self.config)
         self.launcher = Launcher(
             self.config,
@@ -201,9 +197,7 @@ class WatcherService:
         assert self.launcher is not None
         try:
             for outcome in self.launcher.recover():
-                log.info(
-                    "recovered scan%d-v%03d: %s", outcome.scan_id, outcome.view, outcome.action
-                )
+                log.info("recovered %s: %s", outcome.label, outcome.action)
             self._catch_up()
             last_refresh = time.monotonic()
             refreshing = False
@@ -236,11 +230,20 @@ class WatcherService:
                 return
 
     def _touch(self, scan_path: pathlib.Path, age_seconds: float = 0.0) -> None:
-        if not self.tracker.touch(scan_path, age_seconds=age_seconds):
-            return
         assert self.launcher is not None
+        if not self.tracker.touch(scan_path, age_seconds=age_seconds):
+            # A scan handed over before: a view file that arrived since (view000 after
+            # view001) makes the ledger and the folder differ; hand it over again.
+            if not self.tracker.was_reported(scan_path) or self.launcher.scan_handed_over(
+                scan_path.name
+            ):
+                return
+            log.info("%s: a view file arrived after it was handed over", scan_path.name)
+            self.tracker.reopen(scan_path)
+            self.tracker.touch(scan_path, age_seconds=age_seconds)
+            return
         scan_id = self.config.scan_id_of(scan_path.name)
-        if scan_id is None or self.launcher.scan_settled_in_ledger(scan_id):
+        if scan_id is None or self.launcher.scan_handed_over(scan_path.name):
             self.tracker.forget(scan_path)
             log.info("%s: seen; the ledger shows it handed over already", scan_path.name)
             return
@@ -254,35 +257,45 @@ class WatcherService:
     def _catch_up(self) -> None:
         """Feed scan folders already on disk to the settle stage."""
         now = time.time()
-        for folders in scan_folders(self.config).values():
-            for folder in folders:
-                try:
-                    newest = max(
-                        (p.stat().st_mtime for p in folder.rglob("*")),
-                        default=folder.stat().st_mtime,
-                    )
-                except OSError:
-                    newest = now
-                self._touch(folder, age_seconds=max(0.0, now - newest))
+        assert self.ledger is not None
+        found, refused = scan_folders(self.config)
+        for name, reason in refused:
+            if self.ledger.scan(name) is None:
+                self.ledger.scan_failed(name, None, reason)
+                log.error("%s: failed: %s", name, reason)
+        for scan in found:
+            folder = scan.path
+            try:
+                newest = max(
+                    (p.stat().st_mtime for p in folder.rglob("*")),
+                    default=folder.stat().st_mtime,
+                )
+            except OSError:
+                newest = now
+            self._touch(folder, age_seconds=max(0.0, now - newest))
 
     def _handle(self, scan_path: pathlib.Path) -> None:
         """Start a complete scan; record and log any failure, never raise for one scan."""
         assert self.launcher is not None and self.ledger is not None
-        scan_id = self.config.scan_id_of(scan_path.name)
-        if scan_id is None:
-            return
-        if self.launcher.scan_settled_in_ledger(scan_id):
+        try:
+            scan_id = scan_id_of(self.config, scan_path.name)
+        except ScanNameError:
+            scan_id = None  # start_scan records the refusal
+        else:
+            if scan_id is None:
+                return
+        if self.launcher.scan_handed_over(scan_path.name):
             log.info("%s: complete; the ledger shows it handed over already", scan_path.name)
             return
         log.info("%s: complete; starting one run per view", scan_path.name)
         try:
-            outcomes = self.launcher.start_scan(scan_id, trigger=Trigger.AUTO)
+            outcomes = self.launcher.start_scan(scan_path.name, trigger=Trigger.AUTO)
         except PtychoflowError as err:
-            self.ledger.scan_failed(scan_id, scan_path.name, str(err))
+            self.ledger.scan_failed(scan_path.name, scan_id, str(err))
             log.error("%s: failed: %s", scan_path.name, err)
             return
         except Exception as err:  # a backend bug must not stop the watcher
-            self.ledger.scan_failed(scan_id, scan_path.name, describe_error(err))
+            self.ledger.scan_failed(scan_path.name, scan_id, describe_error(err))
             log.exception("%s: failed: %s", scan_path.name, describe_error(err))
             return
         counts = {action: 0 for action in ViewAction}

@@ -71,6 +71,9 @@ class SettleTracker:
         self.clock = clock
         self._pending: dict[pathlib.Path, _Pending] = {}
         self._reported: set[pathlib.Path] = set()
+        #: Reopened scans: complete by the settle rule even when a marker is configured
+        #: (the marker is there already; a late file must be written to the end).
+        self._settle_always: set[pathlib.Path] = set()
 
     @property
     def pending(self) -> list[pathlib.Path]:
@@ -92,6 +95,16 @@ class SettleTracker:
             entry.next_check = max(entry.next_check, changed + self.settle_seconds)
         return False
 
+    def was_reported(self, scan_path: pathlib.Path) -> bool:
+        return pathlib.Path(scan_path) in self._reported
+
+    def reopen(self, scan_path: pathlib.Path) -> None:
+        """Track a reported scan again (a view file arrived after it was handed over); it
+        is reported once more when its files have settled."""
+        scan_path = pathlib.Path(scan_path)
+        self._reported.discard(scan_path)
+        self._settle_always.add(scan_path)
+
     def forget(self, scan_path: pathlib.Path) -> None:
         """Stop tracking ``scan_path`` without reporting it (e.g. the ledger already knows it)."""
         self._pending.pop(pathlib.Path(scan_path), None)
@@ -106,7 +119,7 @@ class SettleTracker:
                 if now - entry.last_change > self.give_up_seconds:
                     del self._pending[scan_path]  # removed before it completed
                 continue
-            if self.marker is not None:
+            if self.marker is not None and scan_path not in self._settle_always:
                 if (scan_path / self.marker).exists():
                     done.append(scan_path)
                 continue
@@ -127,6 +140,7 @@ class SettleTracker:
         for scan_path in done:
             del self._pending[scan_path]
             self._reported.add(scan_path)
+            self._settle_always.discard(scan_path)
         return done
 
     @staticmethod

@@ -4,7 +4,7 @@
   ``<compute_base>/recon/<id>`` on the compute collection with Transfer mkdir
   ("already exists" is success);
 - :meth:`GlobusBackend.start_view` starts the deployed flow with
-  ``SpecificFlowClient.run_flow`` (label ``scan100-v003``, tags, run monitors
+  ``SpecificFlowClient.run_flow`` (label ``scan100-view003``, tags, run monitors
   and managers from the config) and returns the web-app link;
 - :meth:`GlobusBackend.poll` maps the run's status and its log events to a
   :class:`~flows.backend.RunProgress` with per-stage seconds;
@@ -145,20 +145,21 @@ class GlobusBackend(Backend):
 
     # -- compute-side folders -------------------------------------------------------------
 
-    def compute_dirs(self, scan_id: int) -> tuple[str, str]:
-        """``(<compute_base>/input/<id>, <compute_base>/recon/<id>)`` on the compute collection."""
+    def compute_dirs(self, scan_dir: str) -> tuple[str, str]:
+        """``(<compute_base>/input/<scan_dir>, <compute_base>/recon/<scan_dir>)`` on the
+        compute collection (``scan_dir``: the scan id, or the scan folder's name)."""
         base = self.config.globus.compute_base or "/"
         return (
-            posixpath.join(base, "input", str(scan_id)),
-            posixpath.join(base, "recon", str(scan_id)),
+            posixpath.join(base, "input", str(scan_dir)),
+            posixpath.join(base, "recon", str(scan_dir)),
         )
 
-    def prepare_scan(self, scan_id: int) -> None:
+    def prepare_scan(self, scan_dir: str) -> None:
         """Create the input/recon folder pair (and their parents, once per backend)."""
         collection = self.config.globus.compute_collection
         if not collection:
             raise ConfigError("[globus] compute_collection is not set in the config")
-        for directory in self.compute_dirs(scan_id):
+        for directory in self.compute_dirs(scan_dir):
             parent = posixpath.dirname(directory)
             if parent not in self._made_dirs and parent not in ("", "/", "/~", "~"):
                 self._mkdir(collection, parent)
@@ -229,7 +230,7 @@ class GlobusBackend(Backend):
         as attempt 1.
         """
         doing = f"searching runs for {request.label}"
-        wanted_tags = {f"scan:{request.scan_id}", f"view:{request.view}"}
+        wanted_tags = {tag for tag in request.tags if not tag.startswith("trigger:")}
         matches: list[dict[str, Any]] = []
         try:
             with self._lock:
@@ -272,8 +273,9 @@ class GlobusBackend(Backend):
             raise translate(err, doing) from err
         return progress_from_run(run, (), self.stage_of_state)
 
-    def close(self) -> None:
-        """Nothing to release: clients hold no threads; the app's token file stays."""
+    def close(self, *, cancel: bool = False) -> None:
+        """Nothing to release: clients hold no threads; the app's token file stays. Runs
+        go on at the service with or without ``cancel`` (they outlive this process)."""
 
 
 # -- mapping Flows documents to RunProgress ------------------------------------------------

@@ -461,9 +461,7 @@ class DeploymentChecker:
         from flows.flow_input import build_flow_input
 
         settings = self.config.globus
-        request = ViewRequest(
-            scan_id=0, view=0, view_file="check.cxi", scan_folder="scan0", recon={}
-        )
+        request = ViewRequest(scan_id=0, view_file="check.cxi", scan_folder="scan0", recon={})
         return build_flow_input(
             request,
             acquisition_collection=settings.acquisition_collection,

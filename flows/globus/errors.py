@@ -57,7 +57,7 @@ def is_authorization_error(err: globus_sdk.GlobusAPIError) -> bool:
 def translate(err: Exception, doing: str) -> PtychoflowError:
     """The project error for a globus-sdk error raised while ``doing`` something.
 
-    ``doing`` is a phrase such as ``"starting the run for scan100-v003"``; the
+    ``doing`` is a phrase such as ``"starting the run for scan100-view003"``; the
     message says what was being done, what the service said, and what to do.
     Call as ``raise translate(err, doing) from err``.
     """

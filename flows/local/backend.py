@@ -22,6 +22,7 @@ backend started; the run ledger is what survives a restart.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import threading
@@ -42,7 +43,7 @@ from flows.flow_input import (
     build_flow_input,
     load_definition,
 )
-from flows.local.errors import ActionRequestRefused, UnknownRunError
+from flows.local.errors import ActionRequestRefused, RunCancelledError, UnknownRunError
 from flows.local.interpreter import FlowInterpreter, FlowRunResult
 from flows.local.transfer import (
     LOCAL_ACQUISITION_COLLECTION,
@@ -115,6 +116,8 @@ class LocalBackend(Backend):
             max_workers=config.concurrency, thread_name_prefix="local-flow"
         )
         self._runs: dict[str, _LocalRun] = {}
+        #: Compute tasks submitted and not yet finished (abandoned by close(cancel=True)).
+        self._compute_futures: set[concurrent.futures.Future] = set()
         self._lock = threading.Lock()
         self._closed = False
         #: Called (in order) after the runs ended in :meth:`close`, e.g. an engine's shutdown.
@@ -122,10 +125,10 @@ class LocalBackend(Backend):
 
     # ------------------------------------------------------------------ Backend protocol
 
-    def prepare_scan(self, scan_id: int) -> None:
-        """Create ``<compute_root>/input/<id>/`` and ``<compute_root>/recon/<id>/``."""
+    def prepare_scan(self, scan_dir: str) -> None:
+        """Create ``<compute_root>/input/<scan_dir>/`` and ``<compute_root>/recon/<scan_dir>/``."""
         for side in ("input", "recon"):
-            (Path(self.config.compute_root) / side / str(scan_id)).mkdir(
+            (Path(self.config.compute_root) / side / str(scan_dir)).mkdir(
                 parents=True, exist_ok=True
             )
 
@@ -173,10 +176,18 @@ class LocalBackend(Backend):
             return None
         return StartedRun(run_id=max(matching, key=lambda run: run.started).run_id)
 
-    def close(self) -> None:
-        """Cancel queued runs (recorded as failed at once) and wait for running ones to end."""
+    def close(self, *, cancel: bool = False) -> None:
+        """Cancel queued runs (recorded as failed at once) and wait for running ones to end;
+        with ``cancel``, compute tasks still running are abandoned first (their runs fail
+        at once with "cancelled") so the engine can be shut down without waiting."""
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if cancel:
+            with self._lock:
+                abandoned = list(self._compute_futures)
+            for future in abandoned:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(RunCancelledError("cancelled: run-flow was stopped"))
         running = []
         with self._lock:
             for run in self._runs.values():
@@ -241,6 +252,10 @@ class LocalBackend(Backend):
     def _transfer_action(self, params: dict[str, Any]) -> dict[str, Any]:
         return transfer_action(params, self._roots)
 
+    def _forget_compute_future(self, future: concurrent.futures.Future) -> None:
+        with self._lock:
+            self._compute_futures.discard(future)
+
     def _compute_action(self, params: dict[str, Any]) -> dict[str, Any]:
         """The Compute action provider v3, locally: run each task, wait, collect outputs."""
         start_time = _now_iso()
@@ -275,6 +290,9 @@ class LocalBackend(Backend):
         for task in tasks:
             function = self._registry[task["function_id"]]
             future = self._compute_submit(function, *task.get("args", []), **task.get("kwargs", {}))
+            with self._lock:
+                self._compute_futures.add(future)
+            future.add_done_callback(self._forget_compute_future)
             submitted.append((str(uuid.uuid4()), future))
         results: list[dict[str, Any]] = []
         failure: str | None = None

@@ -17,6 +17,10 @@ class ActionRequestRefused(PtychoflowError, ValueError):
     it, the error name Globus Flows uses when an action provider refuses to start."""
 
 
+class RunCancelledError(PtychoflowError, RuntimeError):
+    """A run's compute task was abandoned because the backend was closed with ``cancel``."""
+
+
 class UnknownRunError(PtychoflowError, LookupError):
     """A run id this backend did not start (local runs live only as long as the process)."""
 

@@ -5,14 +5,15 @@ Every call that changes something is appended as one JSON line to a log file
 interleave). That makes the log the backend's own record of what it was asked,
 readable after the process that asked was killed with SIGKILL:
 
-- ``prepare_scan`` -> ``{"event": "prepare", "scan_id": ...}``
+- ``prepare_scan`` -> ``{"event": "prepare", "scan_dir": ...}``
 - ``start_view`` -> ``{"event": "start", "run_id", "label", "tags", "scan_id",
-  "view", "view_file", "scan_folder", "recon", "time", "pid"}``
+  "view" (the view's name, ``view003``), "view_file", "scan_folder", "scan_dir",
+  "recon", "time", "pid"}``
 
 A run "executes" for ``finish_after_s`` seconds from its start record and then
-succeeds, or fails for views listed in ``fail_views`` (the compute stage fails
-with a reason). ``transient_errors=N`` makes the first N ``start_view`` calls of
-this instance raise :class:`flows.launcher.TransientBackendError` before
+succeeds, or fails for views (names such as ``view003``) listed in ``fail_views``
+(the compute stage fails with a reason). ``transient_errors=N`` makes the first N
+``start_view`` calls of this instance raise :class:`flows.launcher.TransientBackendError` before
 anything is recorded; ``reject_views`` makes ``start_view`` refuse those views
 permanently. ``runs_die_with_owner=True`` makes it behave like the local backend
 for recovery (an active run of a dead process is considered dead).
@@ -45,8 +46,8 @@ class RecordingBackend(Backend):
         log_path: pathlib.Path | str,
         *,
         finish_after_s: float = 0.0,
-        fail_views: Iterable[int] = (),
-        reject_views: Iterable[int] = (),
+        fail_views: Iterable[str] = (),
+        reject_views: Iterable[str] = (),
         transient_errors: int = 0,
         runs_die_with_owner: bool = False,
         start_delay_s: float = 0.0,
@@ -64,8 +65,8 @@ class RecordingBackend(Backend):
 
     # -- the Backend protocol ------------------------------------------------------------------
 
-    def prepare_scan(self, scan_id: int) -> None:
-        self._append({"event": "prepare", "scan_id": scan_id, "time": time.time()})
+    def prepare_scan(self, scan_dir: str) -> None:
+        self._append({"event": "prepare", "scan_dir": scan_dir, "time": time.time()})
 
     def start_view(self, request: ViewRequest) -> StartedRun:
         if self.transient_errors > 0:
@@ -86,6 +87,7 @@ class RecordingBackend(Backend):
                 "view": request.view,
                 "view_file": request.view_file,
                 "scan_folder": request.scan_folder,
+                "scan_dir": request.compute_dir,
                 "recon": request.recon,
                 "time": time.time(),
                 "pid": os.getpid(),
@@ -114,7 +116,7 @@ class RecordingBackend(Backend):
         return RunProgress(
             RunStatus.SUCCEEDED,
             stage_seconds=split,
-            output={"files": [f"recon/{record['scan_id']}/{record['view']:03d}.h5"]},
+            output={"files": [f"recon/{record['scan_dir']}/{record['view']}.h5"]},
         )
 
     def find_run(self, request: ViewRequest) -> StartedRun | None:
@@ -126,7 +128,7 @@ class RecordingBackend(Backend):
                 )
         return None
 
-    def close(self) -> None:
+    def close(self, *, cancel: bool = False) -> None:
         self.closed = True
 
     # -- reading the log -----------------------------------------------------------------------

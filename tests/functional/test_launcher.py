@@ -17,8 +17,8 @@ from flows.launcher import (
     make_backend,
 )
 from flows.ledger import Ledger, Owner, ScanState
-from flows.scans import discover_views, parse_views
-from recon.errors import InputError, InputFileNotFound, OptionsError
+from flows.scans import choose_scans, choose_views, parse_selection, view_files
+from recon.errors import InputError, OptionsError
 from tests.functional.recording_backend import RecordingBackend, write_scan, write_view_file
 
 NO_WAIT = RetryPolicy(attempts=3, first_delay_s=0.0)
@@ -49,58 +49,94 @@ def make_launcher(config, ledger, backend, **kwargs):
     return Launcher(config, backend, ledger, **kwargs)
 
 
-def test_parse_views():
-    assert parse_views("0,3-5") == [0, 3, 4, 5]
-    assert parse_views(" 2 , 1,2 ") == [1, 2]
-    with pytest.raises(OptionsError, match="'x'"):
-        parse_views("1,x")
+def test_parse_selection():
+    selection = parse_selection("0,3-5, view009 ")
+    assert selection.ranges == ((0, 0), (3, 5)) and selection.names == ("view009",)
+    assert selection.contains(4) and not selection.contains(6)
+    huge = parse_selection("0-9999999999")  # never expanded
+    assert huge.contains(9999999999)
+    with pytest.raises(OptionsError, match="'x/y'"):
+        parse_selection("1,x/y")
     with pytest.raises(OptionsError, match="backwards"):
-        parse_views("5-3")
+        parse_selection("5-3")
+    with pytest.raises(OptionsError, match="13 digits; at most 12"):
+        parse_selection("0-9999999999999")
 
 
-def test_discover_views_and_its_errors(config):
+def test_view_files_and_choosing_scans(config):
     write_scan(config.acquisition_root, 100, views=3)
     (config.acquisition_root / "recon").mkdir()
-    folder, views = discover_views(config, 100)
-    assert folder.name == "scan100"
-    assert views == [(0, "view000.cxi"), (1, "view001.cxi"), (2, "view002.cxi")]
-    with pytest.raises(InputFileNotFound, match=r"scan 7: no folder .* ids found there: 100"):
-        discover_views(config, 7)
+    assert view_files(config, config.acquisition_root / "scan100") == [
+        "view000.cxi",
+        "view001.cxi",
+        "view002.cxi",
+    ]
     (config.acquisition_root / "scan101").mkdir()
     (config.acquisition_root / "scan101" / "notes.txt").write_text("x")
     with pytest.raises(InputError, match=r"scan101: no view files matching '\*.cxi' .*notes.txt"):
-        discover_views(config, 101)
+        view_files(config, config.acquisition_root / "scan101")
+    write_scan(config.acquisition_root, 300, views=1)
+    choice = choose_scans(config, parse_selection("100-300"))
+    assert [f.name for f in choice.folders] == ["scan100", "scan101", "scan300"]
+    assert choice.missing == ["102-299"] and not choice.missing_explicit
+    choice = choose_scans(config, parse_selection("0-9999999999,7"))
+    assert choice.missing == ["0-99", "102-299", "301-9999999999", "7"]
+    assert choice.missing_explicit
     write_view_file(config.acquisition_root / "flyscan100" / "view000.cxi")
-    with pytest.raises(InputError, match="several folders"):
-        discover_views(config, 100)
+    with pytest.raises(InputError, match=r"several folders .*--scan scan100"):
+        choose_scans(config, parse_selection("100"))
+    both = choose_scans(config, parse_selection("99-100,flyscan100"))
+    assert [f.name for f in both.folders] == ["flyscan100", "scan100"]
+
+
+def test_choose_views_by_position_range_and_name():
+    files = ["view000.cxi", "view001.cxi", "view002.cxi"]
+    assert choose_views(files, parse_selection("0-9999999999"), "scan100") == files
+    assert choose_views(files, parse_selection("2,view000"), "scan100") == [
+        "view000.cxi",
+        "view002.cxi",
+    ]
+    with pytest.raises(InputError, match=r"no view\(s\) 7, view9; this scan has views 0-2"):
+        choose_views(files, parse_selection("7,view9"), "scan100")
 
 
 def test_start_scan_once_then_skips_then_force(config, ledger, tmp_path):
     write_scan(config.acquisition_root, 100, views=3)
     backend = RecordingBackend(tmp_path / "runs.jsonl")
     launcher = make_launcher(config, ledger, backend)
-    outcomes = launcher.start_scan(100, recon_overrides={"iterations": 7}, trigger=Trigger.AUTO)
+    outcomes = launcher.start_scan(
+        "scan100", recon_overrides={"iterations": 7}, trigger=Trigger.AUTO
+    )
     assert [o.action for o in outcomes] == [ViewAction.STARTED] * 3
     starts = backend.starts()
-    assert [s["label"] for s in starts] == ["scan100-v000", "scan100-v001", "scan100-v002"]
-    assert starts[0]["tags"] == ["ptychography", "scan:100", "view:0", "trigger:auto", "attempt:1"]
+    assert [s["label"] for s in starts] == ["scan100-view000", "scan100-view001", "scan100-view002"]
+    assert starts[0]["tags"] == [
+        "ptychography",
+        "scan:100",
+        "folder:scan100",
+        "view:view000",
+        "trigger:auto",
+        "attempt:1",
+    ]
     assert starts[0]["recon"]["iterations"] == 7
     assert [r["event"] for r in backend.records()].count("prepare") == 1
-    rows = ledger.runs(100)
+    rows = ledger.runs("scan100")
     assert all(r.status is RunStatus.ACTIVE and r.run_id for r in rows)
-    assert ledger.scan(100).status is ScanState.SUBMITTED
+    assert ledger.scan("scan100").status is ScanState.SUBMITTED
 
-    again = launcher.start_scan(100)
+    again = launcher.start_scan("scan100")
     assert [o.action for o in again] == [ViewAction.SKIPPED] * 3
     assert len(backend.starts()) == 3
 
-    rows = launcher.wait(100)
+    rows = launcher.wait("scan100")
     assert all(r.status is RunStatus.SUCCEEDED for r in rows)
     assert set(rows[0].stage_seconds) == {"transfer_in", "compute", "transfer_out", "other"}
-    assert launcher.start_scan(100, views=[1])[0].action is ViewAction.SKIPPED
-    forced = launcher.start_scan(100, views=[1], force=True)
+    assert (
+        launcher.start_scan("scan100", views=parse_selection("1"))[0].action is ViewAction.SKIPPED
+    )
+    forced = launcher.start_scan("scan100", views=parse_selection("1"), force=True)
     assert [o.action for o in forced] == [ViewAction.STARTED]
-    assert ledger.get(100, 1).attempt == 2
+    assert ledger.get("scan100", "view001.cxi").attempt == 2
     assert len(backend.starts()) == 4
     assert backend.starts()[-1]["tags"][-1] == "attempt:2", "the forced re-run is attempt 2"
 
@@ -108,18 +144,23 @@ def test_start_scan_once_then_skips_then_force(config, ledger, tmp_path):
 def test_bad_view_file_and_refused_view_fail_while_others_start(config, ledger, tmp_path):
     folder = write_scan(config.acquisition_root, 100, views=4)
     (folder / "view001.cxi").write_bytes(b"\x00not hdf5")
-    backend = RecordingBackend(tmp_path / "runs.jsonl", reject_views=[2], fail_views=[3])
+    backend = RecordingBackend(
+        tmp_path / "runs.jsonl", reject_views=["view002"], fail_views=["view003"]
+    )
     launcher = make_launcher(config, ledger, backend)
-    outcomes = launcher.start_scan(100)
+    outcomes = launcher.start_scan("scan100")
     assert [o.action for o in outcomes] == [
         ViewAction.STARTED,
         ViewAction.FAILED,
         ViewAction.FAILED,
         ViewAction.STARTED,
     ]
-    assert "scan100/view001.cxi: not a readable HDF5/CXI file" in ledger.get(100, 1).error
-    assert "refused by the recording backend" in ledger.get(100, 2).error
-    rows = launcher.wait(100)
+    assert (
+        "scan100/view001.cxi: not a readable HDF5/CXI file"
+        in ledger.get("scan100", "view001.cxi").error
+    )
+    assert "refused by the recording backend" in ledger.get("scan100", "view002.cxi").error
+    rows = launcher.wait("scan100")
     assert [r.status for r in rows] == [
         RunStatus.SUCCEEDED,
         RunStatus.FAILED,
@@ -127,7 +168,7 @@ def test_bad_view_file_and_refused_view_fail_while_others_start(config, ledger, 
         RunStatus.FAILED,
     ]
     assert "reconstruction failed" in rows[3].error
-    assert sorted(s["view"] for s in backend.starts()) == [0, 3]
+    assert sorted(s["view"] for s in backend.starts()) == ["view000", "view003"]
 
 
 def test_view_without_patterns_dataset_is_named(config, ledger, tmp_path):
@@ -137,7 +178,7 @@ def test_view_without_patterns_dataset_is_named(config, ledger, tmp_path):
     with h5py.File(folder / "view000.cxi", "w") as file:
         file["/entry_1/other"] = 1
     launcher = make_launcher(config, ledger, RecordingBackend(tmp_path / "runs.jsonl"))
-    (outcome,) = launcher.start_scan(100)
+    (outcome,) = launcher.start_scan("scan100")
     assert outcome.error == "scan100/view000.cxi: /entry_1/data_1/data is missing"
 
 
@@ -147,7 +188,7 @@ def test_transient_errors_are_retried_with_backoff(config, ledger, tmp_path):
     sleeps = []
     retry = RetryPolicy(attempts=4, first_delay_s=0.25, factor=2.0)
     launcher = make_launcher(config, ledger, backend, retry=retry, sleep=sleeps.append)
-    outcomes = launcher.start_scan(100)
+    outcomes = launcher.start_scan("scan100")
     assert [o.action for o in outcomes] == [ViewAction.STARTED] * 2
     assert sleeps == [0.25, 0.5]
     assert len(backend.starts()) == 2
@@ -157,7 +198,7 @@ def test_transient_errors_exhausted_fail_the_view_only(config, ledger, tmp_path)
     write_scan(config.acquisition_root, 100, views=2)
     backend = RecordingBackend(tmp_path / "runs.jsonl", transient_errors=3)
     launcher = make_launcher(config, ledger, backend)  # 3 attempts
-    outcomes = launcher.start_scan(100)
+    outcomes = launcher.start_scan("scan100")
     assert [o.action for o in outcomes] == [ViewAction.FAILED, ViewAction.STARTED]
     assert "still unavailable after 3 attempts" in outcomes[0].error
 
@@ -172,33 +213,33 @@ def test_transient_error_after_the_run_was_created_adopts_it(config, ledger, tmp
 
     backend = TimesOutAfterStarting(tmp_path / "runs.jsonl")
     launcher = make_launcher(config, ledger, backend)
-    (outcome,) = launcher.start_scan(100)
+    (outcome,) = launcher.start_scan("scan100")
     assert outcome.action is ViewAction.ADOPTED
     assert len(backend.starts()) == 1
-    assert ledger.get(100, 0).run_id == backend.starts()[0]["run_id"]
+    assert ledger.get("scan100", "view000.cxi").run_id == backend.starts()[0]["run_id"]
 
 
 def test_prepare_failure_fails_the_scan_with_its_reason(config, ledger, tmp_path):
     write_scan(config.acquisition_root, 100, views=2)
 
     class NoFolders(RecordingBackend):
-        def prepare_scan(self, scan_id):
-            raise PermissionError(f"mkdir input/{scan_id}: permission denied")
+        def prepare_scan(self, scan_dir):
+            raise PermissionError(f"mkdir input/{scan_dir}: permission denied")
 
     launcher = make_launcher(config, ledger, NoFolders(tmp_path / "runs.jsonl"))
     with pytest.raises(LaunchError, match="permission denied"):
-        launcher.start_scan(100)
-    assert ledger.scan(100).status is ScanState.FAILED
-    assert all(r.status is RunStatus.FAILED for r in ledger.runs(100))
-    assert "input/100 and recon/100" in ledger.get(100, 1).error
+        launcher.start_scan("scan100")
+    assert ledger.scan("scan100").status is ScanState.FAILED
+    assert all(r.status is RunStatus.FAILED for r in ledger.runs("scan100"))
+    assert "input/100 and recon/100" in ledger.get("scan100", "view001.cxi").error
 
 
 def test_scan_without_views_is_recorded(config, ledger, tmp_path):
     (config.acquisition_root / "scan100").mkdir()
     launcher = make_launcher(config, ledger, RecordingBackend(tmp_path / "runs.jsonl"))
     with pytest.raises(InputError, match="an empty folder"):
-        launcher.start_scan(100)
-    assert "no view files" in ledger.scan(100).error
+        launcher.start_scan("scan100")
+    assert "no view files" in ledger.scan("scan100").error
 
 
 def test_concurrency_cap_limits_runs_in_flight(config, ledger, tmp_path):
@@ -206,22 +247,22 @@ def test_concurrency_cap_limits_runs_in_flight(config, ledger, tmp_path):
     write_scan(config.acquisition_root, 100, views=6)
     backend = RecordingBackend(tmp_path / "runs.jsonl", finish_after_s=0.15)
     launcher = make_launcher(config, ledger, backend)
-    launcher.start_scan(100)
-    launcher.wait(100)
+    launcher.start_scan("scan100")
+    launcher.wait("scan100")
     starts = sorted(s["time"] for s in backend.starts())
     # A run occupies its slot for at least finish_after_s: any three consecutive starts
     # must span more than that.
     assert all(starts[i + 2] - starts[i] >= 0.15 for i in range(len(starts) - 2))
-    assert all(r.status is RunStatus.SUCCEEDED for r in ledger.runs(100))
+    assert all(r.status is RunStatus.SUCCEEDED for r in ledger.runs("scan100"))
 
 
 def test_stop_event_interrupts_between_views(config, ledger, tmp_path):
     write_scan(config.acquisition_root, 100, views=3)
     launcher = make_launcher(config, ledger, RecordingBackend(tmp_path / "runs.jsonl"))
     launcher.stop_event.set()
-    outcomes = launcher.start_scan(100)
+    outcomes = launcher.start_scan("scan100")
     assert [o.action for o in outcomes] == [ViewAction.INTERRUPTED] * 3
-    assert ledger.scan(100).status is ScanState.SEEN  # a later start picks it up
+    assert ledger.scan("scan100").status is ScanState.SEEN  # a later start picks it up
 
 
 def _dead_owner() -> Owner:
@@ -238,12 +279,13 @@ def _orphan_rows(config, tmp_path, backend_name, states):
     from flows.backend import ViewRequest
 
     for view, state in states.items():
-        request = ViewRequest(100, view, f"view{view:03d}.cxi", "scan100", {"iterations": 3})
+        name = f"view{view:03d}.cxi"
+        request = ViewRequest(100, name, "scan100", {"iterations": 3}, scan_dir="100")
         dead.claim(request, backend_name)
         if state in ("submitting", "active"):
-            dead.mark_submitting(100, view)
+            dead.mark_submitting("scan100", name)
         if state == "active":
-            dead.mark_started(100, view, StartedRun(f"old-run-{view}"))
+            dead.mark_started("scan100", name, StartedRun(f"old-run-{view}"))
     dead.close()
 
 
@@ -255,19 +297,22 @@ def test_recover_adopts_starts_and_follows(config, ledger, tmp_path):
     # The dead process got view 2 to the backend before it died.
     from flows.backend import ViewRequest
 
-    backend.start_view(ViewRequest(100, 2, "view002.cxi", "scan100", {"iterations": 3}))
+    backend.start_view(
+        ViewRequest(100, "view002.cxi", "scan100", {"iterations": 3}, scan_dir="100")
+    )
     launcher = make_launcher(config, ledger, backend)
-    outcomes = {o.view: o.action for o in launcher.recover()}
+    outcomes = {o.view_file: o.action for o in launcher.recover()}
     assert outcomes == {
-        0: ViewAction.STARTED,
-        1: ViewAction.STARTED,
-        2: ViewAction.ADOPTED,
-        3: ViewAction.ADOPTED,
+        "view000.cxi": ViewAction.STARTED,
+        "view001.cxi": ViewAction.STARTED,
+        "view002.cxi": ViewAction.ADOPTED,
+        "view003.cxi": ViewAction.ADOPTED,
     }
-    assert sorted(s["view"] for s in backend.starts()) == [0, 1, 2]  # nothing doubled
-    assert ledger.get(100, 0).recon == {"iterations": 3}
+    # nothing doubled
+    assert sorted(s["view"] for s in backend.starts()) == ["view000", "view001", "view002"]
+    assert ledger.get("scan100", "view000.cxi").recon == {"iterations": 3}
     assert launcher.recover() == []  # all owned by this live process now
-    assert set(launcher.in_flight) == {(100, 0), (100, 1), (100, 2), (100, 3)}
+    assert set(launcher.in_flight) == {("scan100", f"view00{v}.cxi") for v in range(4)}
 
 
 def test_recover_restarts_active_runs_of_an_in_process_backend(config, ledger, tmp_path):
@@ -276,7 +321,7 @@ def test_recover_restarts_active_runs_of_an_in_process_backend(config, ledger, t
     launcher = make_launcher(config, ledger, backend)
     outcomes = launcher.recover()
     assert [o.action for o in outcomes] == [ViewAction.STARTED] * 2
-    row = ledger.get(100, 0)
+    row = ledger.get("scan100", "view000.cxi")
     assert row.attempt == 2 and row.run_id == backend.starts()[0]["run_id"]
 
 
@@ -284,3 +329,83 @@ def test_make_backend_unknown_name(config):
     config.backend = "carrier-pigeon"
     with pytest.raises(ConfigError, match="'carrier-pigeon' is not known"):
         make_backend(config)
+
+
+# -- identity: a view is its file name, a scan its folder name ------------------------------
+
+
+def test_a_view_arriving_late_runs_once_by_its_name(config, ledger, tmp_path):
+    """view000 sorts first but arrives after view001/view002 ran: it runs, and nothing
+    runs twice (before: view000 never ran and view002 ran twice, all rows 'succeeded')."""
+    folder = config.acquisition_root / "scan100"
+    for name in ("view001.cxi", "view002.cxi"):
+        write_view_file(folder / name)
+    backend = RecordingBackend(tmp_path / "runs.jsonl")
+    launcher = make_launcher(config, ledger, backend)
+    launcher.start_scan("scan100")
+    launcher.wait("scan100")
+    assert launcher.scan_handed_over("scan100")
+
+    write_view_file(folder / "view000.cxi")
+    assert not launcher.scan_handed_over("scan100")  # the watcher hands it over again
+    outcomes = {o.view_file: o.action for o in launcher.start_scan("scan100")}
+    assert outcomes == {
+        "view000.cxi": ViewAction.STARTED,
+        "view001.cxi": ViewAction.SKIPPED,
+        "view002.cxi": ViewAction.SKIPPED,
+    }
+    rows = launcher.wait("scan100")
+    assert launcher.scan_handed_over("scan100")
+    labels = [s["label"] for s in backend.starts()]
+    assert sorted(labels) == ["scan100-view000", "scan100-view001", "scan100-view002"]
+    assert {r.view_file: r.status for r in rows} == {
+        f"view00{v}.cxi": RunStatus.SUCCEEDED for v in range(3)
+    }
+    assert [s["view_file"] for s in backend.starts()] == [
+        "view001.cxi",
+        "view002.cxi",
+        "view000.cxi",
+    ]
+
+
+def test_folders_sharing_an_id_both_run_into_their_own_folders(config, ledger, tmp_path):
+    write_scan(config.acquisition_root, 1700, views=1)
+    backend = RecordingBackend(tmp_path / "runs.jsonl")
+    launcher = make_launcher(config, ledger, backend)
+    launcher.start_scan("scan1700")
+    fly = config.acquisition_root / "flyscan1700"
+    write_view_file(fly / "view000.cxi")
+    (fly / "scan.done").touch()
+    assert not launcher.scan_handed_over("flyscan1700")  # not "handed over already"
+    (outcome,) = launcher.start_scan("flyscan1700")
+    assert outcome.action is ViewAction.STARTED
+    assert [r["scan_dir"] for r in backend.records() if r["event"] == "prepare"] == [
+        "1700",
+        "flyscan1700",
+    ]
+    starts = {s["label"]: s["scan_dir"] for s in backend.starts()}
+    assert starts == {"scan1700-view000": "1700", "flyscan1700-view000": "flyscan1700"}
+
+
+def test_a_folder_with_the_same_id_never_rewrites_the_others_rows(config, ledger, tmp_path):
+    write_scan(config.acquisition_root, 100, views=2)
+    launcher = make_launcher(config, ledger, RecordingBackend(tmp_path / "runs.jsonl"))
+    launcher.start_scan("scan100")
+    (config.acquisition_root / "scan00100").mkdir()  # empty: fails as a whole
+    with pytest.raises(InputError, match="no view files"):
+        launcher.start_scan("scan00100")
+    assert ledger.scan("scan100").status is ScanState.SUBMITTED
+    assert ledger.scan("scan100").error is None
+    assert all(r.status is RunStatus.ACTIVE for r in ledger.runs("scan100"))
+    assert ledger.scan("scan00100").status is ScanState.FAILED
+
+
+def test_a_scan_id_with_too_many_digits_is_recorded_as_failed(config, ledger, tmp_path):
+    name = "scan99999999999999999999"
+    write_view_file(config.acquisition_root / name / "view000.cxi")
+    launcher = make_launcher(config, ledger, RecordingBackend(tmp_path / "runs.jsonl"))
+    with pytest.raises(InputError, match=f"{name}: its scan id has 20 digits; at most 12"):
+        launcher.start_scan(name)
+    record = ledger.scan(name)
+    assert record.status is ScanState.FAILED and record.scan_id is None
+    assert launcher.scan_handed_over(name)  # not retried on every sight

@@ -74,7 +74,6 @@ def threads():
 def view_request(view, **recon):
     return ViewRequest(
         scan_id=SCAN_ID,
-        view=view,
         view_file=f"view{view:03d}.cxi",
         scan_folder=f"scan{SCAN_ID}",
         recon={"iterations": 3, **recon},
@@ -135,7 +134,7 @@ def test_compute_failure_is_caught_and_reported_with_the_functions_message(confi
 def test_missing_view_file_fails_transfer_in_naming_the_path(config, threads):
     backend = LocalBackend(config, threads.submit, {FUNCTION_ID: summarise_view})
     try:
-        request = ViewRequest(SCAN_ID, 7, "view007.cxi", "scan100", {})
+        request = ViewRequest(SCAN_ID, "view007.cxi", "scan100", {})
         result = backend.wait(backend.start_view(request).run_id, timeout=30)
     finally:
         backend.close()

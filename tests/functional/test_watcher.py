@@ -69,13 +69,15 @@ def test_scans_are_started_once_incomplete_ones_wait_corrupt_ones_fail(setup, po
         wait_until(lambda: len(rows_with_runs(ledger_path, 104)) == 1, what="scan104 started")
         wait_until(lambda: len(rows_with_runs(ledger_path, 100)) == 2, what="scan100 started")
         ledger = Ledger(ledger_path)
-        wait_until(lambda: ledger.scan(103) is not None, what="scan103 recorded")
-        assert "no view files" in ledger.scan(103).error
-        assert ledger.scan(103).status is ScanState.FAILED
-        bad = ledger.get(102, 1)
+        wait_until(lambda: ledger.scan("scan103") is not None, what="scan103 recorded")
+        assert "no view files" in ledger.scan("scan103").error
+        assert ledger.scan("scan103").status is ScanState.FAILED
+        bad = ledger.get("scan102", "view001.cxi")
         assert bad.status is RunStatus.FAILED
         assert "scan102/view001.cxi: not a readable HDF5/CXI file" in bad.error
-        assert ledger.get(102, 0).run_id  # the readable view of that scan still ran
+        assert ledger.get(
+            "scan102", "view000.cxi"
+        ).run_id  # the readable view of that scan still ran
         time.sleep(0.5)
         assert ledger.runs(101) == []  # no marker yet: not started
 
@@ -85,7 +87,7 @@ def test_scans_are_started_once_incomplete_ones_wait_corrupt_ones_fail(setup, po
         wait_until(
             lambda: ledger.counts()[RunStatus.SUCCEEDED] == 6, what="runs recorded as succeeded"
         )
-        watcher.wait_for_line("scan101-v001 started: run")
+        watcher.wait_for_line("scan101-view001 started: run")
         watcher.signal(signal.SIGTERM)
         assert watcher.wait() == 0
         watcher.wait_for_line("watcher stopped")
@@ -93,12 +95,12 @@ def test_scans_are_started_once_incomplete_ones_wait_corrupt_ones_fail(setup, po
 
     labels = started_labels(log_path)
     assert sorted(labels) == [
-        "scan100-v000",
-        "scan100-v001",
-        "scan101-v000",
-        "scan101-v001",
-        "scan102-v000",
-        "scan104-v000",
+        "scan100-view000",
+        "scan100-view001",
+        "scan101-view000",
+        "scan101-view001",
+        "scan102-view000",
+        "scan104-view000",
     ]
     assert set(labels.values()) == {1}
 
@@ -116,7 +118,7 @@ def test_burst_of_50_scans_within_a_second_each_started_once(setup):
         watcher.signal(signal.SIGINT)
         assert watcher.wait() == 0
     labels = started_labels(log_path)
-    assert sorted(labels) == [f"scan{i}-v000" for i in range(200, 250)]
+    assert sorted(labels) == [f"scan{i}-view000" for i in range(200, 250)]
     assert set(labels.values()) == {1}
 
 
@@ -158,4 +160,4 @@ def test_settle_mode_waits_for_replay_to_finish_writing(tmp_path):
         assert watcher.wait() == 0
     starts = [r for r in read_log(log_path) if r["event"] == "start"]
     assert all(r["time"] >= finished_writing for r in starts)
-    assert {r["label"] for r in starts} == {"scan300-v000", "scan300-v001"}
+    assert {r["label"] for r in starts} == {"scan300-view000", "scan300-view001"}

@@ -44,7 +44,7 @@ def test_sigkill_mid_burst_then_restart_gives_exactly_one_run_per_view(tmp_path)
     for scan_id in LATE_SCANS:
         write_scan(root, scan_id, views=VIEWS)
 
-    expected = {f"scan{s}-v{v:03d}" for s in (*SCANS, *LATE_SCANS) for v in range(VIEWS)}
+    expected = {f"scan{s}-view{v:03d}" for s in (*SCANS, *LATE_SCANS) for v in range(VIEWS)}
     with WatcherProcess(config, log_path) as second:
         wait_until(lambda: len(starts(log_path)) >= len(expected), what="all views started")
         second.wait_for_line("scan424: 3 started")  # its summary line

@@ -30,9 +30,7 @@ FLOWS_ACTION_ERRORS = ("ActionUnableToRun", "ActionFailedException", "ActionTime
 
 
 def sample_input(**recon):
-    request = ViewRequest(
-        scan_id=100, view=3, view_file="view003.cxi", scan_folder="scan100", recon=recon
-    )
+    request = ViewRequest(scan_id=100, view_file="view003.cxi", scan_folder="scan100", recon=recon)
     return build_flow_input(
         request,
         acquisition_collection="11111111-1111-1111-1111-111111111111",
@@ -201,7 +199,7 @@ def test_build_flow_input_joins_paths_for_both_sides():
     assert function["output_dir"] == "/eagle/project/ptycho/recon/100"
     assert function["view_name"] == "view003"
     assert flow_input["recon"] == ReconOptions(iterations=7).to_dict()
-    assert flow_input["label"] == "ptychoflow scan100-v003"
+    assert flow_input["label"] == "ptychoflow scan100-view003"
     validate_flow_input(flow_input)
 
 

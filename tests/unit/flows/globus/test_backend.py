@@ -26,7 +26,6 @@ RUN_ID = "7c1d9a3e-5b2f-4e8a-9c0d-1e2f3a4b5c6d"
 
 REQUEST = ViewRequest(
     scan_id=100,
-    view=3,
     view_file="view003.cxi",
     scan_folder="scan100",
     recon={"iterations": 10},
@@ -149,8 +148,15 @@ def test_start_view_sends_input_label_tags_monitors(backend):
     assert started == StartedRun(run_id=RUN_ID, web_url=f"https://app.globus.org/runs/{RUN_ID}")
     body = last_json_body()
     assert body["body"] == {"input": {"scan_id": 100, "view_file": "view003.cxi"}}
-    assert body["label"] == "scan100-v003"
-    assert body["tags"] == ["ptychography", "scan:100", "view:3", "trigger:auto", "attempt:1"]
+    assert body["label"] == "scan100-view003"
+    assert body["tags"] == [
+        "ptychography",
+        "scan:100",
+        "folder:scan100",
+        "view:view003",
+        "trigger:auto",
+        "attempt:1",
+    ]
     assert body["run_monitors"] == [MONITOR]
     assert body["run_managers"] == [MANAGER]
 
@@ -162,7 +168,7 @@ def test_start_view_missing_scope_says_to_log_in(config, mocked_responses):
     with pytest.raises(GlobusAuthorizationError) as caught:
         backend.start_view(REQUEST)
     assert "ptychoflow login" in str(caught.value)
-    assert "scan100-v003" in str(caught.value)
+    assert "scan100-view003" in str(caught.value)
 
 
 def test_start_view_service_unavailable_is_transient(backend, mocked_responses):
@@ -365,14 +371,14 @@ def run_summary(run_id: str, label: str, tags: list[str], start: str) -> dict:
 def test_find_run_adopts_the_newest_matching_run(backend):
     tags = REQUEST.tags
     runs = [
-        run_summary("older", "scan100-v003", tags, "2025-03-01T10:00:00+00:00"),
-        run_summary("newest", "scan100-v003", tags, "2025-03-01T11:00:00+00:00"),
+        run_summary("older", "scan100-view003", tags, "2025-03-01T10:00:00+00:00"),
+        run_summary("newest", "scan100-view003", tags, "2025-03-01T11:00:00+00:00"),
         # Substring matches of the label, other views and other scans are not adopted.
-        run_summary("other-view", "scan100-v0031", tags, "2025-03-01T12:00:00+00:00"),
+        run_summary("other-view", "scan100-view0031", tags, "2025-03-01T12:00:00+00:00"),
         run_summary(
             "wrong-tags",
-            "scan100-v003",
-            ["ptychography", "scan:1000", "view:3"],
+            "scan100-view003",
+            ["ptychography", "scan:1000", "folder:scan1000", "view:view003"],
             "2025-03-01T12:00:00+00:00",
         ),
     ]
@@ -394,7 +400,7 @@ def test_find_run_adopts_the_newest_matching_run(backend):
     assert found == StartedRun(run_id="newest", web_url="https://app.globus.org/runs/newest")
     first, second = sent_requests()
     assert f"filter_flow_id={FLOW_ID}" in first.path_url
-    assert "filter_label=scan100-v003" in first.path_url
+    assert "filter_label=scan100-view003" in first.path_url
     assert "marker=page-2" in second.path_url
 
 

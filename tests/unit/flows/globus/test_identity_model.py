@@ -183,7 +183,7 @@ def make_backend(config) -> GlobusBackend:
 
 
 REQUEST = ViewRequest(
-    scan_id=100, view=3, view_file="view003.cxi", scan_folder="scan100", recon={}, attempt=2
+    scan_id=100, view_file="view003.cxi", scan_folder="scan100", recon={}, attempt=2
 )
 
 
@@ -214,15 +214,22 @@ def test_runs_are_tagged_with_their_attempt_and_find_run_ignores_other_attempts(
 
     earlier = {
         "run_id": "11111111-5b2f-4e8a-9c0d-1e2f3a4b5c6d",
-        "label": "scan100-v003",
-        "tags": ["ptychography", "scan:100", "view:3", "trigger:manual", "attempt:1"],
+        "label": "scan100-view003",
+        "tags": [
+            "ptychography",
+            "scan:100",
+            "folder:scan100",
+            "view:view003",
+            "trigger:manual",
+            "attempt:1",
+        ],
         "start_time": "2025-03-01T10:00:00+00:00",
     }
     RegisteredResponse(
         service="flows", path="/runs", json={"runs": [earlier], "has_next_page": False}
     ).add()
     assert make_backend(config).find_run(REQUEST) is None, "attempt 1's run is not attempt 2's"
-    first = ViewRequest(100, 3, "view003.cxi", "scan100", {}, Trigger.MANUAL, attempt=1)
+    first = ViewRequest(100, "view003.cxi", "scan100", {}, Trigger.MANUAL, attempt=1)
     assert make_backend(config).find_run(first) == StartedRun(
         earlier["run_id"], f"https://app.globus.org/runs/{earlier['run_id']}"
     )
@@ -244,15 +251,15 @@ def test_an_inactive_run_shows_its_reason_and_fix_and_resume_continues_it(
 ):
     ledger = Ledger(config.ledger)
     ledger.claim(REQUEST, "globus")
-    ledger.mark_submitting(100, 3)
-    ledger.mark_started(100, 3, StartedRun(RUN_ID))
+    ledger.mark_submitting("scan100", "view003.cxi")
+    ledger.mark_started("scan100", "view003.cxi", StartedRun(RUN_ID))
     backend = make_backend(config)
     RegisteredResponse(service="flows", path=f"/runs/{RUN_ID}", json=INACTIVE_RUN).add()
     RegisteredResponse(
         service="flows", path=f"/runs/{RUN_ID}/log", json={"entries": [], "has_next_page": False}
     ).add()
 
-    row = ledger.update_progress(100, 3, backend.poll(RUN_ID))
+    row = ledger.update_progress("scan100", "view003.cxi", backend.poll(RUN_ID))
     assert row.status is RunStatus.INACTIVE
     assert "ConsentRequired" in (row.error or "")
     assert "ptychoflow login" in (row.error or "") and "ptychoflow resume" in (row.error or "")
@@ -278,8 +285,8 @@ def test_an_inactive_run_shows_its_reason_and_fix_and_resume_continues_it(
     assert code == 0
     resumed = [r for r in sent_requests() if r.path_url == f"/runs/{RUN_ID}/resume"]
     assert len(resumed) == 1 and resumed[0].method == "POST"
-    assert "scan100-v003: active" in capsys.readouterr().out
-    row = Ledger(config.ledger).get(100, 3)
+    assert "scan100-view003: active" in capsys.readouterr().out
+    row = Ledger(config.ledger).get("scan100", "view003.cxi")
     assert row is not None and row.status is RunStatus.ACTIVE and row.error is None
 
 

@@ -87,14 +87,14 @@ def test_a_503_on_start_is_retried_by_the_launcher_and_the_run_starts(setup, moc
         service="flows",
         path=f"/flows/{FLOW_ID}/run",
         method="POST",
-        json={"run_id": RUN_ID, "status": "ACTIVE", "label": "scan100-v000"},
+        json={"run_id": RUN_ID, "status": "ACTIVE", "label": "scan100-view000"},
     ).add()
 
-    (outcome,) = launcher.start_scan(100, trigger=Trigger.AUTO)
+    (outcome,) = launcher.start_scan("scan100", trigger=Trigger.AUTO)
 
     assert outcome.action is ViewAction.STARTED
     assert outcome.run_id == RUN_ID
-    row = ledger.get(100, 0)
+    row = ledger.get("scan100", "view000.cxi")
     assert row is not None and row.status is RunStatus.ACTIVE and row.run_id == RUN_ID
     # Two POSTs: the 503 (the SDK did not retry it by itself) and the launcher's retry,
     # after it looked for a run the first POST might have started.
@@ -115,16 +115,18 @@ def test_a_network_error_while_polling_keeps_the_row_active(setup, mocked_respon
         method="POST",
         json={"run_id": RUN_ID, "status": "ACTIVE"},
     ).add()
-    launcher.start_scan(100)
+    launcher.start_scan("scan100")
 
     # Nothing registered for GET /runs/<id>: the connection is refused, as on a dead network.
     launcher.refresh()
 
-    row = ledger.get(100, 0)
+    row = ledger.get("scan100", "view000.cxi")
     assert row is not None
     assert row.status is RunStatus.ACTIVE, row.error
     assert row.error is None
-    assert launcher.in_flight == {(100, 0): RUN_ID}, "still followed; the next poll may succeed"
+    assert launcher.in_flight == {("scan100", "view000.cxi"): RUN_ID}, (
+        "still followed; the next poll may succeed"
+    )
 
     RegisteredResponse(
         service="flows", path=f"/runs/{RUN_ID}", json={"run_id": RUN_ID, "status": "SUCCEEDED"}
@@ -133,5 +135,5 @@ def test_a_network_error_while_polling_keeps_the_row_active(setup, mocked_respon
         service="flows", path=f"/runs/{RUN_ID}/log", json={"entries": [], "has_next_page": False}
     ).add()
     launcher.refresh()
-    row = ledger.get(100, 0)
+    row = ledger.get("scan100", "view000.cxi")
     assert row is not None and row.status is RunStatus.SUCCEEDED

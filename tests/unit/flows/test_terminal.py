@@ -1,0 +1,34 @@
+"""Control characters never reach a terminal or a log line raw."""
+
+from __future__ import annotations
+
+import logging
+
+from flows.terminal import PrintableFormatter, printable
+
+
+def test_printable_escapes_c0_c1_del_and_bidi_controls():
+    assert printable("scan100/view000.cxi") == "scan100/view000.cxi"
+    assert printable("a\x1b[2Jb") == "a\\x1b[2Jb"
+    assert printable("x\ny\tz\r") == "x\\ny\\tz\\r"
+    assert printable("\x00\x7f\x9b\x85") == "\\x00\\x7f\\x9b\\x85"
+    assert printable("abc\u202edef") == "abc\\u202edef"  # right-to-left override
+    assert printable("Å-grün-λ") == "Å-grün-λ"  # letters stay as they are
+    assert printable("bad\udcff") == "bad\\xff"  # an undecodable byte of a file name
+
+
+def test_log_lines_are_escaped_message_and_traceback_alike():
+    formatter = PrintableFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord(
+        "ptychoflow", logging.ERROR, __file__, 1, "%s: failed", ("scan\x1b]0;pwned\x07",), None
+    )
+    assert formatter.format(record) == "ERROR scan\\x1b]0;pwned\\x07: failed"
+    try:
+        raise ValueError("view\x1b[31m.cxi")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    text = formatter.format(record)
+    assert "\x1b" not in text and "view\\x1b[31m.cxi" in text
+    assert "\nTraceback" in text  # line breaks of the traceback kept
