@@ -14,7 +14,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", help="view file: .cxi/.h5, or .npz/.npz.bz2 (test data format)")
     parser.add_argument(
-        "-o", "--output", required=True, help="result file to write (HDF5, e.g. out/view000.h5)"
+        "-o",
+        "--output",
+        required=True,
+        help="result file to write (ending in .h5/.hdf5, e.g. out/view000.h5), or a folder "
+        "(existing, or ending in /) that gets <input stem>.h5; never the input, and an "
+        "existing file there is replaced only when it is a ptychoflow result",
     )
     parser.add_argument(
         "--iterations", type=int, default=None, help="solver iterations (default 100)"
@@ -42,18 +47,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="array backend (default auto: CuPy when a GPU is usable)",
     )
+    parser.add_argument(
+        "--memory-limit",
+        default=None,
+        metavar="SIZE",
+        help="refuse views estimated to need more memory than this (e.g. 32GiB; default "
+        "$PTYCHOFLOW_MEMORY_LIMIT, else the memory available)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import signal
     import sys
+    import threading
 
     from tqdm import tqdm
 
     from recon.api import reconstruct_file
+    from recon.memory import parse_bytes
     from recon.options import ReconOptions
+
+    memory_limit = None
+    if args.memory_limit is not None:
+        memory_limit = parse_bytes(args.memory_limit, "--memory-limit")
 
     changes = {
         "iterations": args.iterations,
@@ -78,9 +97,20 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"cost {cost:.4g}, {seconds * 1000:.0f} ms/it", refresh=False)
         bar.update(1)
 
+    def interrupted(signum: int, frame: object) -> None:
+        # SIGTERM (systemd, kill, a batch system) unwinds like Ctrl-C: temporary files
+        # are removed on the way out instead of being left half-written.
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupted) if in_main_thread else None
     try:
-        summary = reconstruct_file(args.input, args.output, options, progress=progress)
+        summary = reconstruct_file(
+            args.input, args.output, options, progress=progress, memory_limit=memory_limit
+        )
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         bar.close()
     print(
         f"wrote {summary['output']} and {summary['preview']} "

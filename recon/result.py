@@ -14,12 +14,14 @@ Layout of ``<view>.h5`` (the data contract in ``DESIGN.md``):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import json
 import math
 import os
 import pathlib
+import tempfile
 from typing import Any
 
 import h5py
@@ -66,6 +68,7 @@ def write_result(
     timings: dict[str, float],
     backend: str,
     extra_attrs: dict[str, Any] | None = None,
+    mode: int | None = None,
 ) -> tuple[pathlib.Path, pathlib.Path]:
     """Write the result file (atomically: a temporary file beside it, then a rename)
     and its PNG preview ``<stem>.png``. Arrays must be on the host (NumPy).
@@ -74,6 +77,8 @@ def write_result(
     cost : (N_ITER,) floats; positions : (N_POS, 2) (row, col) object pixels.
     extra_attrs : more attributes; strings and numbers are stored as they are,
         anything else as JSON (and decoded again by :func:`read_result`).
+    mode : permission bits of both files (default: 0600 for the result, the umask's
+        default for the preview).
 
     Returns (h5_path, png_path).
     """
@@ -115,9 +120,9 @@ def write_result(
         for name, value in attributes.items():
             handle.attrs[name] = value
 
-    write_hdf5_atomically(path, fill)
+    write_hdf5_atomically(path, fill, mode=mode)
     probe_shape = probe.shape[-2:]
-    png_path = save_preview(path.with_suffix(".png"), object_, positions, probe_shape)
+    png_path = save_preview(path.with_suffix(".png"), object_, positions, probe_shape, mode=mode)
     return path, png_path
 
 
@@ -166,6 +171,7 @@ def save_preview(
     object: np.ndarray,
     positions: np.ndarray | None = None,
     probe_shape: tuple[int, int] | None = None,
+    mode: int | None = None,
 ) -> pathlib.Path:
     """Save a PNG with the object's phase (left) and amplitude (right).
 
@@ -173,6 +179,8 @@ def save_preview(
     ``probe_shape`` the image is cropped to the scanned region. The global phase is
     removed first; each panel's grey scale spans its 1st..99th percentile, written in
     the label above it ("phase -1.2 to 1.3 rad", "amplitude 0.61 to 1.02").
+    Written to a temporary file beside it (removed on any failure) and renamed into
+    place; ``mode``: its permission bits (default: what the umask allows, 0644 usually).
     """
     png_path = pathlib.Path(png_path)
     object_ = np.asarray(object)
@@ -207,10 +215,26 @@ def save_preview(
         canvas.paste(image, (x, PREVIEW_GAP + PREVIEW_LABEL_HEIGHT))
         x += image.width + PREVIEW_GAP
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    temp_path = png_path.with_name(f".{png_path.name}.tmp")
-    canvas.save(temp_path, format="PNG")
-    os.replace(temp_path, png_path)
+    descriptor, temp_name = tempfile.mkstemp(
+        dir=png_path.parent, prefix=f".{png_path.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as temp_file:
+            canvas.save(temp_file, format="PNG")
+        os.chmod(temp_name, _default_file_mode() if mode is None else mode)
+        os.replace(temp_name, png_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
     return png_path
+
+
+def _default_file_mode() -> int:
+    """What ``open(..., "w")`` would give a new file: 0666 less the umask."""
+    from recon.output_path import current_umask
+
+    return 0o666 & ~current_umask()
 
 
 def _to_grey(values: np.ndarray) -> tuple[np.ndarray, float, float]:
