@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -33,6 +34,25 @@ def read_state(path):
     document = json.loads(path.read_text())
     assert document["format"] == "ptychoflow-gpu-lock/1"
     return document["gpus"]
+
+
+def running(*command: str) -> subprocess.Popen:
+    """Start ``command`` and return once it runs it (its /proc cmdline is ``command``'s):
+    before that a forked child still shows its parent's command line."""
+    proc = subprocess.Popen(list(command))
+    expected = "\0".join(command).encode()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if pathlib.Path(f"/proc/{proc.pid}/cmdline").read_bytes().rstrip(b"\0") == expected:
+                return proc
+        except OSError:
+            return proc  # no /proc: nothing to wait for
+        time.sleep(0.01)
+    return proc
+
+
+PYTHON_SLEEPER = (sys.executable, "-c", "import time; time.sleep(30)")
 
 
 def dead_pid() -> int:
@@ -100,7 +120,7 @@ def test_reused_pid_with_other_start_time_is_reclaimed(state_path):
 
 
 def test_live_other_process_is_not_reclaimed(state_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    holder = running(*PYTHON_SLEEPER)
     try:
         start = process_start_time(holder.pid)
         state_path.write_text(json.dumps({"0": {"pid": holder.pid, "start": start}}))
@@ -336,7 +356,7 @@ def test_lock_descriptor_is_not_inherited(state_path):
 def test_live_process_that_is_not_a_claimant_does_not_hold_a_gpu(state_path):
     """A recorded PID whose process runs something else (`sleep`), with its real start
     time: the claim used to keep the GPU busy for the whole wait (3600 s)."""
-    stranger = subprocess.Popen(["sleep", "60"])
+    stranger = running("sleep", "60")
     try:
         start = process_start_time(stranger.pid)
         if start is None:
@@ -353,7 +373,7 @@ def test_live_process_that_is_not_a_claimant_does_not_hold_a_gpu(state_path):
 
 def test_unverifiable_or_foreign_user_claims_are_reclaimed(state_path):
     """A live Python claimant, but the claim lacks its start time or names another uid."""
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    holder = running(*PYTHON_SLEEPER)
     try:
         start = process_start_time(holder.pid)
         if start is None:
