@@ -39,7 +39,7 @@ def reconstruct_view(
         Stem of the result file; default the input file's stem (``view003``).
     gpu_lock_path
         The node-local GPU lock file; default ``$PTYCHOFLOW_GPU_LOCK`` or
-        ``/dev/shm/availgpus``.
+        ``/dev/shm/availgpus``. Another path must lie under the allowed roots.
 
     Returns
     -------
@@ -78,7 +78,7 @@ def reconstruct_view(
     import time
 
     from functions.allowed_roots import allowed_roots, confined
-    from functions.gpu_lock import GpuPool, choose_gpu_count
+    from functions.gpu_lock import DEFAULT_STATE_PATH, STATE_PATH_ENV, GpuPool, choose_gpu_count
     from recon.backend import is_cupy, resolve_backend
     from recon.cxi import peek_view_shape
     from recon.errors import InputError, OptionsError
@@ -102,6 +102,11 @@ def reconstruct_view(
     roots = allowed_roots()
     source = confined(input_path, "input", roots)
     output_folder = confined(output_dir, "output folder", roots)
+    configured_lock = os.environ.get(STATE_PATH_ENV) or DEFAULT_STATE_PATH
+    if gpu_lock_path is not None and os.path.abspath(gpu_lock_path) != os.path.abspath(
+        configured_lock
+    ):
+        confined(gpu_lock_path, "GPU lock file", roots)  # a caller may not pick any file
 
     # The view's size, cheaply: only the dataset's shape is read.
     shape = peek_view_shape(source, label)

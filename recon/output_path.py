@@ -70,7 +70,7 @@ def is_ptychoflow_result(path: pathlib.Path) -> bool:
             return False
         with h5py.File(path, "r") as handle:
             return RESULT_MARKER_ATTRIBUTE in handle.attrs and "object" in handle
-    except (OSError, RuntimeError, ValueError):
+    except (OSError, RuntimeError, ValueError, KeyError):  # not HDF5, damaged, unreadable
         return False
 
 

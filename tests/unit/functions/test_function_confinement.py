@@ -192,3 +192,18 @@ def test_read_only_output_folder_is_found_before_the_reconstruction(tmp_path):
         assert str(locked) in run.stdout and "before reconstructing" in run.stdout
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_gpu_lock_path_outside_the_roots_is_refused(site, monkeypatch):
+    """The function's gpu_lock_path argument cannot make it create a file anywhere."""
+    root, outside, view = site
+    target = outside / "authorized_keys"
+    with pytest.raises(PathNotAllowedError, match="GPU lock file"):
+        reconstruct_view(str(view), str(root / "recon" / "100"), recon=CPU,
+                         gpu_lock_path=str(target))  # fmt: skip
+    assert not target.exists()
+    # The endpoint's own setting is trusted: the operator chose it.
+    monkeypatch.setenv("PTYCHOFLOW_GPU_LOCK", str(outside / "availgpus"))
+    summary = reconstruct_view(str(view), str(root / "recon" / "100"), recon=CPU,
+                               gpu_lock_path=str(outside / "availgpus"))  # fmt: skip
+    assert summary["gpus"] == []
