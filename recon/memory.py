@@ -4,11 +4,13 @@ A translation a metre off (an object of 10^8 x 10^8 pixels) or a sparse HDF5 dat
 with a huge declared shape must end in a clear refusal that names the number and the
 limit, not in a ``MemoryError`` (or the kernel's OOM killer) after minutes.
 
-The estimate is a model fitted to measured peaks (``bench/recon.py``, NumPy solver):
-516x128x128 patterns peak at 341 MiB and 1800x128x128 at 1.15 GiB, about ten float32
-copies of the patterns (the counts as read, as float32, shifted, far fields, intensities,
-work arrays). The object side (object, gradients, CG directions, double-precision
-accumulators) is bounded by :data:`BYTES_PER_OBJECT_PIXEL`.
+The estimate is a model fitted to measured peaks of the NumPy solver (peak RSS less the
+40 MiB of the interpreter and imports): the Siemens star, 516x128x128, peaks at 455 MiB
+(model: 485 MiB); a simulated 1000x128x128 view at 853 MiB (model: 887 MiB)
+(``bench/memory_estimate.py``). That is a fixed 40 MiB plus about twelve float32 copies
+of the patterns (the counts as read, as float32, shifted,
+far fields, intensities, work arrays) plus the object side (object, gradients, CG
+directions, double-precision accumulators), bounded by :data:`BYTES_PER_OBJECT_PIXEL`.
 
 The limit is ``PTYCHOFLOW_MEMORY_LIMIT`` (bytes, or with a unit: ``64GiB``, ``500MB``)
 when set, else the memory the kernel reports as available (``MemAvailable`` in
@@ -26,10 +28,13 @@ from recon.errors import InputTooLargeError, OptionsError
 #: Environment variable holding the memory limit.
 MEMORY_LIMIT_ENV = "PTYCHOFLOW_MEMORY_LIMIT"
 
-#: Bytes per diffraction-pattern pixel over the whole reconstruction (ten float32 copies).
-BYTES_PER_PATTERN_PIXEL = 40
+#: Bytes per diffraction-pattern pixel over the whole reconstruction (twelve float32 copies).
+BYTES_PER_PATTERN_PIXEL = 48
 #: Bytes per object pixel: complex64 object and CG vectors, complex128 accumulators.
 BYTES_PER_OBJECT_PIXEL = 128
+#: Work space any reconstruction needs whatever its size (FFT plans, chunk buffers):
+#: a 256x64x64 view peaks at 92 MiB where its patterns and object explain 55.
+FIXED_OVERHEAD_BYTES = 40 * 2**20
 #: Extra pixels around the scanned area (the loaders' and the solver's margins).
 OBJECT_MARGIN_PIXELS = 4
 
@@ -121,8 +126,10 @@ def estimate_reconstruction_bytes(
     float32 copies) and the object-sized arrays. A float: it may exceed any int64."""
     pattern_pixels = float(n_patterns) * detector_shape[0] * detector_shape[1]
     object_pixels = float(object_shape[0]) * float(object_shape[1])
-    return pattern_pixels * (BYTES_PER_PATTERN_PIXEL + data_itemsize) + (
-        object_pixels * BYTES_PER_OBJECT_PIXEL
+    return (
+        FIXED_OVERHEAD_BYTES
+        + pattern_pixels * (BYTES_PER_PATTERN_PIXEL + data_itemsize)
+        + object_pixels * BYTES_PER_OBJECT_PIXEL
     )
 
 
