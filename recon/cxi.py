@@ -31,6 +31,7 @@ import numpy as np
 
 from recon.backend import COMPLEX, REAL
 from recon.errors import InputError, InputFileNotFound
+from recon.memory import check_memory
 from recon.scan import ScanData
 
 #: Planck constant times the speed of light, in joule metres (exact SI values).
@@ -107,12 +108,19 @@ def load_cxi(path: str | os.PathLike[str], *, memory_limit: int | None = None) -
     with handle:
         data_item = _dataset(path, handle, DATA_PATH)
         _check_data_shape(data_item, str(path), DATA_PATH)
+        n_patterns, height, width = (int(n) for n in data_item.shape)
+        # The patterns alone must fit before even the positions are read (they are as
+        # many), then the positions' shape must match before they are read.
+        _check_positions_fit(
+            path, np.zeros((1, 2)), (n_patterns, height, width), data_item.dtype.itemsize,
+            memory_limit,
+        )  # fmt: skip
+        _check_translation_shape(path, _dataset(path, handle, TRANSLATION_PATH).shape, n_patterns)
         translation = _read_dataset(path, handle, TRANSLATION_PATH)
         distance = _read_scalar(path, handle, DISTANCE_PATH)
         x_pixel = _read_scalar(path, handle, X_PIXEL_SIZE_PATH)
         y_pixel = _read_scalar(path, handle, Y_PIXEL_SIZE_PATH)
         energy = _read_scalar(path, handle, ENERGY_PATH)
-        n_patterns, height, width = (int(n) for n in data_item.shape)
         positions_m = _translation_rows_cols(path, translation, n_patterns)
         wavelength = wavelength_from_energy(energy)
         row_pixel = wavelength * distance / (height * y_pixel)
@@ -190,8 +198,6 @@ def _check_positions_fit(
 ) -> None:
     """Refuse non-finite positions, and a view whose estimated memory (patterns from the
     dataset's shape and dtype, object from the positions' extent) exceeds the limit."""
-    from recon.memory import check_memory
-
     if not np.all(np.isfinite(positions)):
         raise InputError(f"{path}: {TRANSLATION_PATH} has NaN or infinite positions")
     extent = np.ptp(positions, axis=0) if len(positions) else np.zeros(2)
@@ -305,25 +311,27 @@ def _read_scalar(path: pathlib.Path, handle: h5py.File, name: str) -> float:
     return number
 
 
-def _translation_rows_cols(
-    path: pathlib.Path, translation: np.ndarray, n_patterns: int
-) -> np.ndarray:
-    """(N, 3) or (3, N) translations (x, y, z) in metres -> (N, 2) (y, x) = (row, col)."""
-    if translation.ndim != 2 or 3 not in translation.shape:
+def _check_translation_shape(path: pathlib.Path, shape: tuple[int, ...], n_patterns: int) -> None:
+    """(N, 3) or (3, N) with N = ``n_patterns``; checked on the dataset before reading it."""
+    if len(shape) != 2 or 3 not in shape:
         raise InputError(
-            f"{path}: {TRANSLATION_PATH} has shape {translation.shape}; expected (N, 3) or "
+            f"{path}: {TRANSLATION_PATH} has shape {shape}; expected (N, 3) or "
             "(3, N) (x, y, z in metres)"
         )
-    if translation.shape[1] == 3 and translation.shape[0] == n_patterns:
-        xyz = translation
-    elif translation.shape[0] == 3 and translation.shape[1] == n_patterns:
-        xyz = translation.T
-    else:
-        count = translation.shape[0] if translation.shape[1] == 3 else translation.shape[1]
+    if tuple(shape) not in ((n_patterns, 3), (3, n_patterns)):
+        count = shape[0] if shape[1] == 3 else shape[1]
         raise InputError(
             f"{path}: {TRANSLATION_PATH} holds {count} positions but {DATA_PATH} holds "
             f"{n_patterns} patterns; expected one position per pattern"
         )
+
+
+def _translation_rows_cols(
+    path: pathlib.Path, translation: np.ndarray, n_patterns: int
+) -> np.ndarray:
+    """(N, 3) or (3, N) translations (x, y, z) in metres -> (N, 2) (y, x) = (row, col)."""
+    _check_translation_shape(path, translation.shape, n_patterns)
+    xyz = translation if translation.shape[1] == 3 else translation.T
     try:
         xyz = xyz.astype(np.float64)
     except (TypeError, ValueError) as err:
@@ -467,8 +475,6 @@ def validated_scan(
     positions = positions.astype(np.float64)
     if not np.all(np.isfinite(positions)):
         raise InputError(f"{source}: {positions_name} has NaN or infinite positions")
-    from recon.memory import check_memory
-
     extent = np.ptp(positions, axis=0)
     check_memory(
         source, n_patterns, (height, width), (float(extent[0]), float(extent[1])),

@@ -323,6 +323,23 @@ def test_sparse_391_gib_dataset_is_refused_before_reading(view, tmp_path, capsys
     assert "100000 patterns of 1024x1024" in err and "more than the limit" in err
 
 
+def test_sparse_positions_are_not_read_when_the_patterns_alone_do_not_fit(view, tmp_path, capsys):
+    """A billion declared patterns and a billion declared positions (24 GB if read)."""
+    n = 10**9
+
+    def sparse(f, name):
+        f.create_dataset(name, shape=(n, 256, 256), dtype="u2", chunks=(1, 256, 256))
+
+    def sparse_positions(f, name):
+        f.create_dataset(name, shape=(n, 3), dtype="f8", chunks=(1024, 3))
+
+    bad = cxi_with(tmp_path / "view000.cxi", view, **{DATA: sparse, TRANSLATION: sparse_positions})
+    code, err = in_process("recon", str(bad), "-o", str(tmp_path / "o.h5"), "--quiet",
+                           capsys=capsys)  # fmt: skip
+    assert code == 1, err
+    assert f"{n} patterns of 256x256" in err and "more than the limit" in err
+
+
 def test_memory_limit_setting_is_named(view, tmp_path, capsys, monkeypatch):
     code, err = in_process("recon", str(view), "-o", str(tmp_path / "o.h5"), "--quiet",
                            "--memory-limit", "1MiB", capsys=capsys)  # fmt: skip
