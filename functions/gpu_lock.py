@@ -9,13 +9,37 @@ file back and drops the lock. Releasing works the same way. Claims held by
 processes that died (a worker killed by the scheduler, a SIGKILL) are reclaimed
 by the next claimant.
 
-State file, JSON object keyed by the GPU id as a string::
+State file, a JSON object that starts with its format name, claims keyed by the GPU id
+as a string::
 
-    {"0": {"pid": 4242, "start": 918273}, "1": null, "2": null, "3": null}
+    {"format": "ptychoflow-gpu-lock/1", "gpus": {"0": {"pid": 4242, "start": 918273,
+     "uid": 1000}, "1": null, "2": null, "3": null}}
 
 ``start`` is field 22 of ``/proc/<pid>/stat`` (clock ticks since boot), or null
-where ``/proc`` is not available. The file is node-local on purpose: ``flock`` on
-network file systems is not reliable, and GPUs belong to one node.
+where ``/proc`` is not available; ``uid`` the claimant's user id. The file is
+node-local on purpose: ``flock`` on network file systems is not reliable, and GPUs
+belong to one node.
+
+The file usually sits in a folder every account can write (``/dev/shm``), so it is
+handled as untrusted:
+
+- opened with ``O_NOFOLLOW`` (a symbolic link planted there is refused, never followed)
+  and ``O_CLOEXEC``; created ``0600``, or ``0660`` when shared with the group on purpose
+  (``group_shared=True`` or ``PTYCHOFLOW_GPU_LOCK_GROUP_SHARED=1``);
+- refused unless it is a regular file with one link, owned by this user (or, group-shared,
+  by the group), and not writable by others;
+- its content is read up to :data:`MAX_STATE_BYTES`. Empty content, content in this
+  format (it starts with ``{"format": "ptychoflow-gpu-lock``) and the previous format
+  (a JSON object keyed by GPU ids) are ours: malformed parts of them (a huge pid, deep
+  nesting, a wrong type, truncation) are garbage and are rebuilt. Anything else is not a
+  ptychoflow lock file and is refused untouched: an unrelated file named by mistake in
+  ``PTYCHOFLOW_GPU_LOCK`` is never destroyed;
+- a claim holds a GPU only while its process is verifiably the claimant: it exists and
+  is not a zombie, its start time equals the recorded one (a claim without a start time
+  is not verifiable where ``/proc`` exists), it runs as the recorded user, and its
+  ``/proc/<pid>/cmdline`` is that of a ptychoflow process (a Python interpreter, or a
+  command naming ``ptychoflow`` or ``globus-compute``). A claim naming any other process
+  is reclaimed at once instead of blocking the GPU for the whole wait.
 
 The GPU ids are the entries of ``CUDA_VISIBLE_DEVICES`` when it is set (physical
 ids, possibly one per worker when Parsl pins workers to accelerators), else
@@ -32,9 +56,12 @@ import json
 import logging
 import math
 import os
+import re
 import socket
+import stat
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from recon.errors import DeviceError, PtychoflowError
 
@@ -44,6 +71,24 @@ log = logging.getLogger(__name__)
 DEFAULT_STATE_PATH = "/dev/shm/availgpus"
 #: Environment variable naming the state file.
 STATE_PATH_ENV = "PTYCHOFLOW_GPU_LOCK"
+#: Environment variable that makes a newly created state file group-shared (0660): "1".
+GROUP_SHARED_ENV = "PTYCHOFLOW_GPU_LOCK_GROUP_SHARED"
+#: The format name written first in every state file: how our files are recognised.
+STATE_FORMAT = "ptychoflow-gpu-lock/1"
+#: The bytes every state file of this format starts with.
+STATE_MAGIC = b'{"format": "ptychoflow-gpu-lock'
+#: The previous format: a JSON object whose first key is a GPU id (or an empty object).
+LEGACY_START = re.compile(rb'\s*\{\s*(\}|"([0-9]{1,6}|GPU-[^"]{1,80}|MIG-[^"]{1,80})"\s*:)')
+#: Most bytes read from the state file; a few hundred are normal.
+MAX_STATE_BYTES = 64 * 1024
+#: Most GPU entries kept; more is garbage.
+MAX_GPU_ENTRIES = 1024
+#: Longest GPU id accepted (``MIG-<uuid>`` ids are about 40 characters).
+MAX_GPU_ID_LENGTH = 128
+#: Largest PID Linux can hand out (``/proc/sys/kernel/pid_max`` is at most 2**22).
+PID_MAX = 2**22
+#: Words in a claimant's command line that mark a ptychoflow process.
+CLAIMANT_COMMAND_WORDS = ("ptychoflow", "globus-compute", "process_worker_pool")
 
 #: A GPU id: an int for numeric ``CUDA_VISIBLE_DEVICES`` entries, else the string
 #: (``GPU-<uuid>``, ``MIG-<uuid>``).
@@ -96,31 +141,83 @@ def process_start_time(pid: int) -> int | None:
     return None if stat is None else stat[1]
 
 
-def claim_is_alive(claim: dict) -> bool:
-    """Whether the process recorded in ``claim`` ({"pid", "start"}) still runs.
-
-    A zombie (exited, not yet reaped by its parent) counts as dead: its GPU
-    contexts are gone. A PID whose start time differs from the recorded one was
-    reused by a newer process and counts as dead too.
-    """
-    pid = claim.get("pid")
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+def valid_claim(claim: Any) -> bool:
+    """Whether ``claim`` has exactly the shape this module writes: ``{"pid": 1..PID_MAX,
+    "start": int >= 0 or null, "uid": int >= 0 (optional)}``."""
+    if not isinstance(claim, dict) or not {"pid", "start"} <= set(claim) <= {
+        "pid", "start", "uid",
+    }:  # fmt: skip
         return False
+    pid, start, uid = claim["pid"], claim["start"], claim.get("uid", 0)
+    return (
+        type(pid) is int
+        and 1 <= pid <= PID_MAX
+        and (start is None or (type(start) is int and 0 <= start < 2**63))
+        and type(uid) is int
+        and 0 <= uid < 2**32
+    )
+
+
+def _proc_available() -> bool:
+    return os.path.isdir("/proc/self")
+
+
+def _command_line(pid: int) -> list[str] | None:
+    """The arguments of ``pid`` from ``/proc/<pid>/cmdline``; None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            raw = cmdline.read(MAX_STATE_BYTES)
+    except OSError:
+        return None
+    return [arg.decode("utf-8", "replace") for arg in raw.split(b"\0") if arg]
+
+
+def is_ptychoflow_process(pid: int) -> bool:
+    """Whether ``pid``'s command line is a ptychoflow claimant's: a Python interpreter
+    (the CLI, a Globus Compute worker) or a command naming ptychoflow or globus-compute.
+
+    Kernel threads (empty command line) are not. Where the command line cannot be read
+    (another user's process under ``hidepid``) the start-time check has to do.
+    """
+    args = _command_line(pid)
+    if args is None:
+        return True
+    if not args:
+        return False
+    if os.path.basename(args[0]).startswith("python"):
+        return True
+    return any(word in arg for arg in args for word in CLAIMANT_COMMAND_WORDS)
+
+
+def claim_is_alive(claim: Any) -> bool:
+    """Whether the process recorded in ``claim`` ({"pid", "start", "uid"}) is still the
+    claimant: see the module docstring. Malformed claims are dead."""
+    if not valid_claim(claim):
+        return False
+    pid = claim["pid"]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    stat = _proc_stat(pid)
-    if stat is not None:
-        state, started = stat
-        if state == "Z":
+    if not _proc_available():
+        return True
+    stat_fields = _proc_stat(pid)
+    if stat_fields is None:
+        return False
+    state, started = stat_fields
+    if state == "Z":  # exited, not reaped: its GPU contexts are gone
+        return False
+    if claim["start"] is None or started != claim["start"]:
+        return False  # unverifiable, or the PID was reused by a newer process
+    if "uid" in claim:
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != claim["uid"]:
+                return False
+        except OSError:
             return False
-        recorded = claim.get("start")
-        if recorded is not None and started != recorded:
-            return False
-    return True
+    return is_ptychoflow_process(pid)
 
 
 class GpuPool:
@@ -133,10 +230,23 @@ class GpuPool:
         It must be on a node-local file system.
     gpus
         The GPU ids this process may claim; default :func:`visible_gpus`.
+    group_shared
+        Share the file with the group on purpose: create it 0660 and accept it when
+        another member of its group owns it. Default ``$PTYCHOFLOW_GPU_LOCK_GROUP_SHARED``.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, gpus: Sequence[GpuId] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        gpus: Sequence[GpuId] | None = None,
+        *,
+        group_shared: bool | None = None,
+    ):
         self.path = os.fspath(path or os.environ.get(STATE_PATH_ENV) or DEFAULT_STATE_PATH)
+        if group_shared is None:
+            group_shared = os.environ.get(GROUP_SHARED_ENV, "").lower() in ("1", "true", "yes")
+        #: Create the file 0660 and accept one owned by another member of its group.
+        self.group_shared = group_shared
         self.gpus: list[GpuId] = list(visible_gpus() if gpus is None else gpus)
         if len(set(map(str, self.gpus))) != len(self.gpus):
             raise DeviceError(f"GPU list {self.gpus} holds the same GPU twice")
@@ -170,7 +280,7 @@ class GpuPool:
                 if len(free) >= n:
                     taken = free[:n]
                     for gpu in taken:
-                        state[str(gpu)] = {"pid": self.pid, "start": start}
+                        state[str(gpu)] = {"pid": self.pid, "start": start, "uid": os.geteuid()}
                     log.debug("pid %d claimed GPUs %s", self.pid, taken)
                     return taken
                 holders = sorted(
@@ -229,22 +339,73 @@ class GpuPool:
         env = os.environ.get("CUDA_VISIBLE_DEVICES")
         return f"CUDA_VISIBLE_DEVICES={env!r}" if env is not None else "CuPy device count"
 
-    @contextlib.contextmanager
-    def _locked_state(self) -> Iterator[dict]:
-        """Hold the exclusive lock; yield the cleaned state; write it back on success."""
+    def _refuse(self, problem: str) -> DeviceError:
+        return DeviceError(
+            f"GPU lock file {self.path}: {problem}; set {STATE_PATH_ENV} to a path in a "
+            "node-local folder only this account can write (e.g. /dev/shm/$USER-availgpus)"
+        )
+
+    def _open_state(self) -> int:
+        """Open (or create) the state file without following links; check it is ours."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+        mode = 0o660 if self.group_shared else 0o600
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fd = os.open(self.path, flags)
+            except FileNotFoundError:
+                try:
+                    fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, mode)
+                except FileExistsError:  # another claimant created it just now
+                    fd = os.open(self.path, flags)
+                else:
+                    os.fchmod(fd, mode)  # exactly, whatever the umask
+                    return fd
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise self._refuse(
+                    "is a symbolic link; refusing to follow it (someone may have planted it "
+                    "in a shared folder)"
+                ) from err
             raise DeviceError(
                 f"cannot open the GPU lock file {self.path}: {err.strerror}; set "
                 f"{STATE_PATH_ENV} to a node-local path this user can write"
             ) from err
         try:
+            self._check_ownership(os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _check_ownership(self, info: os.stat_result) -> None:
+        if not stat.S_ISREG(info.st_mode):
+            raise self._refuse("is not a regular file")
+        if info.st_nlink != 1:
+            raise self._refuse(f"has {info.st_nlink} hard links; a lock file has one")
+        ours = info.st_uid == os.geteuid()
+        shared = self.group_shared and info.st_gid in {os.getegid(), *os.getgroups()}
+        if not (ours or shared):
+            raise self._refuse(
+                f"belongs to uid {info.st_uid}, not to this user ({os.geteuid()})"
+                + ("" if self.group_shared else f" (set {GROUP_SHARED_ENV}=1 to share it)")
+            )
+        writable_by_others = 0o002 | (0 if self.group_shared else 0o020)
+        if info.st_mode & writable_by_others:
+            raise self._refuse(
+                f"is writable by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+                f"chmod {'660' if self.group_shared else '600'} it"
+            )
+
+    @contextlib.contextmanager
+    def _locked_state(self) -> Iterator[dict[str, Any]]:
+        """Hold the exclusive lock; yield the cleaned state; write it back on success."""
+        fd = self._open_state()
+        try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            original = _read_all(fd)
+            original = _read_bounded(fd, MAX_STATE_BYTES + 1)
             state = self._clean(original)
             yield state
-            text = json.dumps(state, sort_keys=True).encode()
+            text = json.dumps({"format": STATE_FORMAT, "gpus": state}).encode()
             if text != original:
                 os.lseek(fd, 0, os.SEEK_SET)
                 os.ftruncate(fd, 0)
@@ -253,35 +414,68 @@ class GpuPool:
         finally:
             os.close(fd)  # closing the descriptor drops the flock
 
-    def _clean(self, raw: bytes) -> dict:
-        """Parse the state, rebuilding it when missing or corrupt; drop dead claims."""
-        state: dict = {}
-        if raw.strip():
-            try:
-                parsed = json.loads(raw)
-                if not isinstance(parsed, dict):
-                    raise ValueError("not a JSON object")
-                state = parsed
-            except ValueError as err:  # JSONDecodeError and UnicodeDecodeError included
-                log.warning("GPU lock file %s is corrupt (%s); rebuilding it", self.path, err)
-                state = {}
-        for key, claim in list(state.items()):
-            if claim is None:
+    def _parse(self, raw: bytes) -> dict[str, Any]:
+        """The claims in ``raw`` ({gpu id: claim or None}); {} for empty or malformed
+        content of our format; a refusal for content that is not a ptychoflow lock file."""
+        if not raw.strip():
+            return {}
+        ours = raw.startswith(STATE_MAGIC)
+        if not ours and LEGACY_START.match(raw) is None:
+            raise self._refuse(
+                "exists and is not a ptychoflow GPU lock file (it does not start with "
+                f"{STATE_MAGIC.decode()!r}); refusing to overwrite it"
+            )
+        if len(raw) > MAX_STATE_BYTES:
+            log.warning("GPU lock file %s is over %d bytes; rebuilding it", self.path, len(raw))
+            return {}
+        try:
+            parsed = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as err:  # JSON and UTF-8 errors, deep nesting
+            log.warning("GPU lock file %s is corrupt (%s); rebuilding it", self.path, err)
+            return {}
+        if ours:
+            valid = (
+                isinstance(parsed, dict)
+                and set(parsed) == {"format", "gpus"}
+                and parsed["format"] == STATE_FORMAT
+                and isinstance(parsed["gpus"], dict)
+            )
+            if not valid:
+                log.warning("GPU lock file %s has an unknown layout; rebuilding it", self.path)
+                return {}
+            parsed = parsed["gpus"]
+        if not isinstance(parsed, dict) or len(parsed) > MAX_GPU_ENTRIES:
+            log.warning("GPU lock file %s holds no valid claim table; rebuilding it", self.path)
+            return {}
+        return parsed
+
+    def _clean(self, raw: bytes) -> dict[str, Any]:
+        """Parse the state, rebuilding what is missing or malformed; drop dead claims."""
+        state: dict[str, Any] = {}
+        for key, claim in self._parse(raw).items():
+            if not (0 < len(key) <= MAX_GPU_ID_LENGTH and key.isprintable()):
+                log.warning("GPU lock file %s: dropping malformed GPU id %.40r", self.path, key)
                 continue
-            if not isinstance(claim, dict) or not claim_is_alive(claim):
-                if isinstance(claim, dict):
-                    log.info("reclaiming GPU %s from dead pid %s", key, claim.get("pid"))
-                state[key] = None
+            if claim is not None and not claim_is_alive(claim):
+                if valid_claim(claim):
+                    log.info("reclaiming GPU %s from pid %s (not running)", key, claim["pid"])
+                else:
+                    log.warning("GPU lock file %s: malformed claim on GPU %s freed", self.path, key)
+                claim = None
+            state[key] = claim
         for gpu in self.gpus:
             state.setdefault(str(gpu), None)
         return state
 
 
-def _read_all(fd: int) -> bytes:
+def _read_bounded(fd: int, limit: int) -> bytes:
+    """At most ``limit`` bytes from the start of ``fd``."""
     os.lseek(fd, 0, os.SEEK_SET)
     chunks = []
-    while chunk := os.read(fd, 65536):
+    remaining = limit
+    while remaining > 0 and (chunk := os.read(fd, min(65536, remaining))):
         chunks.append(chunk)
+        remaining -= len(chunk)
     return b"".join(chunks)
 
 

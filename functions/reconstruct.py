@@ -14,7 +14,7 @@ from typing import Any
 def reconstruct_view(
     input_path: str,
     output_dir: str,
-    recon: dict | None = None,
+    recon: dict[str, Any] | None = None,
     view_name: str | None = None,
     gpu_lock_path: str | None = None,
 ) -> dict[str, Any]:
@@ -26,6 +26,12 @@ def reconstruct_view(
         The view's CXI file on the compute side, e.g. ``.../input/100/view003.cxi``.
     output_dir
         Where the result file and its PNG preview go (created when missing).
+
+    Both paths must resolve (symbolic links followed, ``..`` removed) into one of the
+    folders named by ``PTYCHOFLOW_ALLOWED_ROOTS`` on the endpoint
+    (:mod:`functions.allowed_roots`); the result never replaces the input or a file
+    that is not a ptychoflow result, and the output folder is checked to be writable
+    before any GPU is claimed.
     recon
         Reconstruction options, the flow input's ``recon`` section
         (:class:`recon.options.ReconOptions` fields); None for the defaults.
@@ -33,7 +39,7 @@ def reconstruct_view(
         Stem of the result file; default the input file's stem (``view003``).
     gpu_lock_path
         The node-local GPU lock file; default ``$PTYCHOFLOW_GPU_LOCK`` or
-        ``/dev/shm/availgpus``.
+        ``/dev/shm/availgpus``. Another path must lie under the allowed roots.
 
     Returns
     -------
@@ -46,6 +52,12 @@ def reconstruct_view(
 
     Raises
     ------
+    functions.allowed_roots.AllowedRootsNotSetError, functions.allowed_roots.PathNotAllowedError
+        ``PTYCHOFLOW_ALLOWED_ROOTS`` is not set, or a path lies outside it (the same
+        message whether or not that path exists).
+    recon.errors.OutputPathError, recon.errors.OutputNotWritableError
+        The result would replace the input or a file that is not a ptychoflow result, or
+        the output folder cannot be written.
     recon.errors.InputFileNotFound, recon.errors.InputError
         The input is missing or malformed; the message names the file and the reason
         (``scan100/view000.cxi: /entry_1/data_1/data is missing``).
@@ -66,16 +78,17 @@ def reconstruct_view(
     import socket
     import time
 
+    from functions.allowed_roots import allowed_roots, confined
     from functions.code_identity import code_identity
-    from functions.gpu_lock import GpuPool, choose_gpu_count
+    from functions.gpu_lock import DEFAULT_STATE_PATH, STATE_PATH_ENV, GpuPool, choose_gpu_count
     from recon.backend import is_cupy, resolve_backend
     from recon.cxi import peek_view_shape
     from recon.errors import InputError, OptionsError
     from recon.options import ReconOptions
+    from recon.output_path import check_folder_writable, checked_output_path
 
     started = time.perf_counter()
-    source = pathlib.Path(input_path)
-    label = "/".join(source.parts[-2:])  # "scan100/view000.cxi": enough to find it
+    label = "/".join(pathlib.Path(input_path).parts[-2:])  # "scan100/view000.cxi"
 
     try:
         options = ReconOptions.from_dict(recon)
@@ -86,15 +99,31 @@ def reconstruct_view(
     ):
         raise InputError(f"{label}: view name {view_name!r} must be a plain file stem")
 
+    # The fence first: nothing outside the allowed roots is looked at, not even its
+    # existence. From here on only the resolved paths are used.
+    roots = allowed_roots()
+    source = confined(input_path, "input", roots)
+    output_folder = confined(output_dir, "output folder", roots)
+    configured_lock = os.environ.get(STATE_PATH_ENV) or DEFAULT_STATE_PATH
+    if gpu_lock_path is not None and os.path.abspath(gpu_lock_path) != os.path.abspath(
+        configured_lock
+    ):
+        confined(gpu_lock_path, "GPU lock file", roots)  # a caller may not pick any file
+
     # The view's size, cheaply: only the dataset's shape is read.
     shape = peek_view_shape(source, label)
 
-    output = pathlib.Path(output_dir) / f"{view_name or source.stem}.h5"
-    output.parent.mkdir(parents=True, exist_ok=True)
+    # Never over the input or a stranger's file; a read-only folder fails now, not
+    # after the reconstruction.
+    stem = view_name or pathlib.Path(input_path).stem
+    output = confined(output_folder / f"{stem}.h5", "result file", roots)
+    confined(output.with_suffix(".png"), "preview", roots)  # a link out of the roots
+    output = checked_output_path(source, output)
+    check_folder_writable(output_folder)
 
     xp = resolve_backend(options.backend.value)
     pool = None
-    gpus: list = []
+    gpus: list[int | str] = []
     device_ids = None
     gpu_wait = 0.0
     if is_cupy(xp):
@@ -135,4 +164,5 @@ def reconstruct_view(
             return os.fspath(value)
         raise TypeError(f"{type(value).__name__} in the summary is not JSON data")
 
-    return json.loads(json.dumps(summary, default=plain))
+    plain_summary: dict[str, Any] = json.loads(json.dumps(summary, default=plain))
+    return plain_summary

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pathlib
 import time
 from collections.abc import Sequence
 
@@ -19,28 +18,41 @@ def reconstruct_file(
     progress: ProgressCallback | None = None,
     *,
     preview_deramp: bool = True,
+    memory_limit: int | None = None,
 ) -> dict:
     """Load a view (CXI, or the npz test format), reconstruct it, write the result.
 
-    Writes ``output_path`` (HDF5, see ``recon.result``) and a PNG preview beside it
-    (with the object's linear phase ramp removed unless ``preview_deramp`` is False).
+    ``output_path`` is a result file (``.h5``/``.hdf5``) or a folder (existing, or
+    ending in ``/``) that gets ``<input stem>.h5``; it is checked before anything is
+    loaded (:mod:`recon.output_path`: never the input, never an existing file that is
+    not a ptychoflow result, the folder writable), and again just before writing.
+    Writes the result (HDF5, see ``recon.result``) and a PNG preview beside it (with the
+    object's linear phase ramp removed unless ``preview_deramp`` is False), with the
+    input's permission bits limited by the umask (:func:`result_mode`).
+    ``memory_limit``: bytes the reconstruction may use (default ``recon.memory``'s).
+
     Returns a small JSON-ready summary: output and preview paths, iterations run, final
     cost, devices, backend and seconds per stage (load, solve, write), and with
     ``options.holdout_fraction`` the held-out patterns' count and the best iteration
     (whose object and probe were written; see ``recon.holdout``). Raises
-    :class:`recon.errors.InputError` (naming the file and dataset) for bad input.
+    :class:`recon.errors.InputError` (naming the file and dataset) for bad input,
+    :class:`recon.errors.OutputPathError` / :class:`recon.errors.OutputNotWritableError`
+    for an output that is refused or cannot be written.
     """
     import numpy as np
 
     from recon.cxi import PLANCK_TIMES_LIGHT_SPEED, load_scan
+    from recon.output_path import check_folder_writable, checked_output_path, result_mode
     from recon.result import write_result
 
     options = options or ReconOptions()
-    output_path = pathlib.Path(output_path)
+    output_path = checked_output_path(input_path, output_path)
+    check_folder_writable(output_path.parent)
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    scan = load_scan(input_path)
+    scan = load_scan(input_path, memory_limit=memory_limit)
+    mode = result_mode(input_path)
     seconds["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -58,7 +70,8 @@ def reconstruct_file(
     seconds["solve"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    output_path.parent.mkdir(parents=True, exist_ok=True)
+    checked_output_path(input_path, output_path)  # again: minutes may have passed
+    check_folder_writable(output_path.parent)
     per_iteration = sum(result.seconds_per_iteration) / max(len(result.seconds_per_iteration), 1)
     # Refined positions: the solver's own field when it has one, else the positions it
     # used when they differ from the reported ones.
@@ -82,6 +95,7 @@ def reconstruct_file(
         backend=result.backend,
         extra_attrs=extra_attrs,
         preview_deramp=preview_deramp,
+        mode=mode,
     )
     seconds["write"] = time.perf_counter() - start
     summary = {

@@ -14,7 +14,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", help="view file: .cxi/.h5, or .npz/.npz.bz2 (test data format)")
     parser.add_argument(
-        "-o", "--output", required=True, help="result file to write (HDF5, e.g. out/view000.h5)"
+        "-o",
+        "--output",
+        required=True,
+        help="result file to write (ending in .h5/.hdf5, e.g. out/view000.h5), or a folder "
+        "(existing, or ending in /) that gets <input stem>.h5; never the input, and an "
+        "existing file there is replaced only when it is a ptychoflow result",
     )
     parser.add_argument(
         "--iterations", type=int, default=None, help="solver iterations (default 100)"
@@ -82,18 +87,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="sub-pixel shift model (default fourier: band-limited)",
     )
+    parser.add_argument(
+        "--memory-limit",
+        default=None,
+        metavar="SIZE",
+        help="refuse views estimated to need more memory than this (e.g. 32GiB; default "
+        "$PTYCHOFLOW_MEMORY_LIMIT, else the memory available)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import signal
     import sys
+    import threading
 
     from tqdm import tqdm
 
     from recon.api import reconstruct_file
+    from recon.memory import parse_bytes
     from recon.options import ReconOptions
+
+    memory_limit = None
+    if args.memory_limit is not None:
+        memory_limit = parse_bytes(args.memory_limit, "--memory-limit")
 
     changes = {
         "iterations": args.iterations,
@@ -123,6 +142,13 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"cost {cost:.4g}, {seconds * 1000:.0f} ms/it", refresh=False)
         bar.update(1)
 
+    def interrupted(signum: int, frame: object) -> None:
+        # SIGTERM (systemd, kill, a batch system) unwinds like Ctrl-C: temporary files
+        # are removed on the way out instead of being left half-written.
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupted) if in_main_thread else None
     try:
         summary = reconstruct_file(
             args.input,
@@ -130,8 +156,11 @@ def run(args: argparse.Namespace) -> int:
             options,
             progress=progress,
             preview_deramp=args.preview_deramp,
+            memory_limit=memory_limit,
         )
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         bar.close()
     print(
         f"wrote {summary['output']} and {summary['preview']} "

@@ -31,6 +31,7 @@ import numpy as np
 
 from recon.backend import COMPLEX, REAL
 from recon.errors import InputError, InputFileNotFound
+from recon.memory import check_memory
 from recon.scan import ScanData
 
 #: Planck constant times the speed of light, in joule metres (exact SI values).
@@ -65,15 +66,22 @@ def wavelength_from_energy(energy_j: float) -> float:
     return PLANCK_TIMES_LIGHT_SPEED / energy_j
 
 
-def load_scan(path: str | os.PathLike[str]) -> ScanData:
+def load_scan(path: str | os.PathLike[str], *, memory_limit: int | None = None) -> ScanData:
     """Load one view from a CXI/HDF5 file (``.cxi``, ``.h5``, ``.hdf5``) or an
-    ``.npz`` / ``.npz.bz2`` file, chosen by the file name's suffix."""
+    ``.npz`` / ``.npz.bz2`` file, chosen by the file name's suffix.
+
+    ``memory_limit``: bytes the reconstruction may use (default: ``recon.memory``'s
+    limit); a view estimated to need more is refused before its patterns are read.
+    """
     path = pathlib.Path(path)
+    problem = describe_non_file(path)
+    if problem is not None and problem != "does not exist":
+        raise InputError(f"{path}: {problem}")  # a folder named view.cxi, a FIFO, ...
     name = path.name.lower()
     if name.endswith(HDF5_SUFFIXES):
-        return load_cxi(path)
+        return load_cxi(path, memory_limit=memory_limit)
     if name.endswith(NPZ_SUFFIXES):
-        return load_npz(path)
+        return load_npz(path, memory_limit=memory_limit)
     raise InputError(
         f"{path}: unknown input format; expected one of {', '.join(HDF5_SUFFIXES + NPZ_SUFFIXES)}"
     )
@@ -82,27 +90,46 @@ def load_scan(path: str | os.PathLike[str]) -> ScanData:
 # --------------------------------------------------------------------------- CXI
 
 
-def load_cxi(path: str | os.PathLike[str]) -> ScanData:
+def load_cxi(path: str | os.PathLike[str], *, memory_limit: int | None = None) -> ScanData:
     """Load one view from a CXI file (see the module docstring for the layout).
 
     Returns a ScanData with ``pixel_size`` (object pixel size in metres), ``wavelength``
-    and ``distance`` filled. Raises :class:`InputFileNotFound` or :class:`InputError`.
+    and ``distance`` filled. Raises :class:`InputFileNotFound` or :class:`InputError`
+    (:class:`~recon.errors.InputTooLargeError` when the view would need more than
+    ``memory_limit`` bytes: checked from the dataset's shape and the positions'
+    extent before the patterns are read).
     """
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise InputFileNotFound(f"{path}: no such file")
+    _check_is_file(path)
     try:
         handle = h5py.File(path, "r")
     except OSError as err:
         raise _unreadable(path, err) from err
     with handle:
-        data = _read_dataset(path, handle, DATA_PATH)
-        _check_data_shape(data, str(path), DATA_PATH)
+        data_item = _dataset(path, handle, DATA_PATH)
+        _check_data_shape(data_item, str(path), DATA_PATH)
+        n_patterns, height, width = (int(n) for n in data_item.shape)
+        # The patterns alone must fit before even the positions are read (they are as
+        # many), then the positions' shape must match before they are read.
+        _check_positions_fit(
+            path, np.zeros((1, 2)), (n_patterns, height, width), data_item.dtype.itemsize,
+            memory_limit,
+        )  # fmt: skip
+        _check_translation_shape(path, _dataset(path, handle, TRANSLATION_PATH).shape, n_patterns)
         translation = _read_dataset(path, handle, TRANSLATION_PATH)
         distance = _read_scalar(path, handle, DISTANCE_PATH)
         x_pixel = _read_scalar(path, handle, X_PIXEL_SIZE_PATH)
         y_pixel = _read_scalar(path, handle, Y_PIXEL_SIZE_PATH)
         energy = _read_scalar(path, handle, ENERGY_PATH)
+        positions_m = _translation_rows_cols(path, translation, n_patterns)
+        wavelength = wavelength_from_energy(energy)
+        row_pixel = wavelength * distance / (height * y_pixel)
+        col_pixel = wavelength * distance / (width * x_pixel)
+        _check_positions_fit(
+            path, positions_m / np.array([row_pixel, col_pixel]), (n_patterns, height, width),
+            data_item.dtype.itemsize, memory_limit,
+        )  # fmt: skip
+        data = _read_dataset(path, handle, DATA_PATH)
         probe = None
         probe_name = PROBE_PATHS[0]
         for probe_path in PROBE_PATHS:
@@ -112,11 +139,6 @@ def load_cxi(path: str | os.PathLike[str]) -> ScanData:
                 break
         mask = _read_dataset(path, handle, MASK_PATH) if MASK_PATH in handle else None
 
-    n_patterns, height, width = data.shape
-    positions_m = _translation_rows_cols(path, translation, n_patterns)
-    wavelength = wavelength_from_energy(energy)
-    row_pixel = wavelength * distance / (height * y_pixel)
-    col_pixel = wavelength * distance / (width * x_pixel)
     if abs(row_pixel - col_pixel) > PIXEL_SIZE_TOLERANCE * row_pixel:
         raise InputError(
             f"{path}: object pixels are not square (rows {row_pixel:.6g} m, columns "
@@ -154,6 +176,42 @@ def load_cxi(path: str | os.PathLike[str]) -> ScanData:
         data_name=DATA_PATH,
         positions_name=TRANSLATION_PATH,
         probe_name=probe_name if probe is not None else "probe",
+        memory_limit=memory_limit,
+    )
+
+
+def _check_is_file(path: pathlib.Path) -> None:
+    """InputFileNotFound when ``path`` does not exist; InputError saying what it is when
+    it is a folder, a FIFO, a socket or a device (never opened: a FIFO would block)."""
+    problem = describe_non_file(path)
+    if problem == "does not exist":
+        raise InputFileNotFound(f"{path}: no such file")
+    if problem is not None:
+        raise InputError(f"{path}: {problem}")
+
+
+def _check_positions_fit(
+    path: pathlib.Path,
+    positions: np.ndarray,
+    shape: tuple[int, int, int],
+    itemsize: int,
+    memory_limit: int | None,
+) -> None:
+    """Refuse non-finite positions, and a view whose estimated memory (patterns from the
+    dataset's shape and dtype, object from the positions' extent) exceeds the limit."""
+    if not np.all(np.isfinite(positions)):
+        raise InputError(f"{path}: {TRANSLATION_PATH} has NaN or infinite positions")
+    extent = np.ptp(positions, axis=0) if len(positions) else np.zeros(2)
+    check_memory(
+        str(path),
+        shape[0],
+        (shape[1], shape[2]),
+        (float(extent[0]), float(extent[1])),
+        data_itemsize=itemsize,
+        limit=memory_limit,
+        hint=f"; check {TRANSLATION_PATH} (positions span {extent[0]:.4g} x {extent[1]:.4g} "
+        f"object pixels) and the shape of {DATA_PATH}, or raise the limit "
+        "(PTYCHOFLOW_MEMORY_LIMIT, or --memory-limit for ptychoflow recon)",
     )
 
 
@@ -218,8 +276,8 @@ def _unreadable(path: pathlib.Path, err: BaseException) -> InputError:
     return InputError(f"{path}: not a readable HDF5 file (truncated or another format): {err}")
 
 
-def _read_dataset(path: pathlib.Path, handle: h5py.File, name: str) -> np.ndarray:
-    """Read a whole dataset into memory with file-naming errors."""
+def _dataset(path: pathlib.Path, handle: h5py.File, name: str) -> h5py.Dataset:
+    """The dataset object (nothing read yet) with file-naming errors."""
     try:
         item = handle.get(name)
     except (OSError, KeyError, RuntimeError) as err:  # broken links or a damaged file
@@ -228,6 +286,12 @@ def _read_dataset(path: pathlib.Path, handle: h5py.File, name: str) -> np.ndarra
         raise InputError(f"{path}: {name} is missing")
     if not isinstance(item, h5py.Dataset):
         raise InputError(f"{path}: {name} is a group; expected a dataset")
+    return item
+
+
+def _read_dataset(path: pathlib.Path, handle: h5py.File, name: str) -> np.ndarray:
+    """Read a whole dataset into memory with file-naming errors."""
+    item = _dataset(path, handle, name)
     try:
         return np.asarray(item[()])
     except (OSError, RuntimeError, ValueError, TypeError) as err:
@@ -248,25 +312,27 @@ def _read_scalar(path: pathlib.Path, handle: h5py.File, name: str) -> float:
     return number
 
 
-def _translation_rows_cols(
-    path: pathlib.Path, translation: np.ndarray, n_patterns: int
-) -> np.ndarray:
-    """(N, 3) or (3, N) translations (x, y, z) in metres -> (N, 2) (y, x) = (row, col)."""
-    if translation.ndim != 2 or 3 not in translation.shape:
+def _check_translation_shape(path: pathlib.Path, shape: tuple[int, ...], n_patterns: int) -> None:
+    """(N, 3) or (3, N) with N = ``n_patterns``; checked on the dataset before reading it."""
+    if len(shape) != 2 or 3 not in shape:
         raise InputError(
-            f"{path}: {TRANSLATION_PATH} has shape {translation.shape}; expected (N, 3) or "
+            f"{path}: {TRANSLATION_PATH} has shape {shape}; expected (N, 3) or "
             "(3, N) (x, y, z in metres)"
         )
-    if translation.shape[1] == 3 and translation.shape[0] == n_patterns:
-        xyz = translation
-    elif translation.shape[0] == 3 and translation.shape[1] == n_patterns:
-        xyz = translation.T
-    else:
-        count = translation.shape[0] if translation.shape[1] == 3 else translation.shape[1]
+    if tuple(shape) not in ((n_patterns, 3), (3, n_patterns)):
+        count = shape[0] if shape[1] == 3 else shape[1]
         raise InputError(
             f"{path}: {TRANSLATION_PATH} holds {count} positions but {DATA_PATH} holds "
             f"{n_patterns} patterns; expected one position per pattern"
         )
+
+
+def _translation_rows_cols(
+    path: pathlib.Path, translation: np.ndarray, n_patterns: int
+) -> np.ndarray:
+    """(N, 3) or (3, N) translations (x, y, z) in metres -> (N, 2) (y, x) = (row, col)."""
+    _check_translation_shape(path, translation.shape, n_patterns)
+    xyz = translation if translation.shape[1] == 3 else translation.T
     try:
         xyz = xyz.astype(np.float64)
     except (TypeError, ValueError) as err:
@@ -284,7 +350,9 @@ def _squeeze_leading(array: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- npz
 
 
-def load_npz(path: str | os.PathLike[str], *, view: int = 0) -> ScanData:
+def load_npz(
+    path: str | os.PathLike[str], *, view: int = 0, memory_limit: int | None = None
+) -> ScanData:
     """Load one view from the Tike test-data layout (``.npz`` or ``.npz.bz2``).
 
     Keys: ``data`` (N_VIEW, N_POS, H, W) or (N_POS, H, W) counts with the zero
@@ -294,8 +362,7 @@ def load_npz(path: str | os.PathLike[str], *, view: int = 0) -> ScanData:
     no geometry, so ``pixel_size`` and ``wavelength`` are None.
     """
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise InputFileNotFound(f"{path}: no such file")
+    _check_is_file(path)
     try:
         raw = path.read_bytes()
         if path.name.lower().endswith(".bz2"):
@@ -346,6 +413,7 @@ def load_npz(path: str | os.PathLike[str], *, view: int = 0) -> ScanData:
         data_name="'data'",
         positions_name="'scan'",
         probe_name="'probe'",
+        memory_limit=memory_limit,
     )
 
 
@@ -365,6 +433,7 @@ def validated_scan(
     data_name: str = "data",
     positions_name: str = "positions",
     probe_name: str = "probe",
+    memory_limit: int | None = None,
 ) -> ScanData:
     """Check one view and convert it to the ScanData dtypes; the single gate every
     loader passes through.
@@ -374,8 +443,11 @@ def validated_scan(
         smallest row and column are :data:`POSITION_MARGIN`
     probe : (H, W) or None -> complex64
     mask : (H, W) bool or None, True where the pixel is valid
+    memory_limit : bytes the reconstruction may use (see ``recon.memory``)
 
-    Raises :class:`InputError` with ``source`` and the dataset names in the message.
+    Raises :class:`InputError` with ``source`` and the dataset names in the message:
+    also for counts with no positive value (nothing was measured) and for a view whose
+    object (from the positions' extent) would not fit in ``memory_limit``.
     """
     data = np.asarray(data)
     positions = np.asarray(positions)
@@ -405,6 +477,13 @@ def validated_scan(
     positions = positions.astype(np.float64)
     if not np.all(np.isfinite(positions)):
         raise InputError(f"{source}: {positions_name} has NaN or infinite positions")
+    extent = np.ptp(positions, axis=0)
+    check_memory(
+        source, n_patterns, (height, width), (float(extent[0]), float(extent[1])),
+        limit=memory_limit,
+        hint=f"; check {positions_name} (positions span {extent[0]:.4g} x {extent[1]:.4g} "
+        "object pixels), or raise the limit (PTYCHOFLOW_MEMORY_LIMIT)",
+    )  # fmt: skip
     positions = positions - positions.min(axis=0) + POSITION_MARGIN
     positions = np.ascontiguousarray(positions, dtype=REAL)
     if probe is not None:
@@ -422,6 +501,13 @@ def validated_scan(
             raise InputError(f"{source}: mask has shape {mask.shape}; expected ({height}, {width})")
         if not mask.any():
             raise InputError(f"{source}: the detector mask marks every pixel as bad")
+    measured = data if mask is None else data[:, mask]
+    if not np.any(measured > 0):
+        raise InputError(
+            f"{source}: {data_name} has no positive counts (all {n_patterns} patterns are zero"
+            f"{' on the unmasked pixels' if mask is not None else ''}); nothing was measured: "
+            "check the detector and the file"
+        )
     return ScanData(
         data=data,
         positions=positions,
@@ -514,15 +600,18 @@ def write_cxi(
     return path
 
 
-def write_hdf5_atomically(path: pathlib.Path, fill: Any) -> None:
+def write_hdf5_atomically(path: pathlib.Path, fill: Any, mode: int | None = None) -> None:
     """Create ``path`` by calling ``fill(h5py.File)`` on a temporary file beside it
-    and renaming it into place; the temporary file is removed on failure."""
+    and renaming it into place; the temporary file is removed on any failure, a
+    KeyboardInterrupt included. ``mode``: permission bits of the file (default 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle_fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle_fd)
     try:
         with h5py.File(temp_name, "w") as handle:
             fill(handle)
+        if mode is not None:
+            os.chmod(temp_name, mode)
         os.replace(temp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

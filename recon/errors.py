@@ -31,3 +31,15 @@ class OptionsError(PtychoflowError, ValueError):
 
 class DeviceError(PtychoflowError, RuntimeError):
     """An array backend or device that was asked for is not available."""
+
+
+class InputTooLargeError(InputError):
+    """A view would need more memory than the limit allows (checked before allocating)."""
+
+
+class OutputPathError(PtychoflowError, ValueError):
+    """An output path is refused: it is the input, or an existing file that is not ours."""
+
+
+class OutputNotWritableError(PtychoflowError, PermissionError):
+    """The output folder cannot be created or written."""

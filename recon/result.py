@@ -29,12 +29,14 @@ each probe mode's amplitude with its share of the power.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import json
 import math
 import os
 import pathlib
+import tempfile
 from typing import Any
 
 import h5py
@@ -112,6 +114,7 @@ def write_result(
     energy_j: float | None = None,
     distance_m: float | None = None,
     name: str | None = None,
+    mode: int | None = None,
 ) -> tuple[pathlib.Path, pathlib.Path]:
     """Write the result file (atomically: a temporary file beside it, then a rename)
     and its PNG preview ``<stem>.png``. Arrays must be on the host (NumPy).
@@ -124,6 +127,8 @@ def write_result(
     extra_attrs : more attributes; strings and numbers are stored as they are,
         anything else as JSON (and decoded again by :func:`read_result`).
     preview_deramp : remove the fitted phase ramp in the preview (see :func:`save_preview`).
+    mode : permission bits of both files (default: 0600 for the result, the umask's
+        default for the preview).
 
     Returns (h5_path, png_path).
     """
@@ -197,7 +202,7 @@ def write_result(
             for key, value in product[f"{dataset}_attributes"].items():
                 handle[dataset].attrs[key] = value
 
-    write_hdf5_atomically(path, fill)
+    write_hdf5_atomically(path, fill, mode=mode)
     png_path = save_preview(
         path.with_suffix(".png"),
         object_,
@@ -205,6 +210,7 @@ def write_result(
         probe.shape[-2:],
         deramp=preview_deramp,
         probe=probe,
+        mode=mode,
     )
     return path, png_path
 
@@ -326,6 +332,7 @@ def save_preview(
     *,
     deramp: bool = True,
     probe: np.ndarray | None = None,
+    mode: int | None = None,
 ) -> pathlib.Path:
     """Save a PNG with the object's phase (left) and amplitude (right), and with ``probe``
     ((H, W) or (MODES, H, W)) one panel per probe mode: its amplitude, labelled with its
@@ -337,6 +344,8 @@ def save_preview(
     (:func:`recon.metrics.deramp_phase`): a ramp is an ambiguity of the data, and it would
     wrap the phase display. Each panel's grey scale spans its 1st..99th percentile,
     written in the label above it ("phase -1.2 to 1.3 rad", "amplitude 0.61 to 1.02").
+    Written to a temporary file beside it (removed on any failure) and renamed into
+    place; ``mode``: its permission bits (default: what the umask allows, 0644 usually).
     """
     from recon.metrics import deramp_phase
 
@@ -369,8 +378,8 @@ def save_preview(
         modes = np.asarray(probe).reshape(-1, *np.asarray(probe).shape[-2:])
         fractions = probe_power_fractions(modes)
         height = panels[0][1].height
-        for index, (mode, fraction) in enumerate(zip(modes, fractions, strict=True)):
-            amplitude = np.abs(mode)
+        for index, (probe_mode, fraction) in enumerate(zip(modes, fractions, strict=True)):
+            amplitude = np.abs(probe_mode)
             peak = float(amplitude.max())
             grey = np.clip(amplitude / peak if peak > 0 else amplitude, 0, 1) * 255 + 0.5
             image = Image.fromarray(grey.astype(np.uint8))
@@ -388,10 +397,26 @@ def save_preview(
         canvas.paste(image, (x, PREVIEW_GAP + PREVIEW_LABEL_HEIGHT))
         x += image.width + PREVIEW_GAP
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    temp_path = png_path.with_name(f".{png_path.name}.tmp")
-    canvas.save(temp_path, format="PNG")
-    os.replace(temp_path, png_path)
+    descriptor, temp_name = tempfile.mkstemp(
+        dir=png_path.parent, prefix=f".{png_path.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as temp_file:
+            canvas.save(temp_file, format="PNG")
+        os.chmod(temp_name, _default_file_mode() if mode is None else mode)
+        os.replace(temp_name, png_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
     return png_path
+
+
+def _default_file_mode() -> int:
+    """What ``open(..., "w")`` would give a new file: 0666 less the umask."""
+    from recon.output_path import current_umask
+
+    return 0o666 & ~current_umask()
 
 
 def _to_grey(values: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -353,10 +353,17 @@ def open_local_backend(config: Config) -> LocalBackend:
     """The production local backend: a real Globus Compute engine built from
     ``config.endpoint_config`` (default ``endpoint_config/local/config.yaml``) runs
     ``functions.reconstruct.reconstruct_view`` through the endpoint's serialization
-    path; :meth:`LocalBackend.close` shuts the engine down."""
+    path, with ``PTYCHOFLOW_ALLOWED_ROOTS`` set to ``config.compute_root``;
+    :meth:`LocalBackend.close` shuts the engine down."""
+    import os
+
     from flows.local.compute import LocalComputeEngine
+    from functions.allowed_roots import ALLOWED_ROOTS_ENV
     from functions.reconstruct import reconstruct_view
 
+    # The compute function works only under PTYCHOFLOW_ALLOWED_ROOTS; the local
+    # engine's workers inherit this process's environment when the engine starts.
+    os.environ[ALLOWED_ROOTS_ENV] = os.path.realpath(config.compute_root)
     engine = LocalComputeEngine(config.endpoint_config, run_dir=Path(config.state_dir) / "engine")
     engine.start()
     try:

@@ -11,6 +11,13 @@ verified, and only then renamed over the destination (``os.replace``, atomic on
 one filesystem). A reader therefore never sees half a file under the
 destination's name, and a failed or interrupted copy leaves the previous
 destination (if any) untouched.
+
+Permissions follow the source: a copy gets the source file's permission bits (``rwx``
+for user, group and others; set-id and sticky bits are dropped), and a folder the
+transfer creates gets its source folder's bits. The partial file is created 0600 and
+given those bits just before the rename, so no copy is ever more open than its source
+(a 0600 view stays 0600 on the compute side and its results stay 0600 when they come
+back).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import datetime
 import hashlib
 import os
 import secrets
+import stat
 import uuid
 from pathlib import Path
 from typing import Any
@@ -146,11 +154,13 @@ def _transfer_item(
             raise TransferPathError(
                 f"transfer: source {item['source_path']!r} is a folder; set recursive: true"
             )
-        destination.mkdir(parents=True, exist_ok=True)
+        created = _make_folders(source, destination, sorted(p for p in source.rglob("*")))
         for file in sorted(p for p in source.rglob("*") if p.is_file()):
             if PARTIAL_MARKER in file.name:
                 continue  # another copy in progress (or interrupted) into the source folder
             copied.append(copy_file_verified(file, destination / file.relative_to(source)))
+        for source_folder, made in reversed(created):  # deepest last-made first
+            os.chmod(made, _permission_bits(source_folder))
         return
     if recursive:
         raise TransferPathError(
@@ -159,11 +169,30 @@ def _transfer_item(
     copied.append(copy_file_verified(source, destination))
 
 
+def _permission_bits(path: Path) -> int:
+    """The ``rwx`` bits of ``path`` for user, group and others (no set-id, no sticky)."""
+    return stat.S_IMODE(path.stat().st_mode) & 0o777
+
+
+def _make_folders(source: Path, destination: Path, entries: list[Path]) -> list[tuple[Path, Path]]:
+    """Create ``destination`` and the folders under it that mirror ``source``'s; return the
+    (source folder, created folder) pairs, parents first. Their modes are set by the
+    caller after the files are in (a read-only source folder would stop the copy)."""
+    created: list[tuple[Path, Path]] = []
+    for source_folder in [source, *(p for p in entries if p.is_dir() and not p.is_symlink())]:
+        made = destination / source_folder.relative_to(source)
+        if not made.exists():
+            made.mkdir(parents=True)
+            created.append((source_folder, made))
+    return created
+
+
 def copy_file_verified(source: Path, destination: Path) -> dict[str, Any]:
     """Copy one file atomically and verify its SHA-256; return ``{path, bytes, sha256}``.
 
-    Raises :class:`OSError` on I/O errors and :class:`InputError` when the copy's
-    checksum differs from the source's; in both cases no partial file remains.
+    The copy gets the source's permission bits (see the module docstring). Raises
+    :class:`OSError` on I/O errors and :class:`InputError` when the copy's checksum
+    differs from the source's; in both cases no partial file remains.
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     if destination.is_dir():
@@ -172,13 +201,17 @@ def copy_file_verified(source: Path, destination: Path) -> dict[str, Any]:
     source_hash = hashlib.sha256()
     size = 0
     try:
-        with open(source, "rb") as reader, open(partial, "xb") as writer:
-            while chunk := reader.read(CHUNK_BYTES):
-                source_hash.update(chunk)
-                writer.write(chunk)
-                size += len(chunk)
-            writer.flush()
-            os.fsync(writer.fileno())
+        with open(source, "rb") as reader:
+            private = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with open(private, "wb") as writer:
+                while chunk := reader.read(CHUNK_BYTES):
+                    source_hash.update(chunk)
+                    writer.write(chunk)
+                    size += len(chunk)
+                writer.flush()
+                source_bits = stat.S_IMODE(os.fstat(reader.fileno()).st_mode) & 0o777
+                os.fchmod(writer.fileno(), source_bits)
+                os.fsync(writer.fileno())
         copy_digest = sha256_of(partial)
         if copy_digest != source_hash.hexdigest():
             raise InputError(

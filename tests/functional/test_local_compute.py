@@ -38,10 +38,15 @@ def raise_input_error_from_key_error() -> None:
 
 @pytest.fixture(scope="module")
 def shared_engine(tmp_path_factory):
+    # The workers inherit the environment when the engine starts: every tmp_path is
+    # under the base temporary folder, the compute function's allowed root here.
+    environment = pytest.MonkeyPatch()
+    environment.setenv("PTYCHOFLOW_ALLOWED_ROOTS", str(tmp_path_factory.getbasetemp()))
     holder: dict[str, LocalComputeEngine | None] = {"engine": None}
     yield holder
     if holder["engine"] is not None:
         holder["engine"].shutdown()
+    environment.undo()
 
 
 @pytest.fixture

@@ -60,7 +60,8 @@ def test_endpoint_identity_reports_allowed_roots(monkeypatch):
     assert endpoint_identity()["allowed_roots"] == []
 
 
-def test_the_reconstruction_summary_carries_version_and_code_hash(tmp_path):
+def test_the_reconstruction_summary_carries_version_and_code_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("PTYCHOFLOW_ALLOWED_ROOTS", str(tmp_path))
     view = write_cxi(tmp_path / "input" / "100" / "view003.cxi", n_side=3, det=16)
     summary = reconstruct_view(view, str(tmp_path / "out"), recon={"iterations": 1})
     identity = code_identity()

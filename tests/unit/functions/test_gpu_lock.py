@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 
@@ -25,7 +30,29 @@ def state_path(tmp_path):
 
 
 def read_state(path):
-    return json.loads(path.read_text())
+    """The claim table of a state file this module wrote."""
+    document = json.loads(path.read_text())
+    assert document["format"] == "ptychoflow-gpu-lock/1"
+    return document["gpus"]
+
+
+def running(*command: str) -> subprocess.Popen:
+    """Start ``command`` and return once it runs it (its /proc cmdline is ``command``'s):
+    before that a forked child still shows its parent's command line."""
+    proc = subprocess.Popen(list(command))
+    expected = "\0".join(command).encode()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if pathlib.Path(f"/proc/{proc.pid}/cmdline").read_bytes().rstrip(b"\0") == expected:
+                return proc
+        except OSError:
+            return proc  # no /proc: nothing to wait for
+        time.sleep(0.01)
+    return proc
+
+
+PYTHON_SLEEPER = (sys.executable, "-c", "import time; time.sleep(30)")
 
 
 def dead_pid() -> int:
@@ -93,7 +120,7 @@ def test_reused_pid_with_other_start_time_is_reclaimed(state_path):
 
 
 def test_live_other_process_is_not_reclaimed(state_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    holder = running(*PYTHON_SLEEPER)
     try:
         start = process_start_time(holder.pid)
         state_path.write_text(json.dumps({"0": {"pid": holder.pid, "start": start}}))
@@ -110,12 +137,55 @@ def test_live_other_process_is_not_reclaimed(state_path):
         holder.wait()
 
 
-@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]", "\xff\xfe", '{"0": 7}'])
-def test_missing_empty_or_corrupt_state_is_rebuilt(state_path, content):
+OURS = '{"format": "ptychoflow-gpu-lock/1", "gpus": '
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",  # created, never written
+        OURS,  # truncated mid-write
+        OURS + '{"0": {"pid": 1' + "0" * 40 + ', "start": 5}}}',  # a huge pid
+        OURS + '{"0": ' + "[" * 100_000 + "]" * 100_000 + "}}",  # deep nesting, 200 kB
+        OURS + '{"0": ' + "[" * 5_000 + "]" * 5_000 + "}}",  # deep nesting within the bound
+        OURS + '{"0": {"pid": -3, "start": 1}, "1": "x", "2": {"pid": 5, "start": 1, "cmd": 1}}}',
+        '{"format": "ptychoflow-gpu-lock/9", "gpus": {}}',  # a format we do not know
+        '{"0": 7}',  # the previous format, malformed
+        '{"0": {"pid": 99999999999999999999999999, "start": null}}',  # previous format
+        '{"0": ' + "[" * 50_000 + "]" * 50_000 + "}",  # previous format, deep nesting
+        '{"0": {"pid": 1, "st\xff',  # previous format, truncated, not UTF-8
+    ],
+    ids=lambda content: repr(content[:60]),
+)
+def test_malformed_content_of_a_lock_file_is_rebuilt(state_path, content):
+    """Our own file, damaged: every claim still works, and the file is ours again."""
     state_path.write_bytes(content.encode("latin-1"))
+    state_path.chmod(0o600)
     pool = GpuPool(state_path, gpus=range(3))
     assert pool.claim(3, timeout=0) == [0, 1, 2]
-    assert set(read_state(state_path)) == {"0", "1", "2"}
+    assert set(read_state(state_path)) >= {"0", "1", "2"}
+    assert {v["pid"] for v in read_state(state_path).values() if v} == {os.getpid()}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"[1, 2]",
+        b"\xff\xfe",
+        b"my beamtime notes\n",
+        b"\x89HDF\r\n\x1a\n" + bytes(64),
+    ],
+)
+def test_an_unrelated_file_is_refused_and_left_untouched(state_path, content, monkeypatch):
+    """PTYCHOFLOW_GPU_LOCK pointing at an existing file used to overwrite it."""
+    state_path.write_bytes(content)
+    state_path.chmod(0o600)
+    monkeypatch.setenv("PTYCHOFLOW_GPU_LOCK", str(state_path))
+    with pytest.raises(DeviceError, match="is not a ptychoflow GPU lock file") as info:
+        GpuPool(gpus=[0]).claim(1, timeout=0)
+    assert str(state_path) in str(info.value) and "PTYCHOFLOW_GPU_LOCK" in str(info.value)
+    assert state_path.read_bytes() == content
 
 
 def test_gpu_list_change_keeps_other_workers_gpus(state_path):
@@ -196,3 +266,127 @@ def test_zombie_claimant_is_reclaimed(state_path):
         assert GpuPool(state_path, gpus=[0]).claim(1, timeout=0) == [0]
     finally:
         zombie.wait()
+
+
+# -- the state file is untrusted: links, owners, modes (issue 7, item 8) --------------------
+
+
+def as_nobody(*command: str) -> None:
+    """Run ``command`` as uid/gid 65534 (root only)."""
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    subprocess.run([*drop, *command], check=True)
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="files of another user can only be made as root (with setpriv)",
+)
+
+
+@pytest.fixture
+def shared_folder():
+    """A world-writable sticky folder like /dev/shm, for files of several users."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="ptychoflow-shm-"))
+    folder.chmod(0o1777)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_new_file_is_private_or_group_shared_on_purpose(tmp_path):
+    private = tmp_path / "private"
+    GpuPool(private, gpus=[0]).claim(1, timeout=0)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    shared = tmp_path / "shared"
+    GpuPool(shared, gpus=[0], group_shared=True).claim(1, timeout=0)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o660  # exactly, despite umask 022
+
+
+def test_symlink_is_never_followed(shared_folder):
+    victim = shared_folder / "victim.txt"
+    victim.write_text("do not overwrite")
+    link = shared_folder / "availgpus"
+    if os.geteuid() == 0 and shutil.which("setpriv"):
+        as_nobody("ln", "-s", str(victim), str(link))  # another user's planted link
+        assert link.lstat().st_uid == 65534
+    else:
+        link.symlink_to(victim)
+    with pytest.raises(DeviceError, match="is a symbolic link; refusing to follow it"):
+        GpuPool(link, gpus=[0]).claim(1, timeout=0)
+    assert victim.read_text() == "do not overwrite"
+    dangling = shared_folder / "availgpus2"
+    dangling.symlink_to(shared_folder / "would-be-created")
+    with pytest.raises(DeviceError, match="symbolic link"):
+        GpuPool(dangling, gpus=[0]).claim(1, timeout=0)
+    assert not (shared_folder / "would-be-created").exists()
+
+
+@needs_root
+def test_another_users_file_is_refused(shared_folder):
+    planted = shared_folder / "availgpus"
+    as_nobody("sh", "-c", f"printf '' > {planted}; chmod 644 {planted}")
+    with pytest.raises(DeviceError, match="belongs to uid 65534, not to this user"):
+        GpuPool(planted, gpus=[0]).claim(1, timeout=0)
+    assert planted.read_bytes() == b""
+
+
+def test_hard_link_and_writable_by_others_are_refused(tmp_path):
+    mine = tmp_path / "availgpus"
+    GpuPool(mine, gpus=[0]).claim(1, timeout=0)
+    os.link(mine, tmp_path / "second-name")
+    with pytest.raises(DeviceError, match="has 2 hard links"):
+        GpuPool(mine, gpus=[0]).holders()
+    os.unlink(tmp_path / "second-name")
+    mine.chmod(0o666)
+    with pytest.raises(DeviceError, match=r"writable by other users \(mode 0666\); chmod 600"):
+        GpuPool(mine, gpus=[0]).holders()
+
+
+def test_lock_descriptor_is_not_inherited(state_path):
+    pool = GpuPool(state_path, gpus=[0])
+    with pool._locked_state():
+        listing = subprocess.run(
+            ["ls", "-l", "/proc/self/fd/"], capture_output=True, text=True, check=True
+        ).stdout
+    assert str(state_path) not in listing
+
+
+# -- claims by processes that are not ptychoflow claimants ----------------------------------
+
+
+def test_live_process_that_is_not_a_claimant_does_not_hold_a_gpu(state_path):
+    """A recorded PID whose process runs something else (`sleep`), with its real start
+    time: the claim used to keep the GPU busy for the whole wait (3600 s)."""
+    stranger = running("sleep", "60")
+    try:
+        start = process_start_time(stranger.pid)
+        if start is None:
+            pytest.skip("/proc/<pid>/stat not available")
+        claim = {"pid": stranger.pid, "start": start}
+        state_path.write_text(json.dumps({"0": claim}))  # the previous format
+        assert GpuPool(state_path, gpus=[0]).claim(1, timeout=0) == [0]
+        state_path.write_text(json.dumps({"format": "ptychoflow-gpu-lock/1", "gpus": {"0": claim}}))
+        assert GpuPool(state_path, gpus=[0]).claim(1, timeout=0) == [0]
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_unverifiable_or_foreign_user_claims_are_reclaimed(state_path):
+    """A live Python claimant, but the claim lacks its start time or names another uid."""
+    holder = running(*PYTHON_SLEEPER)
+    try:
+        start = process_start_time(holder.pid)
+        if start is None:
+            pytest.skip("/proc/<pid>/stat not available")
+        for claim in (
+            {"pid": holder.pid, "start": None},
+            {"pid": holder.pid, "start": start, "uid": os.geteuid() + 1},
+        ):
+            state_path.write_text(json.dumps({"0": claim}))
+            assert GpuPool(state_path, gpus=[0]).claim(1, timeout=0) == [0]
+        state_path.write_text(json.dumps({"0": {"pid": holder.pid, "start": start}}))
+        with pytest.raises(GpuUnavailableError):  # the real claimant keeps its GPU
+            GpuPool(state_path, gpus=[0]).claim(1, timeout=0)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -63,6 +63,12 @@ def write_cxi(path, n_side: int = 6, det: int = 32, data: np.ndarray | None = No
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def allowed_roots(monkeypatch, tmp_path):
+    """The endpoint's allowed roots: this test's folder (see test_function_confinement)."""
+    monkeypatch.setenv("PTYCHOFLOW_ALLOWED_ROOTS", str(tmp_path))
+
+
 @pytest.fixture
 def view(tmp_path):
     return write_cxi(tmp_path / "input" / "100" / "view003.cxi")

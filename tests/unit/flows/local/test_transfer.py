@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -162,3 +163,47 @@ def test_process_killed_mid_copy_leaves_nothing_under_the_destination_name(roots
     result = transfer_action(request(("/scan100/v.cxi", "/in/v.cxi", False)), roots)
     assert result["status"] == "SUCCEEDED"
     assert (folder / "v.cxi").read_bytes() == content
+
+
+# -- permissions follow the source (issue 7, item 5) ---------------------------------------
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644, 0o400])
+def test_a_copy_keeps_the_source_files_mode(roots, mode):
+    """A 0600 view used to arrive as 0644: readable by every account on the machine."""
+    view = roots[ACQ] / "scan100" / "view003.cxi"
+    view.write_bytes(os.urandom(1000))
+    view.chmod(mode)
+    result = transfer_action(
+        request(("/scan100/view003.cxi", "/input/100/view003.cxi", False)), roots
+    )
+    assert result["status"] == "SUCCEEDED", result.get("display_status")
+    assert mode_of(roots[COMPUTE] / "input" / "100" / "view003.cxi") == mode
+
+
+def test_a_folder_copy_keeps_file_and_folder_modes(roots):
+    """Results coming back (recon/<id>/ copied recursively) keep their modes, and so do
+    the folders the transfer creates; special bits are dropped."""
+    results = roots[COMPUTE] / "recon" / "100"
+    (results / "private").mkdir(parents=True)
+    (results / "view000.h5").write_bytes(b"result")
+    (results / "view000.h5").chmod(0o600)
+    (results / "view000.png").write_bytes(b"preview")
+    (results / "view000.png").chmod(0o640)
+    (results / "private" / "log.txt").write_bytes(b"log")
+    (results / "private").chmod(0o700)
+    results.chmod(0o2750)  # setgid folder: the bit is not copied
+    result = transfer_action(
+        request(("/recon/100", "/recon/100", True), source=COMPUTE, destination=ACQ), roots
+    )
+    assert result["status"] == "SUCCEEDED", result.get("display_status")
+    back = roots[ACQ] / "recon" / "100"
+    assert mode_of(back / "view000.h5") == 0o600
+    assert mode_of(back / "view000.png") == 0o640
+    assert mode_of(back / "private") == 0o700
+    assert mode_of(back) == 0o750
+    assert (back / "private" / "log.txt").read_bytes() == b"log"

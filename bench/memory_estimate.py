@@ -1,0 +1,74 @@
+"""The memory estimate that guards the loaders against the measured peak: prints a table.
+
+Each view is reconstructed (3 iterations, NumPy) in a fresh process; its peak resident
+memory, less that of the interpreter with the imports, is set against the estimate
+``recon.memory`` refuses views with. Asserts nothing.
+
+    python bench/memory_estimate.py
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SIEMENS_STAR = REPO.parent / "shared" / "data" / "siemens-star-small.npz.bz2"
+
+#: Peak resident memory from VmHWM (ru_maxrss would carry the parent's peak over exec).
+MEASURE = """
+import sys
+import numpy as np
+from recon.cxi import load_scan
+from recon.memory import estimate_reconstruction_bytes, object_shape_estimate
+from recon.options import ReconOptions
+from recon.ptycho import reconstruct
+def peak_bytes():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
+baseline = peak_bytes()
+scan = load_scan(sys.argv[1])
+n, h, w = scan.data.shape
+extent = tuple(float(e) for e in np.ptp(scan.positions, axis=0))
+estimate = estimate_reconstruction_bytes(n, (h, w), object_shape_estimate(extent, (h, w)))
+reconstruct(scan, ReconOptions(iterations=3, backend="numpy"))
+peak = peak_bytes() - baseline
+print(f"{n}x{h}x{w}", estimate, peak)
+"""
+
+
+def main() -> None:
+    from recon.simulate import write_simulated_scan
+
+    with tempfile.TemporaryDirectory() as folder:
+        views = [("Siemens star (real)", SIEMENS_STAR)] if SIEMENS_STAR.exists() else []
+        for positions, detector in ((256, 64), (1000, 128)):
+            (path,) = write_simulated_scan(
+                pathlib.Path(folder) / f"sim{positions}",
+                n_views=1,
+                n_positions=positions,
+                detector=detector,
+                photons=1e6,
+            )
+            views.append(("simulated", path))
+        print(f"{'view':<22} {'patterns':>14} {'estimate MiB':>13} {'peak MiB':>9} {'ratio':>6}")
+        for name, path in views:
+            out = subprocess.run(
+                [sys.executable, "-c", MEASURE, str(path)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=REPO,
+            ).stdout.split()
+            shape, estimate, peak = out[0], float(out[1]), float(out[2])
+            print(
+                f"{name:<22} {shape:>14} {estimate / 2**20:>13.0f} {peak / 2**20:>9.0f} "
+                f"{estimate / peak:>6.2f}"
+            )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main()

@@ -1,0 +1,161 @@
+"""How much memory a reconstruction will need, estimated before anything big is allocated.
+
+A translation a metre off (an object of 10^8 x 10^8 pixels) or a sparse HDF5 dataset
+with a huge declared shape must end in a clear refusal that names the number and the
+limit, not in a ``MemoryError`` (or the kernel's OOM killer) after minutes.
+
+The estimate is a model fitted to measured peaks of the NumPy solver (peak RSS less the
+40 MiB of the interpreter and imports): the Siemens star, 516x128x128, peaks at 455 MiB
+(model: 485 MiB); a simulated 1000x128x128 view at 853 MiB (model: 887 MiB)
+(``bench/memory_estimate.py``). That is a fixed 40 MiB plus about twelve float32 copies
+of the patterns (the counts as read, as float32, shifted,
+far fields, intensities, work arrays) plus the object side (object, gradients, CG
+directions, double-precision accumulators), bounded by :data:`BYTES_PER_OBJECT_PIXEL`.
+
+The limit is ``PTYCHOFLOW_MEMORY_LIMIT`` (bytes, or with a unit: ``64GiB``, ``500MB``)
+when set, else the memory the kernel reports as available (``MemAvailable`` in
+``/proc/meminfo``), else no limit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+from recon.errors import InputTooLargeError, OptionsError
+
+#: Environment variable holding the memory limit.
+MEMORY_LIMIT_ENV = "PTYCHOFLOW_MEMORY_LIMIT"
+
+#: Bytes per diffraction-pattern pixel over the whole reconstruction (twelve float32 copies).
+BYTES_PER_PATTERN_PIXEL = 48
+#: Bytes per object pixel: complex64 object and CG vectors, complex128 accumulators.
+BYTES_PER_OBJECT_PIXEL = 128
+#: Work space any reconstruction needs whatever its size (FFT plans, chunk buffers):
+#: a 256x64x64 view peaks at 92 MiB where its patterns and object explain 55.
+FIXED_OVERHEAD_BYTES = 40 * 2**20
+#: Extra pixels around the scanned area (the loaders' and the solver's margins).
+OBJECT_MARGIN_PIXELS = 4
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(text: str, setting: str = MEMORY_LIMIT_ENV) -> int:
+    """``"64GiB"``, ``"500 MB"``, ``"2e9"`` -> bytes; an OptionsError naming ``setting``."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise OptionsError(
+            f"{setting}={text!r} is not a size; expected bytes or a number with a unit "
+            "(e.g. 64GiB, 500MB)"
+        )
+    value = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(value) or value < 1:
+        raise OptionsError(f"{setting}={text!r} must be at least one byte")
+    return int(value)
+
+
+def format_bytes(count: float) -> str:
+    """1536 -> ``"1.5 KiB"``; very large numbers stay readable (``"3.2e+06 TiB"``)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} B" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB" if count < 1e4 else f"{count:.3g} TiB"
+
+
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo`` in bytes; None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def memory_limit(explicit: int | None = None) -> tuple[int | None, str]:
+    """(limit in bytes or None, where it came from) for the refusal message."""
+    if explicit is not None:
+        return explicit, "the memory_limit asked for"
+    text = os.environ.get(MEMORY_LIMIT_ENV)
+    if text:
+        return parse_bytes(text), f"{MEMORY_LIMIT_ENV}={text}"
+    available = available_memory_bytes()
+    if available is not None:
+        return available, f"the memory available on this machine; set {MEMORY_LIMIT_ENV} to change"
+    return None, "no limit"
+
+
+def object_shape_estimate(
+    extent_pixels: tuple[float, float], detector_shape: tuple[int, int]
+) -> tuple[float, float]:
+    """Object (rows, cols) for positions spanning ``extent_pixels``; floats so absurd
+    extents (1e12 pixels) do not overflow."""
+    return (
+        float(extent_pixels[0]) + detector_shape[0] + OBJECT_MARGIN_PIXELS,
+        float(extent_pixels[1]) + detector_shape[1] + OBJECT_MARGIN_PIXELS,
+    )
+
+
+def estimate_reconstruction_bytes(
+    n_patterns: int,
+    detector_shape: tuple[int, int],
+    object_shape: tuple[float, float],
+    data_itemsize: int = 4,
+) -> float:
+    """Peak bytes of one reconstruction: the patterns (as stored, plus the solver's
+    float32 copies) and the object-sized arrays. A float: it may exceed any int64."""
+    pattern_pixels = float(n_patterns) * detector_shape[0] * detector_shape[1]
+    object_pixels = float(object_shape[0]) * float(object_shape[1])
+    return (
+        FIXED_OVERHEAD_BYTES
+        + pattern_pixels * (BYTES_PER_PATTERN_PIXEL + data_itemsize)
+        + object_pixels * BYTES_PER_OBJECT_PIXEL
+    )
+
+
+def check_memory(
+    source: str,
+    n_patterns: int,
+    detector_shape: tuple[int, int],
+    extent_pixels: tuple[float, float],
+    data_itemsize: int = 4,
+    limit: int | None = None,
+    hint: str = "",
+) -> float:
+    """Refuse (InputTooLargeError naming the estimate and the limit) a view that would not
+    fit; return the estimate in bytes otherwise.
+
+    ``extent_pixels``: (rows, cols) spanned by the scan positions in object pixels.
+    ``hint``: what to check in the file, appended to the message.
+    """
+    object_shape = object_shape_estimate(extent_pixels, detector_shape)
+    needed = estimate_reconstruction_bytes(n_patterns, detector_shape, object_shape, data_itemsize)
+    allowed, where = memory_limit(limit)
+    if allowed is not None and needed > allowed:
+        raise InputTooLargeError(
+            f"{source}: reconstructing this view needs about {format_bytes(needed)} "
+            f"({n_patterns} patterns of {detector_shape[0]}x{detector_shape[1]}, an object of "
+            f"{object_shape[0]:.4g}x{object_shape[1]:.4g} pixels), more than the limit of "
+            f"{format_bytes(allowed)} ({where}){hint}"
+        )
+    return needed
