@@ -205,6 +205,28 @@ from watcher.service import WatcherService, configure_logging
 
 settings = json.loads(sys.argv[1])
 configure_logging()
+sabotage = settings.get("sabotage_observer")
+if sabotage:
+    # Simulate an observer crash: an exception raised in watchdog's emitter thread, on
+    # every event whose path names "crash-observer" ("on_event"), or on every poll of
+    # the file system ("always").
+    from watchdog.observers.api import EventEmitter
+
+    original_queue_event = EventEmitter.queue_event
+    original_run = EventEmitter.run
+
+    def queue_event(self, event):
+        if "crash-observer" in str(event.src_path):
+            raise RuntimeError("injected emitter crash")
+        original_queue_event(self, event)
+
+    def run(self):
+        if sabotage == "always":
+            raise RuntimeError("injected emitter crash at start")
+        original_run(self)
+
+    EventEmitter.queue_event = queue_event
+    EventEmitter.run = run
 service = WatcherService(
     load_config(settings["config"]),
     lambda config: RecordingBackend(settings["log"], **settings.get("backend", {})),
@@ -213,6 +235,7 @@ service = WatcherService(
     tick_s=0.02,
     refresh_interval_s=0.2,
     retry=RetryPolicy(attempts=3, first_delay_s=0.01),
+    **settings.get("service", {}),
 )
 sys.exit(service.run_forever())
 """
@@ -221,7 +244,17 @@ sys.exit(service.run_forever())
 class WatcherProcess:
     """The watcher in a subprocess (real signals, real SIGKILL), its log lines collected."""
 
-    def __init__(self, config_path, log_path, *, polling=False, backend=None, cwd=None):
+    def __init__(
+        self,
+        config_path,
+        log_path,
+        *,
+        polling=False,
+        backend=None,
+        cwd=None,
+        service=None,
+        sabotage_observer=None,
+    ):
         import subprocess
         import sys
         import threading
@@ -232,6 +265,8 @@ class WatcherProcess:
             "log": str(log_path),
             "polling": polling,
             "backend": backend or {},
+            "service": service or {},
+            "sabotage_observer": sabotage_observer,
         }
         env = {**os.environ, "PYTHONPATH": str(repo)}
         self.process = subprocess.Popen(

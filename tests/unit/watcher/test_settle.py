@@ -129,3 +129,48 @@ def test_forget_and_removed_folders(tmp_path):
     tracker.touch(known)
     tracker.forget(known)
     assert tracker.ready() == []
+
+
+def test_settle_mode_sees_changes_without_events(tmp_path):
+    """No event arrives for writes inside a scan (only the root is watched): the stage
+    compares listings, so a file that grows restarts the wait."""
+    clock = Clock()
+    scan = tmp_path / "scan8"
+    scan.mkdir()
+    write_view(scan / "view000.cxi")
+    tracker = SettleTracker(None, settle_seconds=2.0, clock=clock, give_up_seconds=100)
+    tracker.touch(scan)
+    clock.now += 1
+    write_view(scan / "view001.cxi")  # no touch(): nobody told the tracker
+    clock.now += 1.1
+    assert tracker.ready() == []  # the listing changed since touch()
+    clock.now += 2.1
+    assert tracker.ready() == [scan]
+
+
+def test_only_the_scan_folders_own_entries_are_looked_at(tmp_path):
+    clock = Clock()
+    scan = tmp_path / "scan9"
+    scan.mkdir()
+    write_view(scan / "view000.cxi")
+    deep = scan / "sub"
+    deep.mkdir()
+    (deep / "half-written.cxi").write_bytes(b"not HDF5 yet")  # below the depth looked at
+    tracker = SettleTracker(None, settle_seconds=1.0, clock=clock, give_up_seconds=100)
+    tracker.touch(scan)
+    clock.now += 1.1
+    (deep / "half-written.cxi").write_bytes(b"still changing")
+    assert tracker.ready() == [scan]
+
+
+def test_reopen_tracks_a_reported_scan_again(tmp_path):
+    clock = Clock()
+    scan = tmp_path / "scan10"
+    scan.mkdir()
+    (scan / "scan.done").touch()
+    tracker = SettleTracker("scan.done", settle_seconds=1.0, clock=clock)
+    tracker.touch(scan)
+    assert tracker.ready() == [scan] and tracker.is_reported(scan)
+    tracker.reopen(scan)
+    assert tracker.touch(scan)
+    assert tracker.ready() == [scan]
