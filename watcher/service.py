@@ -144,6 +144,9 @@ class WatcherService:
         self._observer: BaseObserver | None = None
         self._observer_restarts: list[float] = []
         self._rescan_requested = threading.Event()
+        self._observer_deaf = threading.Event()
+        #: Scan folders the periodic look found before any event named them: when found.
+        self._unreported: dict[pathlib.Path, float] = {}
         self._worker: threading.Thread | None = None
         self._previous_excepthook: Callable[[threading.ExceptHookArgs], Any] | None = None
         self._thread_errors: dict[str, str] = {}
@@ -228,13 +231,16 @@ class WatcherService:
         log.info("watcher stopped")
 
     def observer_alive(self) -> bool:
-        """The observer thread and every emitter thread it started are running."""
+        """The observer thread, every emitter thread it started and (inotify) the thread
+        reading its inotify file descriptor are running."""
         observer = self._observer
-        return (
-            observer is not None
-            and observer.is_alive()
-            and all(emitter.is_alive() for emitter in observer.emitters)
-        )
+        if observer is None or not observer.is_alive():
+            return False
+        emitters = observer.emitters
+        if not emitters or not all(emitter.is_alive() for emitter in emitters):
+            return False
+        reader = getattr(observer, "_inotify_fd", None)  # watchdog's InotifyObserver
+        return not isinstance(reader, threading.Thread) or reader.is_alive()
 
     def alive(self) -> bool:
         return bool(self._worker and self._worker.is_alive() and self.observer_alive())
@@ -262,7 +268,9 @@ class WatcherService:
                     log.error("the watcher's worker thread died; exiting with code 1")
                     self.failed = self.failed or RuntimeError("worker thread died")
                     break
-                if not self.observer_alive() and not self._restart_observer():
+                if (
+                    self._observer_deaf.is_set() or not self.observer_alive()
+                ) and not self._restart_observer():
                     break
             self.stop()
         finally:
@@ -286,6 +294,9 @@ class WatcherService:
         ]
         reasons = "; ".join(f"{n}: {r}" for n, r in self._thread_errors.items()) or "no reason"
         self._thread_errors.clear()
+        if self._observer_deaf.is_set():
+            reasons = "it did not report a new scan folder"
+            self._observer_deaf.clear()
         if len(self._observer_restarts) >= self.max_observer_restarts:
             log.error(
                 "the file-system observer died %d times within %.0f s (last: %s); "
@@ -303,7 +314,7 @@ class WatcherService:
         if old is not None:
             try:
                 old.stop()
-                old.join(5.0)
+                old.join(2.0)  # a thread stuck in a read is left behind (daemon)
             except Exception as err:  # a broken observer must not stop the restart
                 log.warning("stopping the old observer failed: %s", describe_error(err))
         try:
@@ -311,6 +322,8 @@ class WatcherService:
         except Exception as err:  # counted as one more death by the next check
             log.error("restarting the file-system observer failed: %s", describe_error(err))
             return True
+        log.info("file-system observer restarted")
+        self._unreported.clear()  # the new observer reports only what happens from now
         self._rescan_requested.set()  # events may have been missed meanwhile
         return True
 
@@ -320,7 +333,7 @@ class WatcherService:
         assert self.launcher is not None
         try:
             self._recover()
-            self._rescan()  # the catch-up
+            self._rescan(catching_up=True)
             last_rescan = time.monotonic()
             last_refresh = time.monotonic()
             refreshing = False
@@ -382,13 +395,16 @@ class WatcherService:
         except queue.Empty:
             return
         while True:
+            self._unreported.pop(path, None)
             self._touch(path)
             try:
                 path = self.events.get_nowait()
             except queue.Empty:
                 return
 
-    def _touch(self, scan_path: pathlib.Path, age_seconds: float = 0.0) -> None:
+    def _touch(
+        self, scan_path: pathlib.Path, age_seconds: float = 0.0, *, how: str = "seen"
+    ) -> None:
         if scan_path in self._refused or not self.tracker.touch(scan_path, age_seconds=age_seconds):
             return
         problem = self.config.scan_name_problem(scan_path.name)
@@ -412,12 +428,17 @@ class WatcherService:
             if self.config.marker
             else f"waiting {self.config.settle_seconds:g} s without changes"
         )
-        log.info("%s: scan folder seen; %s", scan_path.name, waiting)
+        log.info("%s: scan folder %s; %s", scan_path.name, how, waiting)
 
-    def _rescan(self) -> None:
+    def _rescan(self, *, catching_up: bool = False) -> None:
         """Look at every scan folder under the root (one listing each, no deeper): new
         folders go to the settle stage; handed-over scans with view files the ledger has
-        no row for are handed over again."""
+        no row for are handed over again.
+
+        Outside the catch-up, a new scan folder found here that no event names within a
+        grace time means the observer went deaf without dying (e.g. its inotify
+        descriptor was closed): the main thread restarts it.
+        """
         root = self.config.acquisition_root
         regex = self.config.scan_regex()
         now = time.time()
@@ -438,11 +459,34 @@ class WatcherService:
             if self.tracker.is_reported(folder):
                 self._look_for_late_views(folder)
                 continue
+            known = folder in self._refused or folder in self.tracker.pending
             newest = newest_change(folder)
             age = max(0.0, now - newest) if newest is not None else 0.0
-            self._touch(folder, age_seconds=age)
+            if catching_up:
+                self._touch(folder, age_seconds=age, how="found on disk")
+            else:
+                self._touch(folder, age_seconds=age, how="found by the periodic look")
+            if not catching_up and not known:
+                self._unreported.setdefault(folder, time.monotonic())
             if self.tracker.is_reported(folder):  # the ledger knew it: any views missing?
                 self._look_for_late_views(folder)
+        missed = sorted(
+            folder
+            for folder, found in self._unreported.items()
+            if time.monotonic() - found > self._missed_event_grace_s()
+        )
+        if missed:
+            log.warning(
+                "the file-system observer did not report %s within %.0f s",
+                ", ".join(folder.name for folder in missed[:5]),
+                self._missed_event_grace_s(),
+            )
+            self._unreported.clear()
+            self._observer_deaf.set()
+
+    def _missed_event_grace_s(self) -> float:
+        """How old an unreported scan folder must be to count as missed by the observer."""
+        return 2.0 + (2 * self.polling_interval_s if self.polling else 0.0)
 
     def _look_for_late_views(self, folder: pathlib.Path) -> None:
         """Track a handed-over scan again when it has a view file the ledger lacks."""

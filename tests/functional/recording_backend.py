@@ -206,7 +206,7 @@ from watcher.service import WatcherService, configure_logging
 settings = json.loads(sys.argv[1])
 configure_logging()
 sabotage = settings.get("sabotage_observer")
-if sabotage:
+if sabotage in ("on_event", "always"):
     # Simulate an observer crash: an exception raised in watchdog's emitter thread, on
     # every event whose path names "crash-observer" ("on_event"), or on every poll of
     # the file system ("always").
@@ -237,6 +237,18 @@ service = WatcherService(
     retry=RetryPolicy(attempts=3, first_delay_s=0.01),
     **settings.get("service", {}),
 )
+if sabotage == "close_inotify_fd_on_sigusr1":
+    # Simulate an observer that goes deaf without dying: its inotify descriptor closed
+    # and the number taken by a pipe nobody writes to.
+    import os, signal
+
+    silent_pipe = os.pipe()
+
+    def close_inotify_fd(signum, frame):
+        os.dup2(silent_pipe[0], service._observer._inotify_fd._inotify_fd)
+        print("inotify descriptor closed", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR1, close_inotify_fd)
 sys.exit(service.run_forever())
 """
 

@@ -12,6 +12,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import time
 
 import pytest
 
@@ -106,12 +107,38 @@ def test_an_observer_that_crashes_is_restarted_and_later_scans_start(setup, poll
     with WatcherProcess(config, log_path, polling=polling, sabotage_observer="on_event") as w:
         w.wait_for_line("watching")
         (root / "crash-observer").touch()  # the emitter thread raises on this event
-        w.wait_for_line("restarting it", timeout_s=10)
+        w.wait_for_line("observer restarted", timeout_s=10)
         write_scan(root, 200, views=1)
         wait_until(lambda: started(log_path)["scan200-v000"], timeout_s=10, what="scan200")
         stop(w)
         no_traceback(w)
     assert any("injected emitter crash" in line for line in w.lines)
+
+
+def test_an_observer_gone_deaf_is_noticed_and_restarted(setup):
+    """Its inotify descriptor closed, the observer's threads live on but report nothing:
+    the periodic look finds the unreported scan, starts it and restarts the observer."""
+    root, config, log_path, _ = setup
+    with WatcherProcess(
+        config,
+        log_path,
+        sabotage_observer="close_inotify_fd_on_sigusr1",
+        service={"rescan_interval_s": 0.5},
+    ) as watcher:
+        watcher.wait_for_line("watching")
+        watcher.signal(signal.SIGUSR1)
+        watcher.wait_for_line("inotify descriptor closed")
+        write_scan(root, 210, views=1)
+        wait_until(lambda: started(log_path)["scan210-v000"], timeout_s=15, what="scan210")
+        watcher.wait_for_line("did not report scan210", timeout_s=10)
+        watcher.wait_for_line("observer restarted", timeout_s=10)
+        write_scan(root, 211, views=1)
+        wait_until(lambda: started(log_path)["scan211-v000"], timeout_s=10, what="scan211")
+        time.sleep(2.0 + 2 * 0.5)  # the grace time and two periodic looks
+        # The restarted observer reported scan211 (else the look would have warned again).
+        assert not any("did not report scan211" in line for line in watcher.lines)
+        stop(watcher)
+        no_traceback(watcher)
 
 
 def test_an_observer_that_keeps_dying_makes_the_watcher_exit_1(setup):
@@ -245,6 +272,6 @@ def test_a_file_name_that_is_not_utf8_fails_only_its_own_view(setup):
         write_view_file(scan / "view002.cxi")
         (scan / "scan.done").touch()
         watcher.wait_for_line("scan650: ")
-        wait_until(lambda: len(started(log_path)) >= 2, timeout_s=5, what="the UTF-8 views")
+        wait_until(lambda: len(started(log_path)) >= 2, timeout_s=2, what="the UTF-8 views")
         stop(watcher)
         no_traceback(watcher)
