@@ -164,6 +164,10 @@ class SettleTracker:
             if self.marker is not None:
                 if (scan_path / self.marker).exists():
                     done.append(scan_path)
+                elif now >= entry.next_check:
+                    entry.next_check = now + max(self.settle_seconds, 1.0)
+                    if self._unreadable_for_too_long(scan_path, entry, now):
+                        done.append(scan_path)
                 continue
             if now < entry.next_check:
                 continue
@@ -189,6 +193,21 @@ class SettleTracker:
             del self._pending[scan_path]
             self._reported.add(scan_path)
         return done
+
+    def _unreadable_for_too_long(
+        self, scan_path: pathlib.Path, entry: _Pending, now: float
+    ) -> bool:
+        """A folder that cannot be listed (permission denied) never shows its marker:
+        after ``give_up_seconds`` it is handed over, so its failure gets recorded."""
+        if scan_listing(scan_path) is not None or now - entry.last_change < self.give_up_seconds:
+            return False
+        log.warning(
+            "%s: cannot list the scan folder (permission denied?) %.0f s after it appeared; "
+            "handing it over so the failure is recorded",
+            scan_path.name,
+            now - entry.last_change,
+        )
+        return True
 
     @staticmethod
     def _files_settled(scan_path: pathlib.Path) -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import h5py
 import numpy as np
+import pytest
 
 from watcher.settle import SettleTracker, file_opens
 
@@ -174,3 +176,21 @@ def test_reopen_tracks_a_reported_scan_again(tmp_path):
     tracker.reopen(scan)
     assert tracker.touch(scan)
     assert tracker.ready() == [scan]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their mode")
+def test_a_folder_that_cannot_be_listed_is_handed_over_after_the_give_up_time(tmp_path):
+    clock = Clock()
+    scan = tmp_path / "scan11"
+    scan.mkdir()
+    (scan / "scan.done").touch()
+    scan.chmod(0o000)
+    try:
+        tracker = SettleTracker("scan.done", settle_seconds=1.0, clock=clock, give_up_seconds=30)
+        tracker.touch(scan)
+        clock.now += 5
+        assert tracker.ready() == []  # the marker cannot be seen
+        clock.now += 30
+        assert tracker.ready() == [scan]  # the launcher records why it cannot be listed
+    finally:
+        scan.chmod(0o755)
