@@ -354,8 +354,13 @@ class WatcherService:
                 if refreshing or time.monotonic() - last_refresh >= self.refresh_interval_s:
                     try:
                         refreshing = not self.launcher.refresh(max_seconds=self.tick_s / 2)
-                    except LEDGER_UNAVAILABLE as err:
-                        log.warning("%s; following runs again later", self._ledger_busy(err))
+                    except Exception as err:  # runs are followed again at the next interval
+                        reason = (
+                            self._ledger_busy(err)
+                            if isinstance(err, LEDGER_UNAVAILABLE)
+                            else describe_error(err)
+                        )
+                        log.warning("following runs in flight failed: %s; trying later", reason)
                         refreshing = False
                     if not refreshing:
                         last_refresh = time.monotonic()
@@ -407,17 +412,20 @@ class WatcherService:
     ) -> None:
         if scan_path in self._refused or not self.tracker.touch(scan_path, age_seconds=age_seconds):
             return
-        problem = self.config.scan_name_problem(scan_path.name)
+        problem = self._folder_problem(scan_path)
         if problem is not None:
             self.tracker.forget(scan_path)
             self._refuse(scan_path, problem)
             return
         try:
             handed_over = self._ledger_shows_handed_over(scan_path)
-        except LEDGER_UNAVAILABLE as err:
-            log.warning(
-                "%s; %s is checked again when complete", self._ledger_busy(err), scan_path.name
+        except Exception as err:  # checked again when complete; never stops the watcher
+            reason = (
+                self._ledger_busy(err)
+                if isinstance(err, LEDGER_UNAVAILABLE)
+                else describe_error(err)
             )
+            log.warning("%s: %s; checked again when complete", scan_path.name, reason)
             handed_over = False
         if handed_over:
             self.tracker.forget(scan_path)
@@ -497,8 +505,13 @@ class WatcherService:
             return
         try:
             known = self._started_view_files(folder)
-        except LEDGER_UNAVAILABLE as err:
-            log.warning("%s; %s is looked at again later", self._ledger_busy(err), folder.name)
+        except Exception as err:  # looked at again by the next periodic look
+            reason = (
+                self._ledger_busy(err)
+                if isinstance(err, LEDGER_UNAVAILABLE)
+                else describe_error(err)
+            )
+            log.warning("%s: %s; looked at again later", folder.name, reason)
             return
         new = sorted(views - known)
         self._handed_views[folder] = views
@@ -596,8 +609,13 @@ class WatcherService:
         log.error("%s: failed: %s", scan_path.name, reason)
         try:
             self._record_scan_failure(scan_path, reason)
-        except LEDGER_UNAVAILABLE as err:
-            self._retry_later(scan_path, self._ledger_busy(err))
+        except Exception as err:  # e.g. the ledger busy: the scan is tried again later
+            self._retry_later(
+                scan_path,
+                self._ledger_busy(err)
+                if isinstance(err, LEDGER_UNAVAILABLE)
+                else f"recording the failure failed: {describe_error(err)}",
+            )
 
     # -- the launcher and ledger, by scan folder -------------------------------------------------
     # Every call below names the scan by its folder; today's launcher and ledger key scans
