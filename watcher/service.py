@@ -81,6 +81,9 @@ LEDGER_UNAVAILABLE: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
 MAX_OBSERVER_RESTARTS = 5
 OBSERVER_RESTART_WINDOW_S = 600.0
 
+#: How often the settle stage is asked while scans wait for their marker (seconds).
+PENDING_TICK_S = 0.01
+
 #: Delays between tries of a scan that could not be handed over because the ledger was
 #: busy or something unexpected failed: first, doubling, at most.
 RETRY_FIRST_S = 1.0
@@ -395,8 +398,11 @@ class WatcherService:
         )
 
     def _drain_events(self) -> None:
+        # Markers inside a scan raise no event (only the root is watched): while scans
+        # wait for theirs, look more often (one stat per waiting scan each time).
+        wait_s = min(self.tick_s, PENDING_TICK_S) if self.tracker.pending else self.tick_s
         try:
-            path = self.events.get(timeout=self.tick_s)
+            path = self.events.get(timeout=wait_s)
         except queue.Empty:
             return
         while True:
