@@ -8,6 +8,8 @@ the ledger at ``./ptychoflow.sqlite``.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import pathlib
 import re
 import tomllib
@@ -92,11 +94,44 @@ class Config:
             raise ConfigError(f"scan_pattern {self.scan_pattern!r} is not a regex: {err}") from err
 
     def scan_id_of(self, folder_name: str) -> int | None:
-        """The scan id of a folder name, or None when the name is not a scan folder."""
+        """The scan id of a folder name, or None when the name is not a usable scan folder
+        (no match, or an id that is not a number of at most :data:`MAX_SCAN_ID_DIGITS`
+        digits; :meth:`scan_name_problem` says why)."""
         match = self.scan_regex().fullmatch(folder_name)
-        if not match:
+        if not match or not match.groups():
             return None
-        return int(match.groups()[-1]) if match.groups() else None
+        digits = match.groups()[-1]
+        if not _is_scan_id(digits):
+            return None
+        return int(digits)
+
+    def scan_name_problem(self, folder_name: str) -> str | None:
+        """Why a folder name that matches ``scan_pattern`` cannot be a scan, or None (it
+        can be, or it does not match at all)."""
+        match = self.scan_regex().fullmatch(folder_name)
+        if not match or not match.groups():
+            return None
+        digits = match.groups()[-1]
+        if _is_scan_id(digits):
+            return None
+        shown = digits if len(digits) <= 40 else digits[:40] + "..."
+        return (
+            f"scan id {shown!r} is not a number of 1 to {MAX_SCAN_ID_DIGITS} digits; "
+            "rename the folder to start it"
+        )
+
+
+#: Scan ids have at most this many decimal digits (they must fit a 64-bit integer).
+MAX_SCAN_ID_DIGITS = 18
+
+
+def _is_scan_id(text: str | None) -> bool:
+    return (
+        text is not None
+        and 0 < len(text) <= MAX_SCAN_ID_DIGITS
+        and text.isascii()
+        and text.isdigit()
+    )
 
 
 def load_config(path: pathlib.Path | str | None = None, base: pathlib.Path | None = None) -> Config:
@@ -125,10 +160,20 @@ def load_config(path: pathlib.Path | str | None = None, base: pathlib.Path | Non
     return resolve_paths(config, path.resolve().parent)
 
 
+#: Config keys that are folder or file paths (strings in the file, relative to its folder).
+_PATH_KEYS = ("acquisition_root", "compute_root", "ledger", "state_dir", "endpoint_config")
+
+
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
+    """Build and validate a :class:`Config`; every problem is a :class:`ConfigError` that
+    names ``where`` (the file), the key and what was expected."""
     raw = dict(raw)
     globus_raw = raw.pop("globus", {}) or {}
     recon_raw = raw.pop("recon", {}) or {}
+    if not isinstance(globus_raw, dict):
+        raise ConfigError(f"{where}: globus must be a table ([globus]), not {globus_raw!r}")
+    if not isinstance(recon_raw, dict):
+        raise ConfigError(f"{where}: recon must be a table ([recon]), not {recon_raw!r}")
     known = {f.name for f in dataclasses.fields(Config)} - {"recon", "globus", "source"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -139,17 +184,18 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
     unknown = sorted(set(globus_raw) - known_globus)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) in [globus]: {', '.join(unknown)}")
+    for key, value in raw.items():
+        _check_value(key, value, where)
+    for key, value in globus_raw.items():
+        _check_globus_value(key, value, where)
     try:
         recon = ReconOptions.from_dict(recon_raw)
     except ValueError as err:
         raise ConfigError(f"{where}: [recon]: {err}") from err
     config = Config(**raw, recon=recon, globus=GlobusSettings(**globus_raw))
     check_globus_settings(config.globus, where)
-    if config.backend not in ("local", "globus"):
-        raise ConfigError(f"{where}: backend = {config.backend!r}; expected 'local' or 'globus'")
-    if not isinstance(config.concurrency, int) or config.concurrency < 1:
-        raise ConfigError(f"{where}: concurrency must be a positive integer")
-    config.scan_regex()
+    if "settle_seconds" in raw:
+        config.settle_seconds = float(raw["settle_seconds"])
     return config
 
 
@@ -186,6 +232,70 @@ def _is_uuid(value: str) -> bool:
     except (ValueError, AttributeError, TypeError):
         return False
     return True
+
+
+def _check_value(key: str, value: Any, where: str) -> None:
+    """Raise a ConfigError naming ``where`` and ``key`` unless ``value`` suits ``key``."""
+
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: {key} = {_show(value)}: expected {expected}")
+
+    if key in _PATH_KEYS:
+        if not isinstance(value, str) or not value.strip() or "\0" in value:
+            raise wrong('a path in quotes, e.g. "/data/beamline"')
+    elif key == "backend":
+        if value not in ("local", "globus"):
+            raise wrong("'local' or 'globus'")
+    elif key == "scan_pattern":
+        if not isinstance(value, str) or not value:
+            raise wrong("a regular expression in quotes, e.g. '(fly)?scan(\\d+)'")
+        try:
+            pattern = re.compile(value)
+        except re.error as err:
+            raise wrong(f"a regular expression ({err})") from err
+        if pattern.groups < 1:
+            raise wrong(
+                "a regular expression whose last group captures the scan number, "
+                "e.g. '(fly)?scan(\\d+)'"
+            )
+    elif key == "view_glob":
+        if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
+            raise wrong("a file name pattern in quotes, e.g. '*.cxi' (no folders)")
+    elif key == "marker":
+        if not isinstance(value, str) or "/" in value or value in (".", "..") or "\0" in value:
+            raise wrong("a file name in quotes, e.g. 'scan.done', or '' for none")
+    elif key == "settle_seconds":
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise wrong("a number of seconds >= 0, e.g. 5")
+    elif key == "concurrency" and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ):
+        raise wrong("a whole number >= 1, e.g. 64")
+
+
+def _check_globus_value(key: str, value: Any, where: str) -> None:
+    if key in ("run_monitors", "run_managers", "flow_starters", "data_access_collections"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(
+                f"{where}: [globus] {key} = {_show(value)}: expected a list of strings in "
+                'quotes, e.g. ["urn:globus:auth:identity:..."]'
+            )
+    elif not isinstance(value, str):
+        raise ConfigError(f"{where}: [globus] {key} = {_show(value)}: expected a string in quotes")
+
+
+def _show(value: Any) -> str:
+    """A value as a config line shows it, shortened and without control characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except ValueError:
+        text = ascii(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def resolve_paths(config: Config, base: pathlib.Path) -> Config:

@@ -16,11 +16,10 @@ import dataclasses
 import pathlib
 import re
 
-from flows.config import Config
+from flows.config import MAX_SCAN_ID_DIGITS, Config
 from recon.errors import InputError, InputFileNotFound, OptionsError
 
 #: Scan ids longer than this are refused (SQLite integers, and no beamline counts so far).
-MAX_SCAN_ID_DIGITS = 12
 
 
 class ScanNameError(InputError):
@@ -90,21 +89,14 @@ def parse_selection(text: str, what: str = "scan") -> Selection:
 def scan_id_of(config: Config, folder_name: str) -> int | None:
     """The scan id in a folder name, or None when the name is not a scan folder.
 
-    Raises :class:`ScanNameError` naming the folder when the id has more than
-    :data:`MAX_SCAN_ID_DIGITS` digits.
+    Raises :class:`ScanNameError` naming the folder when the name matches the scan
+    pattern but its id is not a number of at most :data:`MAX_SCAN_ID_DIGITS` digits
+    (:meth:`Config.scan_name_problem` says why).
     """
-    match = config.scan_regex().fullmatch(folder_name)
-    if not match or not match.groups() or match.groups()[-1] is None:
-        return None
-    digits = match.groups()[-1]
-    if not digits.isdigit():
-        return None
-    if len(digits.lstrip("0")) > MAX_SCAN_ID_DIGITS:
-        raise ScanNameError(
-            f"{folder_name}: its scan id has {len(digits)} digits; at most "
-            f"{MAX_SCAN_ID_DIGITS} are accepted. Rename the folder"
-        )
-    return int(digits)
+    problem = config.scan_name_problem(folder_name)
+    if problem is not None:
+        raise ScanNameError(f"{folder_name}: {problem}")
+    return config.scan_id_of(folder_name)
 
 
 def scan_folders(config: Config) -> tuple[list[ScanFolder], list[tuple[str, str]]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     watch = subparsers.add_parser(
         "watch",
         help="watch the acquisition root and start every complete scan once",
@@ -73,11 +73,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _watch(args: argparse.Namespace) -> int:
     from flows.config import load_config
+    from flows.errors import ConfigError
     from watcher.service import WatcherService, configure_logging
 
     config = load_config(args.config)
     if args.settle is not None:
+        if not args.settle >= 0 or args.settle == float("inf"):
+            raise ConfigError(f"--settle {args.settle:g}: expected a number of seconds >= 0")
         config.settle_seconds = args.settle
+    if args.polling_interval <= 0 or args.polling_interval == float("inf"):
+        raise ConfigError(
+            f"--polling-interval {args.polling_interval:g}: expected a number of seconds > 0"
+        )
+    if args.marker is not None and ("/" in args.marker or args.marker in (".", "..")):
+        raise ConfigError(f"--marker {args.marker!r}: expected a file name, or '' for none")
     if args.marker is not None:
         config.marker = args.marker
     configure_logging()

@@ -129,7 +129,7 @@ def _replay_view(
                 delay = due - time.monotonic()
                 if delay > 0:
                     sleep(delay)
-        return n
+        return int(n)
 
 
 def _write_marker(path: pathlib.Path) -> None:

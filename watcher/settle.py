@@ -12,15 +12,23 @@ Two rules, chosen by the config:
   change is reported anyway, so the launcher records the broken file as a failure
   instead of the scan waiting for ever.
 
+Only a scan folder's own entries are looked at (its views and marker), never its
+subfolders (:data:`SCAN_DEPTH`): a deep or huge tree inside a scan costs one
+directory listing, not a walk. "Changed" is judged by comparing listings (name,
+type, size, modification time) taken ``settle_seconds`` apart, so it needs no
+file-system events from inside the scan and works the same on NFS/GPFS.
+
 Events feed :meth:`SettleTracker.touch`; :meth:`SettleTracker.ready` returns the
-scans that became complete, each once.
+scans that became complete, each once (until :meth:`SettleTracker.reopen`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pathlib
+import stat
 import time
 from collections.abc import Callable
 
@@ -29,6 +37,42 @@ import h5py
 log = logging.getLogger("ptychoflow.watcher")
 
 HDF5_SUFFIXES = (".cxi", ".h5", ".hdf5", ".hdf", ".nxs")
+
+#: How deep the watcher looks inside a scan folder: its own entries only.
+SCAN_DEPTH = 1
+
+#: One entry of a scan folder as the settle stage compares it:
+#: (name, is a regular file, size in bytes, modification time in ns).
+Entry = tuple[str, bool, int, int]
+
+
+def scan_listing(scan_path: pathlib.Path) -> frozenset[Entry] | None:
+    """The scan folder's own entries (not following symlinks), or None when it cannot be
+    listed (deleted, permission denied, not a folder)."""
+    entries: set[Entry] = set()
+    try:
+        with os.scandir(scan_path) as listing:
+            for item in listing:
+                try:
+                    info = item.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # removed while listing
+                entries.add((item.name, stat.S_ISREG(info.st_mode), info.st_size, info.st_mtime_ns))
+    except OSError:
+        return None
+    return frozenset(entries)
+
+
+def newest_change(scan_path: pathlib.Path) -> float | None:
+    """Epoch seconds of the newest modification of the folder or its own entries."""
+    try:
+        newest = scan_path.stat().st_mtime
+    except OSError:
+        return None
+    listing = scan_listing(scan_path)
+    for _name, _regular, _size, mtime_ns in listing or ():
+        newest = max(newest, mtime_ns / 1e9)
+    return newest
 
 
 def file_opens(path: pathlib.Path) -> bool:
@@ -47,6 +91,7 @@ def file_opens(path: pathlib.Path) -> bool:
 class _Pending:
     last_change: float
     next_check: float
+    listing: frozenset[Entry] | None
 
 
 class SettleTracker:
@@ -79,6 +124,9 @@ class SettleTracker:
     def pending(self) -> list[pathlib.Path]:
         return sorted(self._pending)
 
+    def is_reported(self, scan_path: pathlib.Path) -> bool:
+        return pathlib.Path(scan_path) in self._reported
+
     def touch(self, scan_path: pathlib.Path, *, age_seconds: float = 0.0) -> bool:
         """Something changed in ``scan_path`` (``age_seconds`` ago). True if it is new."""
         scan_path = pathlib.Path(scan_path)
@@ -88,15 +136,15 @@ class SettleTracker:
         changed = now - max(0.0, age_seconds)
         entry = self._pending.get(scan_path)
         if entry is None:
-            self._pending[scan_path] = _Pending(changed, changed + self.settle_seconds)
+            self._pending[scan_path] = _Pending(
+                changed, changed + self.settle_seconds, scan_listing(scan_path)
+            )
             return True
         if changed > entry.last_change:
             entry.last_change = changed
             entry.next_check = max(entry.next_check, changed + self.settle_seconds)
+            entry.listing = scan_listing(scan_path)  # the change is counted once
         return False
-
-    def was_reported(self, scan_path: pathlib.Path) -> bool:
-        return pathlib.Path(scan_path) in self._reported
 
     def reopen(self, scan_path: pathlib.Path) -> None:
         """Track a reported scan again (a view file arrived after it was handed over); it
@@ -122,8 +170,18 @@ class SettleTracker:
             if self.marker is not None and scan_path not in self._settle_always:
                 if (scan_path / self.marker).exists():
                     done.append(scan_path)
+                elif now >= entry.next_check:
+                    entry.next_check = now + max(self.settle_seconds, 1.0)
+                    if self._unreadable_for_too_long(scan_path, entry, now):
+                        done.append(scan_path)
                 continue
             if now < entry.next_check:
+                continue
+            listing = scan_listing(scan_path)
+            if listing != entry.listing:  # changed since the last look: wait again
+                entry.listing = listing
+                entry.last_change = now
+                entry.next_check = now + max(self.settle_seconds, 0.05)
                 continue
             if self._files_settled(scan_path):
                 done.append(scan_path)
@@ -143,10 +201,27 @@ class SettleTracker:
             self._settle_always.discard(scan_path)
         return done
 
+    def _unreadable_for_too_long(
+        self, scan_path: pathlib.Path, entry: _Pending, now: float
+    ) -> bool:
+        """A folder that cannot be listed (permission denied) never shows its marker:
+        after ``give_up_seconds`` it is handed over, so its failure gets recorded."""
+        if scan_listing(scan_path) is not None or now - entry.last_change < self.give_up_seconds:
+            return False
+        log.warning(
+            "%s: cannot list the scan folder (permission denied?) %.0f s after it appeared; "
+            "handing it over so the failure is recorded",
+            scan_path.name,
+            now - entry.last_change,
+        )
+        return True
+
     @staticmethod
     def _files_settled(scan_path: pathlib.Path) -> bool:
+        """The folder's own files exist and each opens (subfolders are not looked into)."""
         try:
-            files = [p for p in scan_path.rglob("*") if p.is_file()]
+            with os.scandir(scan_path) as listing:
+                files = [pathlib.Path(item.path) for item in listing if item.is_file()]
         except OSError:
             return False
         return bool(files) and all(file_opens(p) for p in files)

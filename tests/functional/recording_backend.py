@@ -207,6 +207,28 @@ from watcher.service import WatcherService, configure_logging
 
 settings = json.loads(sys.argv[1])
 configure_logging()
+sabotage = settings.get("sabotage_observer")
+if sabotage in ("on_event", "always"):
+    # Simulate an observer crash: an exception raised in watchdog's emitter thread, on
+    # every event whose path names "crash-observer" ("on_event"), or on every poll of
+    # the file system ("always").
+    from watchdog.observers.api import EventEmitter
+
+    original_queue_event = EventEmitter.queue_event
+    original_run = EventEmitter.run
+
+    def queue_event(self, event):
+        if "crash-observer" in str(event.src_path):
+            raise RuntimeError("injected emitter crash")
+        original_queue_event(self, event)
+
+    def run(self):
+        if sabotage == "always":
+            raise RuntimeError("injected emitter crash at start")
+        original_run(self)
+
+    EventEmitter.queue_event = queue_event
+    EventEmitter.run = run
 service = WatcherService(
     load_config(settings["config"]),
     lambda config: RecordingBackend(settings["log"], **settings.get("backend", {})),
@@ -215,7 +237,20 @@ service = WatcherService(
     tick_s=0.02,
     refresh_interval_s=0.2,
     retry=RetryPolicy(attempts=3, first_delay_s=0.01),
+    **settings.get("service", {}),
 )
+if sabotage == "close_inotify_fd_on_sigusr1":
+    # Simulate an observer that goes deaf without dying: its inotify descriptor closed
+    # and the number taken by a pipe nobody writes to.
+    import os, signal
+
+    silent_pipe = os.pipe()
+
+    def close_inotify_fd(signum, frame):
+        os.dup2(silent_pipe[0], service._observer._inotify_fd._inotify_fd)
+        print("inotify descriptor closed", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGUSR1, close_inotify_fd)
 sys.exit(service.run_forever())
 """
 
@@ -223,7 +258,17 @@ sys.exit(service.run_forever())
 class WatcherProcess:
     """The watcher in a subprocess (real signals, real SIGKILL), its log lines collected."""
 
-    def __init__(self, config_path, log_path, *, polling=False, backend=None, cwd=None):
+    def __init__(
+        self,
+        config_path,
+        log_path,
+        *,
+        polling=False,
+        backend=None,
+        cwd=None,
+        service=None,
+        sabotage_observer=None,
+    ):
         import subprocess
         import sys
         import threading
@@ -234,6 +279,8 @@ class WatcherProcess:
             "log": str(log_path),
             "polling": polling,
             "backend": backend or {},
+            "service": service or {},
+            "sabotage_observer": sabotage_observer,
         }
         env = {**os.environ, "PYTHONPATH": str(repo)}
         self.process = subprocess.Popen(

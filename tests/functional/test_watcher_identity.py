@@ -30,7 +30,9 @@ def test_late_view_and_a_second_folder_with_the_same_id_both_run(tmp_path):
         tmp_path / "ptychoflow.toml", root, marker="scan.done", settle_seconds=0.2
     )
     log_path = tmp_path / "runs.jsonl"
-    with WatcherProcess(config, log_path) as watcher:
+    # The watcher watches the root only (deep trees cannot deafen it): a view file added
+    # to a scan already handed over is found by the periodic look at the root.
+    with WatcherProcess(config, log_path, service={"rescan_interval_s": 0.5}) as watcher:
         watcher.wait_for_line("watching")
         scan = root / "scan1700"
         write_view_file(scan / "view001.cxi")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import h5py
 import numpy as np
+import pytest
 
 from watcher.settle import SettleTracker, file_opens
 
@@ -88,7 +90,9 @@ def test_settle_mode_waits_while_an_hdf5_file_is_open_for_writing(tmp_path):
         writer.stdin.close()
         assert writer.wait(timeout=30) == 0
     clock.now += 1.1
-    assert tracker.ready() == [scan]
+    first_look = tracker.ready()
+    clock.now += 1.1  # closing the file is a change: at most one more quiet period
+    assert first_look + tracker.ready() == [scan]
 
 
 def test_settle_mode_gives_up_on_a_file_that_never_opens(tmp_path):
@@ -127,3 +131,70 @@ def test_forget_and_removed_folders(tmp_path):
     tracker.touch(known)
     tracker.forget(known)
     assert tracker.ready() == []
+
+
+def test_settle_mode_sees_changes_without_events(tmp_path):
+    """No event arrives for writes inside a scan (only the root is watched): the stage
+    compares listings, so a file that grows restarts the wait."""
+    clock = Clock()
+    scan = tmp_path / "scan8"
+    scan.mkdir()
+    write_view(scan / "view000.cxi")
+    tracker = SettleTracker(None, settle_seconds=2.0, clock=clock, give_up_seconds=100)
+    tracker.touch(scan)
+    clock.now += 1
+    write_view(scan / "view001.cxi")  # no touch(): nobody told the tracker
+    clock.now += 1.1
+    assert tracker.ready() == []  # the listing changed since touch()
+    clock.now += 2.1
+    assert tracker.ready() == [scan]
+
+
+def test_only_the_scan_folders_own_entries_are_looked_at(tmp_path):
+    clock = Clock()
+    scan = tmp_path / "scan9"
+    scan.mkdir()
+    write_view(scan / "view000.cxi")
+    deep = scan / "sub"
+    deep.mkdir()
+    (deep / "half-written.cxi").write_bytes(b"not HDF5 yet")  # below the depth looked at
+    tracker = SettleTracker(None, settle_seconds=1.0, clock=clock, give_up_seconds=100)
+    tracker.touch(scan)
+    clock.now += 1.1
+    (deep / "half-written.cxi").write_bytes(b"still changing")
+    assert tracker.ready() == [scan]
+
+
+def test_reopen_tracks_a_reported_scan_again(tmp_path):
+    clock = Clock()
+    scan = tmp_path / "scan10"
+    scan.mkdir()
+    (scan / "scan.done").touch()
+    tracker = SettleTracker("scan.done", settle_seconds=1.0, clock=clock)
+    tracker.touch(scan)
+    assert tracker.ready() == [scan] and tracker.is_reported(scan)
+    tracker.reopen(scan)
+    assert tracker.touch(scan)
+    # A reopened scan (a view file arrived after the hand-over) waits out the settle
+    # time even though its marker is there: the late file may still be being written.
+    assert tracker.ready() == []
+    clock.now += 1.5
+    assert tracker.ready() == [scan]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their mode")
+def test_a_folder_that_cannot_be_listed_is_handed_over_after_the_give_up_time(tmp_path):
+    clock = Clock()
+    scan = tmp_path / "scan11"
+    scan.mkdir()
+    (scan / "scan.done").touch()
+    scan.chmod(0o000)
+    try:
+        tracker = SettleTracker("scan.done", settle_seconds=1.0, clock=clock, give_up_seconds=30)
+        tracker.touch(scan)
+        clock.now += 5
+        assert tracker.ready() == []  # the marker cannot be seen
+        clock.now += 30
+        assert tracker.ready() == [scan]  # the launcher records why it cannot be listed
+    finally:
+        scan.chmod(0o755)
