@@ -43,6 +43,20 @@ class GlobusSettings:
 
 
 @dataclasses.dataclass
+class PortalSettings:
+    """The ``[portal]`` section: who may see the results portal (``ptychoflow serve``)."""
+
+    globus_group: str = ""
+    """Globus group ID; when set, people log in with Globus Auth and must be members."""
+    client_id: str = ""
+    """Globus Auth confidential client of the portal (its secret in the environment as
+    ``PTYCHOFLOW_PORTAL_CLIENT_SECRET``); its redirect URL is ``public_url`` +
+    ``/login/callback``."""
+    public_url: str = ""
+    """How people reach the portal, e.g. ``https://beamline-ws.example.org:8008``."""
+
+
+@dataclasses.dataclass
 class Config:
     """Everything an installation needs; paths are absolute after loading."""
 
@@ -71,6 +85,7 @@ class Config:
     recon: ReconOptions = dataclasses.field(default_factory=ReconOptions)
     """Default reconstruction options for every view."""
     globus: GlobusSettings = dataclasses.field(default_factory=GlobusSettings)
+    portal: PortalSettings = dataclasses.field(default_factory=PortalSettings)
     source: pathlib.Path | None = None
     """The file this config came from (None for defaults)."""
 
@@ -118,7 +133,8 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
     raw = dict(raw)
     globus_raw = raw.pop("globus", {}) or {}
     recon_raw = raw.pop("recon", {}) or {}
-    known = {f.name for f in dataclasses.fields(Config)} - {"recon", "globus", "source"}
+    portal_raw = raw.pop("portal", {}) or {}
+    known = {f.name for f in dataclasses.fields(Config)} - {"recon", "globus", "portal", "source"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
@@ -128,11 +144,23 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
     unknown = sorted(set(globus_raw) - known_globus)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) in [globus]: {', '.join(unknown)}")
+    known_portal = {f.name for f in dataclasses.fields(PortalSettings)}
+    unknown = sorted(set(portal_raw) - known_portal)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) in [portal]: {', '.join(unknown)};"
+            f" known: {', '.join(sorted(known_portal))}"
+        )
     try:
         recon = ReconOptions.from_dict(recon_raw)
     except ValueError as err:
         raise ConfigError(f"{where}: [recon]: {err}") from err
-    config = Config(**raw, recon=recon, globus=GlobusSettings(**globus_raw))
+    config = Config(
+        **raw,
+        recon=recon,
+        globus=GlobusSettings(**globus_raw),
+        portal=PortalSettings(**portal_raw),
+    )
     if config.backend not in ("local", "globus"):
         raise ConfigError(f"{where}: backend = {config.backend!r}; expected 'local' or 'globus'")
     if not isinstance(config.concurrency, int) or config.concurrency < 1:
