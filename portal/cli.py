@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+from collections.abc import Iterator
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -82,6 +87,20 @@ def serve_command(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    class _QuietServer(uvicorn.Server):
+        """uvicorn's server, but SIGINT/SIGTERM end it with exit code 0 like the watcher
+        (uvicorn re-raises the signal after shutting down, so the exit code would say
+        "killed")."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in _STOP_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
     from flows.config import load_config
     from portal.app import PortalSettings, create_app
     from portal.errors import PortalConfigError
@@ -102,7 +121,7 @@ def serve_command(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     access = "open to this machine" if settings.policy.open else "token or login required"
     print(f"portal at http://{host}:{port}/ ({access}); ledger {settings.ledger}", flush=True)
-    server = uvicorn.Server(
+    server = _QuietServer(
         uvicorn.Config(
             create_app(settings),
             log_level="warning",
