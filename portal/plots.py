@@ -96,7 +96,7 @@ def scale_bar(pixel_size: float | None, image_width: int) -> ScaleBar | None:
         return None
     target = pixel_size * image_width / 5
     exponent = math.floor(math.log10(target))
-    length = min((m * 10.0**exponent for m in (1, 2, 5)), key=lambda v: abs(v - target))
+    length = min((m * 10.0**exponent for m in (1, 2, 5, 10)), key=lambda v: abs(v - target))
     unit, name = next(((u, n) for u, n in _UNITS if length >= u), _UNITS[-1])
     value = round(length / unit, 6)
     label = f"{value:g} {name}"
