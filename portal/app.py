@@ -534,6 +534,7 @@ class Portal:
             httponly=True,
             samesite="lax",
             path="/login",
+            secure=globus.redirect_uri.startswith("https://"),
         )
         return response
 
@@ -558,6 +559,7 @@ class Portal:
             httponly=True,
             samesite="lax",
             path="/",
+            secure=globus.redirect_uri.startswith("https://"),
         )
         response.delete_cookie(auth.STATE_COOKIE, path="/login")
         return response
