@@ -99,7 +99,7 @@ def test_a_public_address_needs_a_token_or_a_group(site, monkeypatch):
     monkeypatch.delenv("PTYCHOFLOW_PORTAL_TOKEN", raising=False)
     settings_from_config(site, "127.0.0.1")  # local: fine
     settings_from_config(site, "::1")
-    with pytest.raises(PortalConfigError, match="refusing to serve on 0.0.0.0"):
+    with pytest.raises(PortalConfigError, match=r"refusing to serve on 0\.0\.0\.0"):
         settings_from_config(site, "0.0.0.0")
     monkeypatch.setenv("PTYCHOFLOW_PORTAL_TOKEN", "short")
     with pytest.raises(PortalConfigError, match="at least 16"):
