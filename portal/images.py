@@ -217,7 +217,7 @@ def _render(
         image.save(folder / f"{name}.png", optimize=False)
         thumb = image.copy()
         if max(thumb.size) > THUMB_SIZE:
-            thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.LANCZOS)
+            thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
         thumb.save(folder / f"{name}-thumb.png")
         ranges[name] = (low, high)
     for index, mode in enumerate(modes):
