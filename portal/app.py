@@ -87,6 +87,10 @@ class PortalSettings:
     cache_dir: pathlib.Path
     policy: auth.AccessPolicy = dataclasses.field(default_factory=auth.AccessPolicy)
     title: str = "ptychoflow"
+    loopback_hosts_only: bool = False
+    """Answer only requests whose Host header names this machine (localhost, 127.0.0.1,
+    ::1): set when the portal is open to local users, so that a web page elsewhere
+    cannot read it through a DNS name rebound to 127.0.0.1."""
 
 
 # -- the guard: methods, paths, credentials, headers ------------------------------------------
@@ -96,9 +100,12 @@ class Guard:
     """Outermost ASGI layer: security headers on every response (errors included), GET and
     HEAD only, suspicious paths refused, credentials checked."""
 
-    def __init__(self, app: ASGIApp, policy: auth.AccessPolicy) -> None:
+    def __init__(
+        self, app: ASGIApp, policy: auth.AccessPolicy, loopback_hosts_only: bool = False
+    ) -> None:
         self.app = app
         self.policy = policy
+        self.loopback_hosts_only = loopback_hosts_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -127,6 +134,10 @@ class Guard:
             await error_response(404, "not found", api)(scope, receive, send_with_headers)
             return
         request = Request(scope)
+        if self.loopback_hosts_only and not auth.is_loopback(_host_name(request)):
+            response = error_response(400, "unexpected Host header", api)
+            await response(scope, receive, send_with_headers)
+            return
         token = request.query_params.get("token")
         if token is not None and self.policy.token is not None:
             if not self.policy.token_matches(token):
@@ -153,6 +164,14 @@ class Guard:
             await _unauthorized(api)(scope, receive, send_with_headers)
             return
         await self.app(scope, receive, send_with_headers)
+
+
+def _host_name(request: Request) -> str:
+    """The host name of the request's Host header, without the port or brackets."""
+    host = request.headers.get("host", "")
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 def _suspicious(path: str, raw_path: bytes) -> bool:
@@ -600,4 +619,4 @@ def create_app(settings: PortalSettings) -> ASGIApp:
         exception_handlers={HTTPException: http_error, 500: server_error},
     )
     app.state.portal = portal
-    return Guard(app, settings.policy)
+    return Guard(app, settings.policy, settings.loopback_hosts_only)

@@ -79,6 +79,7 @@ def settings_from_config(config: object, host: str) -> object:
         roots=[config.acquisition_root, config.compute_root],
         cache_dir=config.state_dir / "portal-cache",
         policy=policy,
+        loopback_hosts_only=policy.open,
     )
 
 

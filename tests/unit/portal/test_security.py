@@ -38,10 +38,11 @@ TRAVERSALS = [
 
 def raw_get(address, path, headers=None):
     """Send ``path`` exactly as given (no client-side normalisation)."""
+    headers = headers or {}
     connection = http.client.HTTPConnection(*address, timeout=10)
     try:
-        connection.putrequest("GET", path, skip_accept_encoding=True)
-        for name, value in (headers or {}).items():
+        connection.putrequest("GET", path, skip_host="Host" in headers, skip_accept_encoding=True)
+        for name, value in headers.items():
             connection.putheader(name, value)
         connection.endheaders()
         response = connection.getresponse()
@@ -126,3 +127,14 @@ def test_serve_refuses_a_public_address_as_a_command(tmp_path):
     assert run.returncode == 1
     assert "refusing to serve on 0.0.0.0" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "ptychoflow.sqlite").exists()  # nothing created
+
+
+def test_an_open_portal_answers_only_to_local_host_names(site, serve, monkeypatch):
+    # A page on another site cannot read the portal through a name rebound to 127.0.0.1.
+    monkeypatch.delenv("PTYCHOFLOW_PORTAL_TOKEN", raising=False)
+    settings = settings_from_config(site, "127.0.0.1")
+    assert settings.loopback_hosts_only
+    address = serve(settings)
+    assert raw_get(address, "/api/scans", {"Host": "attacker.example:8008"})[0] == 400
+    for host in ("127.0.0.1:8008", "localhost:9000", "[::1]:8008", "localhost"):
+        assert raw_get(address, "/api/scans", {"Host": host})[0] == 200, host
