@@ -3,6 +3,7 @@ over it, in-process (Starlette's TestClient) or as a real uvicorn server on a po
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -20,12 +21,11 @@ FAILED_ERROR = "view002.cxi: /entry_1/data_1/data contains NaN <img src=x onerro
 GLOBUS_URL = "https://app.globus.org/runs/run-scan101-0"
 
 
-@pytest.fixture
-def site(tmp_path):
+def make_site(root):
     """scan100: 2 succeeded (2D probe, 3 probe modes), 1 failed, 1 running, 1 queued;
     scan101 (newer): 1 succeeded on the globus backend."""
     config = sample_site(
-        tmp_path,
+        root,
         {
             "scan100": [
                 SampleView(),
@@ -37,8 +37,20 @@ def site(tmp_path):
         },
     )
     time.sleep(0.01)
-    sample_site(tmp_path, {"scan101": [SampleView(web_url=GLOBUS_URL)]})
+    sample_site(root, {"scan101": [SampleView(web_url=GLOBUS_URL)]})
     return config
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A sample installation of the test's own (for tests that change it)."""
+    return make_site(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_site(tmp_path_factory):
+    """A sample installation shared by a module's tests that only read it."""
+    return make_site(tmp_path_factory.mktemp("portal-site"))
 
 
 def settings_for(config, policy=None):
@@ -51,16 +63,29 @@ def settings_for(config, policy=None):
     )
 
 
-@pytest.fixture
-def client(site):
-    with TestClient(create_app(settings_for(site)), follow_redirects=False) as test_client:
+@pytest.fixture(scope="module")
+def client(shared_site):
+    with TestClient(create_app(settings_for(shared_site)), follow_redirects=False) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def open_server(shared_site):
+    """(host, port) of a real server over the shared site, open to local users."""
+    with running_servers() as start:
+        yield start(settings_for(shared_site))
 
 
 @pytest.fixture
 def serve():
     """Start the app on a real uvicorn server on 127.0.0.1; yields a function that takes
     settings and returns (host, port). Servers are stopped at the end."""
+    with running_servers() as start:
+        yield start
+
+
+@contextlib.contextmanager
+def running_servers():
     servers = []
 
     def start(settings):
@@ -79,8 +104,10 @@ def serve():
         assert server.started
         return sock.getsockname()
 
-    yield start
-    for server, thread, sock in servers:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    try:
+        yield start
+    finally:
+        for server, thread, sock in servers:
+            server.should_exit = True
+            thread.join(timeout=10)
+            sock.close()

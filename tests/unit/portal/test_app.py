@@ -85,10 +85,10 @@ def test_view_page_has_images_scale_bar_positions_and_options(client):
     assert detail["summary"]["timings"]["solve"] == 2.0
 
 
-def test_files_download_and_images(client, site):
+def test_files_download_and_images(client, shared_site):
     download = client.get("/scans/scan100/views/view000/result.h5")
     assert download.status_code == 200
-    assert download.content == (site.acquisition_root / "recon/100/view000.h5").read_bytes()
+    assert download.content == (shared_site.acquisition_root / "recon/100/view000.h5").read_bytes()
     assert "attachment" in download.headers["content-disposition"]
     image = client.get("/scans/scan100/views/view000/images/amplitude-thumb.png")
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
@@ -143,9 +143,15 @@ def test_unknown_ids_are_404_without_a_trace(client, url):
         assert response.json()["status"] == 404
 
 
-def test_fragments_answer_304_until_the_ledger_changes(client, site):
+def test_fragments_answer_304_until_the_ledger_changes(site):
+    from starlette.testclient import TestClient
+
     from flows.backend import RunProgress, RunStatus
     from flows.ledger import Ledger
+    from portal.app import create_app
+    from tests.unit.portal.conftest import settings_for
+
+    client = TestClient(create_app(settings_for(site)))
 
     first = client.get("/scans/scan100?fragment=1")
     assert first.status_code == 200 and "<html" not in first.text
