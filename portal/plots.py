@@ -104,9 +104,11 @@ def scale_bar(pixel_size: float | None, image_width: int) -> ScaleBar | None:
 
 
 def seconds(value: float | None) -> str:
-    """Human-readable duration: 0.4 s, 12.3 s, 4 min 05 s, 2 h 03 min."""
+    """Human-readable duration: 25 ms, 0.4 s, 12.3 s, 4 min 05 s, 2 h 03 min."""
     if value is None or not math.isfinite(value):
         return "-"
+    if value < 0.1:
+        return f"{value * 1000:.0f} ms"
     if value < 60:
         return f"{value:.1f} s"
     minutes, secs = divmod(round(value), 60)

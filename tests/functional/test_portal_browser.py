@@ -39,7 +39,7 @@ compute_root = "compute"
 ledger = "ledger.sqlite"
 state_dir = "state"
 [recon]
-iterations = 8
+iterations = 40
 backend = "numpy"
 """
 SIMULATION = {"detector": 32, "n_positions": 49, "photons": 1e5, "seed": 3}
