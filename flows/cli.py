@@ -1,7 +1,8 @@
 """The ``ptychoflow`` command line.
 
 This module is the composition root: it assembles the subcommands that each
-package registers (``recon.cli``, ``flows.commands``, ``watcher.cli``). Command
+package registers (``recon.cli``, ``flows.commands``, ``watcher.cli``,
+``portal.cli``). Command
 modules import only ``argparse`` at the top so ``--help`` stays fast; the heavy
 imports happen inside each command.
 """
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 #: Modules that contribute subcommands through a ``register(subparsers)`` function.
-COMMAND_MODULES = ("recon.cli", "flows.commands", "watcher.cli")
+COMMAND_MODULES = ("recon.cli", "flows.commands", "watcher.cli", "portal.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

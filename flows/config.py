@@ -56,6 +56,20 @@ class GlobusSettings:
 
 
 @dataclasses.dataclass
+class PortalSettings:
+    """The ``[portal]`` section: who may see the results portal (``ptychoflow serve``)."""
+
+    globus_group: str = ""
+    """Globus group ID; when set, people log in with Globus Auth and must be members."""
+    client_id: str = ""
+    """Globus Auth confidential client of the portal (its secret in the environment as
+    ``PTYCHOFLOW_PORTAL_CLIENT_SECRET``); its redirect URL is ``public_url`` +
+    ``/login/callback``."""
+    public_url: str = ""
+    """How people reach the portal, e.g. ``https://beamline-ws.example.org:8008``."""
+
+
+@dataclasses.dataclass
 class Config:
     """Everything an installation needs; paths are absolute after loading."""
 
@@ -84,6 +98,7 @@ class Config:
     recon: ReconOptions = dataclasses.field(default_factory=ReconOptions)
     """Default reconstruction options for every view."""
     globus: GlobusSettings = dataclasses.field(default_factory=GlobusSettings)
+    portal: PortalSettings = dataclasses.field(default_factory=PortalSettings)
     source: pathlib.Path | None = None
     """The file this config came from (None for defaults)."""
 
@@ -170,11 +185,11 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
     raw = dict(raw)
     globus_raw = raw.pop("globus", {}) or {}
     recon_raw = raw.pop("recon", {}) or {}
-    if not isinstance(globus_raw, dict):
-        raise ConfigError(f"{where}: globus must be a table ([globus]), not {globus_raw!r}")
-    if not isinstance(recon_raw, dict):
-        raise ConfigError(f"{where}: recon must be a table ([recon]), not {recon_raw!r}")
-    known = {f.name for f in dataclasses.fields(Config)} - {"recon", "globus", "source"}
+    portal_raw = raw.pop("portal", {}) or {}
+    for section, table in (("globus", globus_raw), ("recon", recon_raw), ("portal", portal_raw)):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: {section} must be a table ([{section}]), not {table!r}")
+    known = {f.name for f in dataclasses.fields(Config)} - {"recon", "globus", "portal", "source"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
@@ -184,15 +199,32 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
     unknown = sorted(set(globus_raw) - known_globus)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) in [globus]: {', '.join(unknown)}")
+    known_portal = {f.name for f in dataclasses.fields(PortalSettings)}
+    unknown = sorted(set(portal_raw) - known_portal)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) in [portal]: {', '.join(unknown)};"
+            f" known: {', '.join(sorted(known_portal))}"
+        )
     for key, value in raw.items():
         _check_value(key, value, where)
     for key, value in globus_raw.items():
         _check_globus_value(key, value, where)
+    for key, value in portal_raw.items():
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{where}: [portal] {key} = {_show(value)}: expected a string in quotes"
+            )
     try:
         recon = ReconOptions.from_dict(recon_raw)
     except ValueError as err:
         raise ConfigError(f"{where}: [recon]: {err}") from err
-    config = Config(**raw, recon=recon, globus=GlobusSettings(**globus_raw))
+    config = Config(
+        **raw,
+        recon=recon,
+        globus=GlobusSettings(**globus_raw),
+        portal=PortalSettings(**portal_raw),
+    )
     check_globus_settings(config.globus, where)
     if "settle_seconds" in raw:
         config.settle_seconds = float(raw["settle_seconds"])

@@ -287,3 +287,27 @@ def _region_ssim_psnr(
     mse = float(np.mean((image[inside] - reference[inside]) ** 2))
     psnr = float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
     return ssim, psnr
+
+
+def remove_phase_ramp(
+    object: np.ndarray, region: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple[float, float], float]:
+    """The object with its global phase and best-fit linear phase ramp removed.
+
+    The ramp is an ambiguity of ptychography (it trades with a shift of the probe's
+    far field), so images meant for people are shown without it. It is fitted the way
+    :func:`compare_objects` fits it, against a flat object, over ``region``.
+
+    object : (OBJ_H, OBJ_W) complex; region : (OBJ_H, OBJ_W) bool, default everywhere.
+    Returns (deramped object (OBJ_H, OBJ_W) complex128, (row, col) ramp in radians per
+    pixel, global phase in radians).
+    """
+    object = np.asarray(object, dtype=np.complex128)
+    if object.ndim != 2:
+        raise ValueError(f"object has shape {object.shape}; expected (OBJ_H, OBJ_W)")
+    region = np.ones(object.shape, dtype=bool) if region is None else np.asarray(region, bool)
+    if region.shape != object.shape:
+        raise ValueError(f"region has shape {region.shape}; expected {object.shape}")
+    if np.count_nonzero(region) < 4:
+        return object, (0.0, 0.0), 0.0
+    return _remove_phase_ramp(object, np.ones_like(object), region)

@@ -1,0 +1,290 @@
+"""Images and numbers the portal shows for one result file, made once and cached.
+
+For each result file (``recon/<scan>/<view>.h5``) the cache holds a folder named
+by a hash of the file's resolved path, modification time and size, with:
+
+- ``phase.png``, ``amplitude.png``: the scanned region at full resolution, the
+  phase deramped (global phase and fitted linear ramp removed: both are
+  ambiguities of ptychography), each grey scale spanning the 1st..99th
+  percentile inside the illuminated region;
+- ``phase-thumb.png``, ``amplitude-thumb.png``: the same, at most
+  :data:`THUMB_SIZE` pixels on the longer side;
+- ``probe-<i>.png``: the amplitude of each probe mode;
+- ``summary.json``: cost curve, probe-mode power fractions, positions, options,
+  timings, pixel size and the grey-scale ranges.
+
+A rewritten result file has a new modification time, hence a new folder. A
+folder appears complete or not at all (written under a temporary name, then
+renamed), so two portal processes can share one cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from recon.metrics import illuminated_region, remove_phase_ramp
+from recon.result import read_result
+
+#: Longest side of a card thumbnail, pixels.
+THUMB_SIZE = 160
+#: Points kept of a cost curve or a positions plot (evenly subsampled beyond that).
+MAX_COST_POINTS = 400
+MAX_POSITIONS = 4000
+#: Grey scale of each panel spans these percentiles inside the illuminated region.
+PERCENTILES = (1.0, 99.0)
+#: Summaries kept in memory.
+MEMORY_ENTRIES = 2048
+#: Datasets beside ``positions`` that hold the positions before refinement.
+INITIAL_POSITION_NAMES = ("initial_positions", "positions_initial", "original_positions")
+#: Image names a view may be asked for; probe modes are ``probe-0``, ``probe-1``, ...
+IMAGE_NAMES = ("phase", "amplitude", "phase-thumb", "amplitude-thumb")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultSummary:
+    """What the pages show about one result file (JSON-ready)."""
+
+    key: str
+    image_shape: tuple[int, int]
+    """(rows, cols) of the full-size phase and amplitude images (the scanned region)."""
+    object_shape: tuple[int, int]
+    pixel_size: float | None
+    """Object pixel size in metres (None when the result does not know it)."""
+    iterations: int | None
+    cost: list[float]
+    """Cost per iteration (``cost[0]`` is the start), subsampled to MAX_COST_POINTS."""
+    cost_iterations: list[int]
+    """The iteration of each kept cost value."""
+    probe_shape: tuple[int, int]
+    probe_fractions: list[float]
+    """Power of each probe mode over the total, in the file's mode order."""
+    positions: list[tuple[float, float]]
+    """Scan positions (row, col) in object pixels (refined ones when the solver refined them)."""
+    initial_positions: list[tuple[float, float]]
+    """Positions before refinement, when the result file holds them; else empty."""
+    phase_range: tuple[float, float]
+    amplitude_range: tuple[float, float]
+    options: dict[str, Any]
+    timings: dict[str, float]
+    devices: list[Any]
+    backend: str | None
+    created: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ResultSummary:
+        data = dict(data)
+        for name in (
+            "image_shape",
+            "object_shape",
+            "probe_shape",
+            "phase_range",
+            "amplitude_range",
+        ):
+            data[name] = tuple(data[name])
+        for name in ("positions", "initial_positions"):
+            data[name] = [tuple(p) for p in data[name]]
+        return cls(**data)
+
+
+def cache_key(path: pathlib.Path) -> str:
+    """The cache folder name of a result file: its resolved path, mtime and size."""
+    resolved = path.resolve()
+    stat = resolved.stat()
+    text = f"{resolved}\0{stat.st_mtime_ns}\0{stat.st_size}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class ResultImages:
+    """The cache of result images and summaries under ``folder`` (created on first use)."""
+
+    def __init__(self, folder: pathlib.Path) -> None:
+        self.folder = pathlib.Path(folder)
+        self._memory: OrderedDict[str, ResultSummary] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+        self.made = 0
+        """How many result files this process turned into images (for tests and benches)."""
+
+    def summary(self, result_path: pathlib.Path) -> ResultSummary:
+        """The summary of ``result_path``, making its images first if they are not cached.
+
+        Raises recon.errors.InputError / InputFileNotFound for an unreadable result.
+        """
+        key = cache_key(result_path)
+        with self._lock:
+            cached = self._memory.get(key)
+            if cached is not None:
+                self._memory.move_to_end(key)
+                return cached
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            summary_file = self.folder / key / "summary.json"
+            if not summary_file.is_file():
+                self._make(result_path, key)
+            summary = ResultSummary.from_json(json.loads(summary_file.read_text()))
+        with self._lock:
+            self._memory[key] = summary
+            while len(self._memory) > MEMORY_ENTRIES:
+                self._memory.popitem(last=False)
+            self._key_locks.pop(key, None)
+        return summary
+
+    def image(self, result_path: pathlib.Path, name: str) -> pathlib.Path | None:
+        """The cached PNG ``name`` (one of IMAGE_NAMES or ``probe-<i>``) of a result file,
+        or None when there is no such image."""
+        summary = self.summary(result_path)
+        allowed = set(IMAGE_NAMES) | {f"probe-{i}" for i in range(len(summary.probe_fractions))}
+        if name not in allowed:
+            return None
+        path = self.folder / summary.key / f"{name}.png"
+        return path if path.is_file() else None
+
+    # -- making ----------------------------------------------------------------------------
+
+    def _make(self, result_path: pathlib.Path, key: str) -> None:
+        result = read_result(result_path)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.folder))
+        try:
+            summary = _render(result, result_path, key, staging)
+            (staging / "summary.json").write_text(json.dumps(summary.to_json()))
+            try:
+                os.rename(staging, self.folder / key)
+            except OSError:
+                if not (self.folder / key / "summary.json").is_file():
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)  # another process made it first
+            self.made += 1
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def probe_modes(probe: np.ndarray) -> np.ndarray:
+    """The probe as (MODES, H, W): a 2D probe is one mode; leading axes are flattened."""
+    probe = np.asarray(probe)
+    if probe.ndim < 2:
+        raise ValueError(f"probe has shape {probe.shape}; expected (H, W) or (MODES, H, W)")
+    return probe.reshape(-1, *probe.shape[-2:])
+
+
+def mode_fractions(modes: np.ndarray) -> list[float]:
+    """Power of each mode of (MODES, H, W) over the total power."""
+    power = np.sum(np.abs(modes) ** 2, axis=(-2, -1)).astype(np.float64)
+    total = float(power.sum())
+    return [float(p / total) if total > 0 else 0.0 for p in power]
+
+
+def _render(
+    result: dict[str, Any], result_path: pathlib.Path, key: str, folder: pathlib.Path
+) -> ResultSummary:
+    object_ = np.asarray(result["object"])
+    if object_.ndim != 2:
+        object_ = object_.reshape(-1, *object_.shape[-2:])[0]
+    modes = probe_modes(result["probe"])
+    fractions = mode_fractions(modes)
+    positions = np.asarray(result["positions"], dtype=np.float64).reshape(-1, 2)
+    dominant = modes[int(np.argmax(fractions))] if len(fractions) else modes[0]
+    region = illuminated_region(positions, dominant, object_.shape)
+    if not region.any():
+        region = np.ones(object_.shape, dtype=bool)
+    deramped, _, _ = remove_phase_ramp(object_, region)
+    rows = np.flatnonzero(region.any(axis=1))
+    cols = np.flatnonzero(region.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    cropped, inside = deramped[box], region[box]
+
+    ranges = {}
+    for name, values in (("phase", np.angle(cropped)), ("amplitude", np.abs(cropped))):
+        grey, low, high = _grey(values, inside)
+        image = Image.fromarray(grey)
+        image.save(folder / f"{name}.png", optimize=False)
+        thumb = image.copy()
+        if max(thumb.size) > THUMB_SIZE:
+            thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
+        thumb.save(folder / f"{name}-thumb.png")
+        ranges[name] = (low, high)
+    for index, mode in enumerate(modes):
+        grey, _, _ = _grey(np.abs(mode), None, percentiles=(0.0, 100.0))
+        Image.fromarray(grey).save(folder / f"probe-{index}.png")
+
+    cost = np.asarray(result["cost"], dtype=np.float64).reshape(-1)
+    kept = _subsample(len(cost), MAX_COST_POINTS)
+    initial = _initial_positions(result_path, positions.shape)
+    pixel_size = result.get("pixel_size")
+    timings = result.get("timings") or {}
+    options = result.get("options") or {}
+    devices = result.get("devices") or []
+    return ResultSummary(
+        key=key,
+        image_shape=(int(cropped.shape[0]), int(cropped.shape[1])),
+        object_shape=(int(object_.shape[0]), int(object_.shape[1])),
+        pixel_size=float(pixel_size) if isinstance(pixel_size, int | float) else None,
+        iterations=int(result["iterations"]) if "iterations" in result else None,
+        cost=[float(cost[i]) for i in kept],
+        cost_iterations=[int(i) for i in kept],
+        probe_shape=(int(modes.shape[-2]), int(modes.shape[-1])),
+        probe_fractions=fractions,
+        positions=_points(positions),
+        initial_positions=_points(initial) if initial is not None else [],
+        phase_range=ranges["phase"],
+        amplitude_range=ranges["amplitude"],
+        options=options if isinstance(options, dict) else {},
+        timings={str(k): float(v) for k, v in timings.items()} if isinstance(timings, dict) else {},
+        devices=list(devices) if isinstance(devices, list) else [],
+        backend=str(result["backend"]) if "backend" in result else None,
+        created=str(result["created"]) if "created" in result else None,
+    )
+
+
+def _grey(
+    values: np.ndarray, inside: np.ndarray | None, percentiles: tuple[float, float] = PERCENTILES
+) -> tuple[np.ndarray, float, float]:
+    """uint8 image scaled between percentiles of the values inside the mask; (image, low, high)."""
+    sample = values[inside] if inside is not None else values.reshape(-1)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return np.zeros(values.shape, dtype=np.uint8), 0.0, 0.0
+    low, high = (float(v) for v in np.percentile(sample, percentiles))
+    span = high - low if high > low else 1e-12
+    scaled = np.clip((np.nan_to_num(values, nan=low) - low) / span, 0.0, 1.0)
+    return (scaled * 255 + 0.5).astype(np.uint8), low, high
+
+
+def _subsample(count: int, most: int) -> list[int]:
+    if count <= most:
+        return list(range(count))
+    return sorted(set(np.linspace(0, count - 1, most).round().astype(int).tolist()))
+
+
+def _points(positions: np.ndarray) -> list[tuple[float, float]]:
+    kept = _subsample(len(positions), MAX_POSITIONS)
+    return [(round(float(positions[i, 0]), 3), round(float(positions[i, 1]), 3)) for i in kept]
+
+
+def _initial_positions(path: pathlib.Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Positions before refinement, if the result file stores them (same shape)."""
+    try:
+        with h5py.File(path, "r") as handle:
+            for name in INITIAL_POSITION_NAMES:
+                if name in handle and handle[name].shape == shape:
+                    return np.asarray(handle[name][()], dtype=np.float64)
+    except OSError:
+        return None
+    return None

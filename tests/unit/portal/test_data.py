@@ -1,0 +1,75 @@
+"""The portal's ledger reader against a real ledger written through the ledger's API."""
+
+import hashlib
+import sqlite3
+
+import pytest
+
+from portal.data import LedgerReader, Roots, find_result
+
+
+def test_scans_newest_first_with_counts_and_median_stage_seconds(site):
+    reader = LedgerReader(site.ledger)
+    scans = reader.scans()
+    assert [s.folder for s in scans] == ["scan101", "scan100"]
+    scan100 = scans[1]
+    assert scan100.scan_id == 100
+    assert scan100.counts == {"queued": 1, "running": 1, "succeeded": 2, "failed": 1}
+    assert scan100.finished is None  # two views are unfinished
+    # Finished views 0, 1, 2 computed for 10, 11 and 12 s: the median is 11.
+    assert scan100.median_stage_seconds["compute"] == pytest.approx(11.0)
+    assert scan100.median_stage_seconds["transfer_in"] == pytest.approx(2.0)
+    views = reader.views("scan100")
+    assert [v.view_name for v in views] == [f"view00{i}" for i in range(5)]
+    assert [v.state for v in views] == ["succeeded", "succeeded", "failed", "running", "queued"]
+    assert views[3].stage == "transfer_out"
+    assert reader.view("scan100", "view009") is None
+    assert reader.scan("scan999") is None
+    reader.close()
+
+
+def test_reader_never_creates_or_writes_the_ledger(site, tmp_path):
+    missing = tmp_path / "nowhere" / "ledger.sqlite"
+    reader = LedgerReader(missing)
+    assert reader.scans() == [] and reader.views() == []
+    assert not missing.parent.exists()
+
+    before = hashlib.sha256(site.ledger.read_bytes()).hexdigest()
+    reader = LedgerReader(site.ledger)
+    reader.scans()
+    reader.signature()
+    with pytest.raises(sqlite3.OperationalError, match=r"readonly|read-only|query_only"):
+        reader._connection().execute("DELETE FROM runs")
+    reader.close()
+    assert hashlib.sha256(site.ledger.read_bytes()).hexdigest() == before
+
+
+def test_signature_changes_when_a_view_changes(site):
+    from flows.backend import RunProgress, RunStatus
+    from flows.ledger import Ledger
+
+    reader = LedgerReader(site.ledger)
+    before, other = reader.signature("scan100"), reader.signature("scan101")
+    ledger = Ledger(site.ledger)
+    ledger.update_progress(
+        "scan100", "view003.cxi", RunProgress(RunStatus.SUCCEEDED, None, {"compute": 3.0})
+    )
+    ledger.close()
+    assert reader.signature("scan100") != before
+    assert reader.signature() != other
+    reader.close()
+
+
+def test_result_files_outside_the_roots_are_not_served(site, tmp_path):
+    reader = LedgerReader(site.ledger)
+    view = reader.view("scan100", "view000")
+    roots = Roots([site.acquisition_root])
+    found = find_result(view, site.acquisition_root, roots)
+    assert found == (site.acquisition_root / "recon" / "100" / "view000.h5").resolve()
+    # The same file reached through a link that leaves the roots is refused.
+    outside = tmp_path / "elsewhere"
+    (site.acquisition_root / "recon" / "100").rename(outside)
+    (site.acquisition_root / "recon" / "100").symlink_to(outside)
+    assert find_result(view, site.acquisition_root, roots) is None
+    assert find_result(reader.view("scan100", "view002"), site.acquisition_root, roots) is None
+    reader.close()

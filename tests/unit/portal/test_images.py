@@ -1,0 +1,74 @@
+"""Result images and summaries: deramped, made once per result file, probe modes."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from portal.images import ResultImages, cache_key
+from tests.unit.portal.site import write_sample_result
+
+
+@pytest.fixture
+def result(tmp_path):
+    return write_sample_result(tmp_path / "recon" / "100" / "view000.h5", modes=3)
+
+
+def test_phase_is_shown_without_global_phase_and_ramp(result, tmp_path):
+    # The sample object has a 0.5 rad disc on a ramp of 0.3 and -0.2 rad per pixel
+    # (about 14 rad across the image) and a global phase of 1 rad.
+    summary = ResultImages(tmp_path / "cache").summary(result)
+    low, high = summary.phase_range
+    assert 0.3 < high - low < 0.8  # just the disc's 0.5 rad step is left
+    phase = np.asarray(Image.open(tmp_path / "cache" / summary.key / "phase.png"), dtype=float)
+    rows, cols = phase.shape
+    corners = [phase[2, 2], phase[2, cols - 3], phase[rows - 3, 2], phase[rows - 3, cols - 3]]
+    centre = phase[rows // 2, cols // 2]
+    assert max(corners) - min(corners) < 40  # a flat background (out of 255)
+    assert abs(centre - np.mean(corners)) > 150  # the disc stands out of it
+    thumb = Image.open(tmp_path / "cache" / summary.key / "phase-thumb.png")
+    assert max(thumb.size) <= 160
+
+
+def test_images_are_made_once_and_again_when_the_result_changes(result, tmp_path):
+    images = ResultImages(tmp_path / "cache")
+    first = images.summary(result)
+    images.summary(result)
+    assert images.made == 1
+    # A second portal process finds them on disk.
+    other = ResultImages(tmp_path / "cache")
+    assert other.summary(result) == first and other.made == 0
+    # A rewritten result file is a new cache entry.
+    write_sample_result(result, modes=1)
+    os.utime(result, ns=(1, 2_000_000_000))
+    assert cache_key(result) != first.key
+    assert other.summary(result).probe_fractions == [1.0]
+    assert other.made == 1
+
+
+def test_probe_modes_and_their_power_fractions(result, tmp_path):
+    images = ResultImages(tmp_path / "cache")
+    summary = images.summary(result)
+    # Modes with powers 1 : 0.5 : 0.25.
+    assert summary.probe_fractions == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    assert summary.probe_shape == (16, 16)
+    assert images.image(result, "probe-2") is not None
+    assert images.image(result, "probe-3") is None
+    assert images.image(result, "../summary") is None
+    assert summary.pixel_size == pytest.approx(10e-9)
+    assert summary.cost[0] == pytest.approx(10.0) and summary.cost[-1] == pytest.approx(1.0)
+    assert len(summary.positions) == 81  # a 9 x 9 grid
+    stored = json.loads((tmp_path / "cache" / summary.key / "summary.json").read_text())
+    assert stored["iterations"] == 30
+
+
+def test_an_unreadable_result_is_a_clear_error(tmp_path):
+    from recon.errors import InputError
+
+    broken = tmp_path / "view000.h5"
+    broken.write_bytes(b"\x89HDF\r\n truncated")
+    with pytest.raises(InputError, match=r"view000\.h5"):
+        ResultImages(tmp_path / "cache").summary(broken)
+    assert not any((tmp_path / "cache").glob("*/summary.json"))
