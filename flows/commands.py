@@ -364,7 +364,7 @@ def status_command(args: argparse.Namespace) -> int:
     if not config.ledger.exists():
         print(f"no runs yet (no ledger at {printable(config.ledger)})")
         return 0
-    ledger = Ledger(config.ledger)
+    ledger = Ledger(config.ledger, read_only=True)
     try:
         rows = [r for r in ledger.runs() if wanted(r.scan_folder, r.scan_id)]
         scans = [s for s in ledger.scans() if wanted(s.folder, s.scan_id)]

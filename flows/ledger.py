@@ -300,6 +300,8 @@ class Ledger:
 
     ``busy_timeout_s``: how long a call waits for a lock another process holds
     before :class:`LedgerBusyError` (a warning naming the holder is logged at once).
+    ``read_only``: open for reading only (``status``, a web portal); writes fail with
+    :class:`LedgerError`, and a missing file is an error instead of a new ledger.
     ``result_roots``: folders holding ``<scan_dir>/<view>.h5`` results; when the
     ledger is missing or empty and a result exists under one of them, the ledger
     was lost and :class:`LedgerLostError` is raised instead of starting afresh.
@@ -315,6 +317,7 @@ class Ledger:
         *,
         busy_timeout_s: float = 10.0,
         result_roots: Iterable[pathlib.Path] = (),
+        read_only: bool = False,
     ):
         self.path = pathlib.Path(path)
         self._busy_timeout_s = busy_timeout_s
@@ -323,7 +326,17 @@ class Ledger:
         self._connections_lock = threading.Lock()
         self._probe_files: dict[str, int] = {}
         self.owner = Owner.current()
+        self.read_only = read_only
         existed = self.path.exists()
+        if read_only:
+            if not existed:
+                raise LedgerError(f"ledger {self.path} does not exist")
+            try:
+                self._read(self._check_read_only)
+            except BaseException:
+                self.close()
+                raise
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -344,6 +357,17 @@ class Ledger:
         except BaseException:
             self.close()
             raise
+
+    def _check_read_only(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise LedgerDamagedError(
+                f"ledger {self.path}: schema version {version}; this ptychoflow reads "
+                f"{SCHEMA_VERSION} (open it once for writing, e.g. with run-flow, to migrate)"
+            )
+        problems = schema_problems(db)
+        if problems:
+            raise LedgerDamagedError(f"ledger {self.path}: {'; '.join(problems)}; {RECOVERY_HINT}")
 
     def _holds_no_history(self, existed: bool) -> bool:
         """True when the ledger file is missing, or a database without any table (a file
@@ -392,15 +416,21 @@ class Ledger:
             # Each thread uses only its own connection; check_same_thread=False
             # lets close() release them all from one thread. Locks are waited for
             # in _retrying (with the holder named), so SQLite itself waits briefly.
+            target = f"file:{self.path}?mode=ro" if self.read_only else str(self.path)
             db = sqlite3.connect(
-                self.path, timeout=0.2, isolation_level=None, check_same_thread=False
+                target,
+                uri=self.read_only,
+                timeout=0.2,
+                isolation_level=None,
+                check_same_thread=False,
             )
             with self._connections_lock:
                 self._connections.append(db)
             db.row_factory = sqlite3.Row
-            self._retrying(lambda: db.execute("PRAGMA journal_mode = WAL"))
-            # FULL: a row written before a run starts survives a power loss too.
-            db.execute("PRAGMA synchronous = FULL")
+            if not self.read_only:
+                self._retrying(lambda: db.execute("PRAGMA journal_mode = WAL"))
+                # FULL: a row written before a run starts survives a power loss too.
+                db.execute("PRAGMA synchronous = FULL")
             self._local.db = db
         return db
 

@@ -13,7 +13,13 @@ import time
 import pytest
 
 from flows.backend import RunProgress, RunStatus, StartedRun, Trigger, ViewRequest
-from flows.errors import ConfigError, LedgerBusyError, LedgerDamagedError, LedgerLostError
+from flows.errors import (
+    ConfigError,
+    LedgerBusyError,
+    LedgerDamagedError,
+    LedgerError,
+    LedgerLostError,
+)
 from flows.ledger import SCHEMA_VERSION, Ledger, Owner, ScanState
 
 
@@ -401,3 +407,17 @@ def test_schema_1_ledger_is_migrated_keeping_rows(tmp_path):
     assert row.status is RunStatus.SUCCEEDED and row.scan_dir == "100"
     assert ledger.scan("scan100").scan_dir == "100"
     ledger.close()
+
+
+def test_read_only_ledger_reads_and_refuses_writes(ledger, tmp_path):
+    ledger.claim(request(), "local")
+    reader = Ledger(ledger.path, read_only=True)
+    try:
+        assert [r.view_file for r in reader.runs()] == ["view000.cxi"]
+        with pytest.raises(LedgerError, match="cannot open it for writing"):
+            reader.claim(request(view=1), "local")
+    finally:
+        reader.close()
+    with pytest.raises(LedgerError, match="does not exist"):
+        Ledger(tmp_path / "nowhere.sqlite", read_only=True)
+    assert not (tmp_path / "nowhere.sqlite").exists()
