@@ -1,9 +1,9 @@
 """Everything the portal reads from the run ledger, in one place, read-only.
 
-The ledger (:mod:`flows.ledger`) is opened as a read-only SQLite URI
-(``file:...?mode=ro``): the portal never writes it and never creates it (a
-missing ledger reads as "no runs yet"). Rows are decoded with the ledger's own
-:meth:`flows.ledger.RunRecord.from_row`, so the portal sees what ``status`` sees.
+The ledger is read through its own API, :class:`flows.ledger.Ledger` opened with
+``read_only=True`` (a read-only SQLite URI): the portal never writes it and never
+creates it (a missing ledger reads as "no runs yet"), and it sees the same
+records ``status`` sees.
 
 A scan is addressed by its folder name (``scan100``), a view by its file name's
 stem (``view003``): the URL's words are only ever compared with ledger values.
@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import pathlib
-import sqlite3
 import statistics
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from flows.backend import STAGES, RunStatus
-from flows.ledger import RunRecord
+from flows.errors import LedgerError
+from flows.ledger import Ledger, RunRecord, ScanRecord
+
+log = logging.getLogger("ptychoflow.portal")
 
 #: Portal view states, in display order, and the ledger statuses each one covers.
 #: An inactive run (waiting for a person's consent) shows as running with its reason; a
@@ -159,56 +161,44 @@ def _view_row(record: RunRecord) -> ViewRow:
 
 
 class LedgerReader:
-    """Read-only access to the ledger at ``path``; one SQLite connection per thread."""
+    """Read-only access to the ledger at ``path`` through :class:`flows.ledger.Ledger`
+    opened with ``read_only=True`` (it never creates the file and refuses writes).
+
+    The ledger is opened on first use once the file exists, so a portal started before
+    the first run shows "no scans yet" and then the scans as they come."""
 
     def __init__(self, path: pathlib.Path | str) -> None:
         self.path = pathlib.Path(path)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._ledger: Ledger | None = None
         self._lock = threading.Lock()
 
-    def _connection(self) -> sqlite3.Connection | None:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is not None:
-            return db
-        if not self.path.is_file():
-            return None  # no runs yet: never create the ledger
-        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
-        db = sqlite3.connect(uri, uri=True, timeout=10.0, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA query_only = ON")
-        self._local.db = db
+    def _open(self) -> Ledger | None:
         with self._lock:
-            self._all.append(db)
-        return db
-
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        db = self._connection()
-        if db is None:
-            return []
-        try:
-            return list(db.execute(sql, tuple(params)))
-        except sqlite3.OperationalError as err:
-            if "no such table" in str(err):
-                return []  # a ledger being created right now
-            raise
+            if self._ledger is None and self.path.is_file():
+                try:
+                    self._ledger = Ledger(self.path, read_only=True)
+                except LedgerError as err:
+                    # A ledger being created right now has no schema yet; anything else
+                    # (damage) is logged and shown as no scans, never as a traceback.
+                    log.warning("portal: cannot read the ledger yet: %s", err)
+                    return None
+            return self._ledger
 
     def close(self) -> None:
         with self._lock:
-            for db in self._all:
-                db.close()
-            self._all.clear()
-        self._local = threading.local()
+            if self._ledger is not None:
+                self._ledger.close()
+                self._ledger = None
 
     # -- views ---------------------------------------------------------------------------------
 
+    def _records(self, scan_folder: str | None = None) -> list[RunRecord]:
+        ledger = self._open()
+        return [] if ledger is None else ledger.runs(scan_folder)
+
     def views(self, scan_folder: str | None = None) -> list[ViewRow]:
         """Views of one scan folder (or all), in view-file order."""
-        if scan_folder is None:
-            rows = self._query("SELECT * FROM runs")
-        else:
-            rows = self._query("SELECT * FROM runs WHERE scan_folder = ?", (scan_folder,))
-        views = [_view_row(RunRecord.from_row(row)) for row in rows]
+        views = [_view_row(record) for record in self._records(scan_folder)]
         views.sort(key=lambda v: (v.scan_folder, v.view_file or v.view_name))
         return views
 
@@ -220,31 +210,31 @@ class LedgerReader:
 
     # -- scans ---------------------------------------------------------------------------------
 
+    def _scan_records(self) -> list[ScanRecord]:
+        ledger = self._open()
+        return [] if ledger is None else ledger.scans()
+
     def scans(self) -> list[ScanRow]:
         """Every scan, newest first (by when it was first seen)."""
         by_folder: dict[str, list[ViewRow]] = {}
         for view in self.views():
             by_folder.setdefault(view.scan_folder, []).append(view)
-        scan_rows = {self._folder_of(row): row for row in self._query("SELECT * FROM scans")}
-        folders = set(by_folder) | set(scan_rows)
-        scans = [self._scan_row(f, by_folder.get(f, []), scan_rows.get(f)) for f in folders]
+        records = {record.folder: record for record in self._scan_records()}
+        folders = set(by_folder) | set(records)
+        scans = [self._scan_row(f, by_folder.get(f, []), records.get(f)) for f in folders]
         scans.sort(key=lambda s: (s.started, s.scan_id or 0, s.folder), reverse=True)
         return scans
 
     def scan(self, folder: str) -> ScanRow | None:
         views = self.views(folder)
-        scan_rows = [r for r in self._query("SELECT * FROM scans") if self._folder_of(r) == folder]
-        if not views and not scan_rows:
+        ledger = self._open()
+        record = None if ledger is None else ledger.scan(folder)
+        if not views and record is None:
             return None
-        return self._scan_row(folder, views, scan_rows[0] if scan_rows else None)
+        return self._scan_row(folder, views, record)
 
     @staticmethod
-    def _folder_of(row: sqlite3.Row) -> str:
-        keys = row.keys()
-        return str(row["scan_folder"] if "scan_folder" in keys else row["folder"])
-
-    @staticmethod
-    def _scan_row(folder: str, views: list[ViewRow], record: sqlite3.Row | None) -> ScanRow:
+    def _scan_row(folder: str, views: list[ViewRow], record: ScanRecord | None) -> ScanRow:
         counts = dict.fromkeys(STATES, 0)
         for view in views:
             counts[view.state] += 1
@@ -252,16 +242,15 @@ class LedgerReader:
         scan_id: int | None = views[0].scan_id if views else None
         error = None
         if record is not None:
-            keys = record.keys()
-            starts.append(float(record["first_seen"]))
-            if scan_id is None and "scan_id" in keys and record["scan_id"] is not None:
-                scan_id = int(record["scan_id"])
-            error = record["error"] if "error" in keys else None
+            starts.append(record.first_seen)
+            if scan_id is None:
+                scan_id = record.scan_id
+            error = record.error
         finished = None
         if views and all(v.finished_at is not None for v in views):
             finished = max(float(v.finished_at or 0.0) for v in views)
         elif not views and record is not None:
-            finished = float(record["updated_at"])
+            finished = record.completed_at or record.first_seen
         medians = {}
         for stage in STAGE_COLUMNS:
             values = [
@@ -286,16 +275,11 @@ class LedgerReader:
     def signature(self, scan_folder: str | None = None) -> str:
         """A short string that changes whenever the rows shown for ``scan_folder`` (or for
         every scan) change: what a live page compares to know it must refresh."""
-        where, params = (
-            ("", ()) if scan_folder is None else (" WHERE scan_folder = ?", (scan_folder,))
-        )
         parts: list[Any] = [str(self.path)]
-        for row in self._query(
-            f"SELECT COUNT(*), MAX(updated_at), TOTAL(updated_at) FROM runs{where}", params
-        ):
-            parts.extend(tuple(row))
-        for row in self._query("SELECT COUNT(*), MAX(updated_at), TOTAL(updated_at) FROM scans"):
-            parts.extend(tuple(row))
+        parts.extend(
+            (r.key, r.status.value, r.stage, r.updated_at) for r in self._records(scan_folder)
+        )
+        parts.extend((r.folder, r.status.value, r.error) for r in self._scan_records())
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
 
 

@@ -1,10 +1,10 @@
 """The portal's ledger reader against a real ledger written through the ledger's API."""
 
 import hashlib
-import sqlite3
 
 import pytest
 
+from flows.errors import LedgerError
 from portal.data import LedgerReader, Roots, find_result
 
 
@@ -38,8 +38,10 @@ def test_reader_never_creates_or_writes_the_ledger(site, tmp_path):
     reader = LedgerReader(site.ledger)
     reader.scans()
     reader.signature()
-    with pytest.raises(sqlite3.OperationalError, match=r"readonly|read-only|query_only"):
-        reader._connection().execute("DELETE FROM runs")
+    ledger = reader._open()
+    assert ledger is not None and ledger.read_only
+    with pytest.raises(LedgerError, match="readonly"):
+        ledger._read(lambda db: db.execute("DELETE FROM runs"))
     reader.close()
     assert hashlib.sha256(site.ledger.read_bytes()).hexdigest() == before
 
