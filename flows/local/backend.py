@@ -333,13 +333,18 @@ def _now_iso() -> str:
 
 def open_local_backend(config: Config) -> LocalBackend:
     """The production local backend: a real Globus Compute engine built from
-    ``config.endpoint_config`` (default ``endpoint_config/local/config.yaml``) runs
+    ``config.endpoint_config`` (default: the ``endpoint_config/local`` folder) runs
     ``functions.reconstruct.reconstruct_view`` through the endpoint's serialization
     path; :meth:`LocalBackend.close` shuts the engine down."""
     from flows.local.compute import LocalComputeEngine
     from functions.reconstruct import reconstruct_view
 
-    engine = LocalComputeEngine(config.endpoint_config, run_dir=Path(config.state_dir) / "engine")
+    # The workers may read and write only under the compute root (PTYCHOFLOW_ALLOWED_ROOTS).
+    engine = LocalComputeEngine(
+        config.endpoint_config,
+        run_dir=Path(config.state_dir) / "engine",
+        allowed_roots=[config.compute_root],
+    )
     engine.start()
     try:
         backend = LocalBackend(

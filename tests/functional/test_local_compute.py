@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import shutil
 import time
 
 import h5py
@@ -49,7 +50,10 @@ def engine(shared_engine, tmp_path_factory) -> LocalComputeEngine:
     current = shared_engine["engine"]
     if current is None or current.engine is None:
         run_dir = tmp_path_factory.mktemp("endpoint-run")
-        current = LocalComputeEngine(run_dir=run_dir).start()
+        # The tests' files live under pytest's base temporary folder.
+        current = LocalComputeEngine(
+            run_dir=run_dir, allowed_roots=[tmp_path_factory.getbasetemp()]
+        ).start()
         shared_engine["engine"] = current
     return current
 
@@ -63,6 +67,15 @@ def test_function_runs_in_a_worker_process(engine):
     assert result["pid"] != os.getpid()
     # The endpoint's execute_task ran it in the engine's task working directory.
     assert result["cwd"].startswith(str(engine.run_dir))
+
+
+def worker_environment(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_workers_are_confined_to_the_allowed_roots(engine, tmp_path_factory):
+    roots = engine.submit(worker_environment, "PTYCHOFLOW_ALLOWED_ROOTS").result(timeout=60)
+    assert roots == os.path.realpath(tmp_path_factory.getbasetemp())
 
 
 def test_remote_exception_message_reaches_the_caller(engine):
@@ -158,17 +171,49 @@ def processes_mentioning(text: str) -> set[int]:
 
 def test_default_config_is_the_packaged_local_one():
     path = default_config_path()
-    assert path.parts[-3:] == ("endpoint_config", "local", "config.yaml")
-    assert path.is_file()
+    assert path.parts[-2:] == ("endpoint_config", "local")
+    assert (path / "config.yaml").is_file()
+    assert (path / "user_config_template.yaml.j2").is_file()
+
+
+def copy_of_local_endpoint(tmp_path, edit=lambda text: text):
+    folder = tmp_path / "endpoint"
+    shutil.copytree(default_config_path(), folder)
+    template = folder / "user_config_template.yaml.j2"
+    template.write_text(edit(template.read_text()))
+    return folder
 
 
 def test_missing_or_invalid_config_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read endpoint config"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: endpoint config not found"):
         LocalComputeEngine(config_path=tmp_path / "nope.yaml").start()
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("engine:\n  type: NoSuchEngine\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: invalid endpoint config: .*NoSuchEngine"):
-        LocalComputeEngine(config_path=bad).start()
+    # A 3.x single-file config: the engine belongs in the template now.
+    old = tmp_path / "old" / "config.yaml"
+    old.parent.mkdir()
+    old.write_text("engine:\n  type: GlobusComputeEngine\n")
+    with pytest.raises(ConfigError, match=r"old/config\.yaml: not a Globus Compute endpoint "):
+        LocalComputeEngine(config_path=old).start()
+    bad = copy_of_local_endpoint(
+        tmp_path, lambda text: text.replace("type: GlobusComputeEngine", "type: NoSuchEngine")
+    )
+    with pytest.raises(
+        ConfigError, match=r"template\.yaml\.j2: invalid endpoint config: .*NoSuchEngine"
+    ):
+        LocalComputeEngine(config_path=bad / "config.yaml").start()
+
+
+def test_allowed_roots_must_be_absolute_paths_the_schema_accepts(tmp_path):
+    engine = LocalComputeEngine(run_dir=tmp_path / "engines", allowed_roots=["/ok", "/a\nb"])
+    with pytest.raises(ConfigError, match=r"user_config_schema\.json: option allowed_roots: "):
+        engine.start()
+
+
+def test_an_unencrypted_engine_is_refused(tmp_path):
+    plain = copy_of_local_endpoint(
+        tmp_path, lambda text: text.replace("encrypted: true", "encrypted: false")
+    )
+    with pytest.raises(ConfigError, match=r"`encrypted: false`: any account on this machine"):
+        LocalComputeEngine(config_path=plain, run_dir=tmp_path / "engines").start()
 
 
 def test_submit_before_start_is_refused():
