@@ -188,10 +188,14 @@ class LocalBackend(Backend):
                 else:
                     running.append(run.future)
         # (A future cancelled by shutdown never counts as done for wait(): leave those out.)
-        concurrent.futures.wait(running)
-        self._pool.shutdown(wait=True)
-        while self.on_close:
-            self.on_close.pop(0)()
+        try:
+            concurrent.futures.wait(running)
+            self._pool.shutdown(wait=True)
+        finally:
+            # Also when the wait is interrupted (Ctrl-C): the engine's shutdown stops its
+            # processes and fails the tasks still running, so the run threads end too.
+            while self.on_close:
+                self.on_close.pop(0)()
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunProgress:
         """Block until the run ends (or ``timeout`` seconds pass); return its progress."""

@@ -295,6 +295,7 @@ def _stop_processes(processes: dict[int, int], groups: set[int], grace: float) -
                     os.kill(pid, signum)
 
     send(signal.SIGTERM)
+    send(signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if not any(tether.is_same_process(p, s) for p, s in processes.items()) and not any(
@@ -412,6 +413,9 @@ class LocalComputeEngine:
         self.engine: Any = None
         self._serializer: Any = None
         self._submit_lock = threading.Lock()
+        #: Futures handed out and not resolved yet: failed at shutdown, not left hanging.
+        self._pending: dict[uuid.UUID, concurrent.futures.Future[Any]] = {}
+        self._pending_lock = threading.Lock()
         self._started = False
         self._before: set[int] = set()
 
@@ -509,6 +513,17 @@ class LocalComputeEngine:
         self._shutdown_engine(timeout)
         if self._default_engines_dir and self.engine_dir is not None:
             shutil.rmtree(self.engine_dir, ignore_errors=True)
+        # Tasks still running had their workers stopped: their callers learn it now.
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        for task_id, future in pending.items():
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(
+                    ComputeTaskError(
+                        "the local compute engine was shut down before the task finished",
+                        task_id,
+                    )
+                )
 
     def _block_process_groups(self) -> set[int]:
         """Process groups of the provider's blocks (a LocalProvider detaches them)."""
@@ -593,6 +608,8 @@ class LocalComputeEngine:
         outer.set_running_or_notify_cancel()
         engine_future = GCFuture(gc_task_id=task_id)
         engine_future.add_done_callback(lambda f: self._resolve(f, outer, task_id))
+        with self._pending_lock:
+            self._pending[task_id] = outer
         with self._submit_lock:
             self.engine.submit(engine_future, packed, resource_specification={})
         return outer
@@ -602,6 +619,8 @@ class LocalComputeEngine:
     ) -> None:
         from globus_compute_common import messagepack
 
+        with self._pending_lock:
+            self._pending.pop(task_id, None)
         try:
             result: Any = messagepack.unpack(engine_future.result())
             if result.is_error:
