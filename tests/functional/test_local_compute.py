@@ -7,8 +7,13 @@ test stops it and a later test would start a fresh one.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
+import pathlib
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
 import h5py
@@ -241,3 +246,121 @@ def test_parse_remote_exception_forms():
     )
     bare = "Traceback (most recent call last):\n  File 'x', line 1\nKeyboardInterrupt\n"
     assert parse_remote_exception(bare) == ("KeyboardInterrupt", "")
+
+
+# -- another account on this machine ------------------------------------------------------
+
+ATTACKER = """\
+import os, pickle, sys, time
+import zmq
+
+marker, ports = sys.argv[1], [int(port) for port in sys.argv[2:]]
+
+
+class Payload:
+    def __reduce__(self):  # runs `id > marker` in whichever process unpickles it
+        return (os.system, (f"id > {marker}",))
+
+
+blob = pickle.dumps(Payload())
+context = zmq.Context()
+sockets = []
+for port in ports:
+    sock = context.socket(zmq.DEALER)  # talks to the engine's ROUTER and DEALER sockets
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    sockets.append(sock)
+time.sleep(1.0)  # let the connections come up
+for sock in sockets:
+    try:
+        sock.send(blob, flags=zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+time.sleep(2.0)
+print(f"sent to {len(ports)} ports as uid {os.getuid()}", flush=True)
+"""
+NOBODY = 65534
+
+
+def listening_ports(pids: set[int]) -> set[int]:
+    """TCP ports these processes listen on (Linux /proc)."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.fixture
+def shared_folder():
+    """A folder other accounts can read (pytest's own temporary folders are 0700)."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="ptychoflow-test-shared-"))
+    os.chmod(folder, 0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def python_for_another_account(shared_folder) -> list[str]:
+    """A Python with pyzmq that uid nobody can run, or skip saying why not."""
+    import zmq
+
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("running a process as another uid needs root (setpriv --reuid)")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    # The test's own environment may sit in a folder nobody cannot read: copy pyzmq.
+    packages = shared_folder / "attacker-packages"
+    site = os.path.dirname(os.path.dirname(zmq.__file__))
+    for name in ("zmq", "pyzmq.libs"):
+        if os.path.isdir(os.path.join(site, name)):
+            shutil.copytree(os.path.join(site, name), packages / name)
+    subprocess.run(["chmod", "-R", "a+rX", str(packages)], check=True)
+    prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    for python in (os.path.realpath(sys.executable), "/usr/bin/python3"):
+        probe = subprocess.run(
+            [*prefix, "env", f"PYTHONPATH={packages}", python, "-c", "import zmq"],
+            capture_output=True,
+        )
+        if probe.returncode == 0:
+            return [*prefix, "env", f"PYTHONPATH={packages}", python]
+    pytest.skip("no Python that uid nobody may run can import the copied pyzmq")
+
+
+@pytest.mark.timeout(120)
+def test_another_account_cannot_run_code_through_the_engine_ports(
+    engine, tmp_path, shared_folder
+):
+    """As uid nobody, send a pickle that would run `id > marker` to every port the
+    engine's processes listen on: with CurveZMQ the handshake fails, nothing runs."""
+    attacker = python_for_another_account(shared_folder)
+    assert engine.submit(worker_identity, 1).result(timeout=60)["double"] == 2  # all up
+    ports = listening_ports({os.getpid(), *_descendants(os.getpid())})
+    # The executor's task, result and command sockets and the interchange's worker port.
+    assert len(ports) >= 4, ports
+    marker_dir = tmp_path / "only-root-writes-here"
+    marker_dir.mkdir(mode=0o755)  # nobody cannot create the marker itself
+    marker = marker_dir / "payload-ran"
+    sent = subprocess.run(
+        [*attacker, "-c", ATTACKER, str(marker), *map(str, sorted(ports))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert f"sent to {len(ports)} ports as uid {NOBODY}" in sent.stdout
+    time.sleep(2.0)
+    assert not marker.exists(), marker.read_text()
+    # ... and the engine still works for its owner.
+    assert engine.submit(worker_identity, 21).result(timeout=60)["double"] == 42
