@@ -56,7 +56,7 @@ LOCAL_COMPUTE_ENDPOINT = "local-endpoint"
 #: Function ID under which the local backend registers ``reconstruct_view``.
 LOCAL_RECONSTRUCT_FUNCTION = "ptychoflow-reconstruct-view"
 
-ComputeSubmit = Callable[..., concurrent.futures.Future]
+ComputeSubmit = Callable[..., "concurrent.futures.Future[Any]"]
 
 
 @dataclasses.dataclass
@@ -69,7 +69,7 @@ class _LocalRun:
     stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     error: str | None = None
     output: dict[str, Any] | None = None
-    future: concurrent.futures.Future | None = None
+    future: concurrent.futures.Future[None] | None = None
 
 
 class LocalBackend(Backend):
@@ -117,7 +117,7 @@ class LocalBackend(Backend):
         )
         self._runs: dict[str, _LocalRun] = {}
         #: Compute tasks submitted and not yet finished (abandoned by close(cancel=True)).
-        self._compute_futures: set[concurrent.futures.Future] = set()
+        self._compute_futures: set[concurrent.futures.Future[Any]] = set()
         self._lock = threading.Lock()
         self._closed = False
         #: Called (in order) after the runs ended in :meth:`close`, e.g. an engine's shutdown.
@@ -199,10 +199,14 @@ class LocalBackend(Backend):
                 else:
                     running.append(run.future)
         # (A future cancelled by shutdown never counts as done for wait(): leave those out.)
-        concurrent.futures.wait(running)
-        self._pool.shutdown(wait=True)
-        while self.on_close:
-            self.on_close.pop(0)()
+        try:
+            concurrent.futures.wait(running)
+            self._pool.shutdown(wait=True)
+        finally:
+            # Also when the wait is interrupted (Ctrl-C): the engine's shutdown stops its
+            # processes and fails the tasks still running, so the run threads end too.
+            while self.on_close:
+                self.on_close.pop(0)()
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunProgress:
         """Block until the run ends (or ``timeout`` seconds pass); return its progress."""
@@ -252,7 +256,7 @@ class LocalBackend(Backend):
     def _transfer_action(self, params: dict[str, Any]) -> dict[str, Any]:
         return transfer_action(params, self._roots)
 
-    def _forget_compute_future(self, future: concurrent.futures.Future) -> None:
+    def _forget_compute_future(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._compute_futures.discard(future)
 
@@ -286,7 +290,7 @@ class LocalBackend(Backend):
                     f"tasks[{index}].function_id {task.get('function_id')!r} is not registered "
                     f"with the local backend (registered: {', '.join(sorted(self._registry))})"
                 )
-        submitted: list[tuple[str, concurrent.futures.Future]] = []
+        submitted: list[tuple[str, concurrent.futures.Future[Any]]] = []
         for task in tasks:
             function = self._registry[task["function_id"]]
             future = self._compute_submit(function, *task.get("args", []), **task.get("kwargs", {}))
@@ -351,20 +355,19 @@ def _now_iso() -> str:
 
 def open_local_backend(config: Config) -> LocalBackend:
     """The production local backend: a real Globus Compute engine built from
-    ``config.endpoint_config`` (default ``endpoint_config/local/config.yaml``) runs
+    ``config.endpoint_config`` (default: the ``endpoint_config/local`` folder) runs
     ``functions.reconstruct.reconstruct_view`` through the endpoint's serialization
-    path, with ``PTYCHOFLOW_ALLOWED_ROOTS`` set to ``config.compute_root``;
-    :meth:`LocalBackend.close` shuts the engine down."""
-    import os
-
+    path, its workers confined to ``config.compute_root`` (``PTYCHOFLOW_ALLOWED_ROOTS``,
+    set by the endpoint template); :meth:`LocalBackend.close` shuts the engine down."""
     from flows.local.compute import LocalComputeEngine
-    from functions.allowed_roots import ALLOWED_ROOTS_ENV
     from functions.reconstruct import reconstruct_view
 
-    # The compute function works only under PTYCHOFLOW_ALLOWED_ROOTS; the local
-    # engine's workers inherit this process's environment when the engine starts.
-    os.environ[ALLOWED_ROOTS_ENV] = os.path.realpath(config.compute_root)
-    engine = LocalComputeEngine(config.endpoint_config, run_dir=Path(config.state_dir) / "engine")
+    # The workers may read and write only under the compute root (PTYCHOFLOW_ALLOWED_ROOTS).
+    engine = LocalComputeEngine(
+        config.endpoint_config,
+        run_dir=Path(config.state_dir) / "engine",
+        allowed_roots=[config.compute_root],
+    )
     engine.start()
     try:
         backend = LocalBackend(

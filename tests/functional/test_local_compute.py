@@ -7,7 +7,13 @@ test stops it and a later test would start a fresh one.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
 import h5py
@@ -54,7 +60,10 @@ def engine(shared_engine, tmp_path_factory) -> LocalComputeEngine:
     current = shared_engine["engine"]
     if current is None or current.engine is None:
         run_dir = tmp_path_factory.mktemp("endpoint-run")
-        current = LocalComputeEngine(run_dir=run_dir).start()
+        # The tests' files live under pytest's base temporary folder.
+        current = LocalComputeEngine(
+            run_dir=run_dir, allowed_roots=[tmp_path_factory.getbasetemp()]
+        ).start()
         shared_engine["engine"] = current
     return current
 
@@ -68,6 +77,15 @@ def test_function_runs_in_a_worker_process(engine):
     assert result["pid"] != os.getpid()
     # The endpoint's execute_task ran it in the engine's task working directory.
     assert result["cwd"].startswith(str(engine.run_dir))
+
+
+def worker_environment(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_workers_are_confined_to_the_allowed_roots(engine, tmp_path_factory):
+    roots = engine.submit(worker_environment, "PTYCHOFLOW_ALLOWED_ROOTS").result(timeout=60)
+    assert roots == os.path.realpath(tmp_path_factory.getbasetemp())
 
 
 def test_remote_exception_message_reaches_the_caller(engine):
@@ -163,17 +181,49 @@ def processes_mentioning(text: str) -> set[int]:
 
 def test_default_config_is_the_packaged_local_one():
     path = default_config_path()
-    assert path.parts[-3:] == ("endpoint_config", "local", "config.yaml")
-    assert path.is_file()
+    assert path.parts[-2:] == ("endpoint_config", "local")
+    assert (path / "config.yaml").is_file()
+    assert (path / "user_config_template.yaml.j2").is_file()
+
+
+def copy_of_local_endpoint(tmp_path, edit=lambda text: text):
+    folder = tmp_path / "endpoint"
+    shutil.copytree(default_config_path(), folder)
+    template = folder / "user_config_template.yaml.j2"
+    template.write_text(edit(template.read_text()))
+    return folder
 
 
 def test_missing_or_invalid_config_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read endpoint config"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: endpoint config not found"):
         LocalComputeEngine(config_path=tmp_path / "nope.yaml").start()
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("engine:\n  type: NoSuchEngine\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: invalid endpoint config: .*NoSuchEngine"):
-        LocalComputeEngine(config_path=bad).start()
+    # A 3.x single-file config: the engine belongs in the template now.
+    old = tmp_path / "old" / "config.yaml"
+    old.parent.mkdir()
+    old.write_text("engine:\n  type: GlobusComputeEngine\n")
+    with pytest.raises(ConfigError, match=r"old/config\.yaml: not a Globus Compute endpoint "):
+        LocalComputeEngine(config_path=old).start()
+    bad = copy_of_local_endpoint(
+        tmp_path, lambda text: text.replace("type: GlobusComputeEngine", "type: NoSuchEngine")
+    )
+    with pytest.raises(
+        ConfigError, match=r"template\.yaml\.j2: invalid endpoint config: .*NoSuchEngine"
+    ):
+        LocalComputeEngine(config_path=bad / "config.yaml").start()
+
+
+def test_allowed_roots_must_be_absolute_paths_the_schema_accepts(tmp_path):
+    engine = LocalComputeEngine(run_dir=tmp_path / "engines", allowed_roots=["/ok", "/a\nb"])
+    with pytest.raises(ConfigError, match=r"user_config_schema\.json: option allowed_roots: "):
+        engine.start()
+
+
+def test_an_unencrypted_engine_is_refused(tmp_path):
+    plain = copy_of_local_endpoint(
+        tmp_path, lambda text: text.replace("encrypted: true", "encrypted: false")
+    )
+    with pytest.raises(ConfigError, match=r"`encrypted: false`: any account on this machine"):
+        LocalComputeEngine(config_path=plain, run_dir=tmp_path / "engines").start()
 
 
 def test_submit_before_start_is_refused():
@@ -201,3 +251,119 @@ def test_parse_remote_exception_forms():
     )
     bare = "Traceback (most recent call last):\n  File 'x', line 1\nKeyboardInterrupt\n"
     assert parse_remote_exception(bare) == ("KeyboardInterrupt", "")
+
+
+# -- another account on this machine ------------------------------------------------------
+
+ATTACKER = """\
+import os, pickle, sys, time
+import zmq
+
+marker, ports = sys.argv[1], [int(port) for port in sys.argv[2:]]
+
+
+class Payload:
+    def __reduce__(self):  # runs `id > marker` in whichever process unpickles it
+        return (os.system, (f"id > {marker}",))
+
+
+blob = pickle.dumps(Payload())
+context = zmq.Context()
+sockets = []
+for port in ports:
+    sock = context.socket(zmq.DEALER)  # talks to the engine's ROUTER and DEALER sockets
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    sockets.append(sock)
+time.sleep(1.0)  # let the connections come up
+for sock in sockets:
+    try:
+        sock.send(blob, flags=zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+time.sleep(2.0)
+print(f"sent to {len(ports)} ports as uid {os.getuid()}", flush=True)
+"""
+NOBODY = 65534
+
+
+def listening_ports(pids: set[int]) -> set[int]:
+    """TCP ports these processes listen on (Linux /proc)."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.fixture
+def shared_folder():
+    """A folder other accounts can read (pytest's own temporary folders are 0700)."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="ptychoflow-test-shared-"))
+    os.chmod(folder, 0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def python_for_another_account(shared_folder) -> list[str]:
+    """A Python with pyzmq that uid nobody can run, or skip saying why not."""
+    import zmq
+
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("running a process as another uid needs root (setpriv --reuid)")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    # The test's own environment may sit in a folder nobody cannot read: copy pyzmq.
+    packages = shared_folder / "attacker-packages"
+    site = os.path.dirname(os.path.dirname(zmq.__file__))
+    for name in ("zmq", "pyzmq.libs"):
+        if os.path.isdir(os.path.join(site, name)):
+            shutil.copytree(os.path.join(site, name), packages / name)
+    subprocess.run(["chmod", "-R", "a+rX", str(packages)], check=True)
+    prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    for python in (os.path.realpath(sys.executable), "/usr/bin/python3"):
+        probe = subprocess.run(
+            [*prefix, "env", f"PYTHONPATH={packages}", python, "-c", "import zmq"],
+            capture_output=True,
+        )
+        if probe.returncode == 0:
+            return [*prefix, "env", f"PYTHONPATH={packages}", python]
+    pytest.skip("no Python that uid nobody may run can import the copied pyzmq")
+
+
+@pytest.mark.timeout(120)
+def test_another_account_cannot_run_code_through_the_engine_ports(engine, tmp_path, shared_folder):
+    """As uid nobody, send a pickle that would run `id > marker` to every port the
+    engine's processes listen on: with CurveZMQ the handshake fails, nothing runs."""
+    attacker = python_for_another_account(shared_folder)
+    assert engine.submit(worker_identity, 1).result(timeout=60)["double"] == 2  # all up
+    ports = listening_ports({os.getpid(), *_descendants(os.getpid())})
+    # The executor's task, result and command sockets and the interchange's worker port.
+    assert len(ports) >= 4, ports
+    marker_dir = tmp_path / "only-root-writes-here"
+    marker_dir.mkdir(mode=0o755)  # nobody cannot create the marker itself
+    marker = marker_dir / "payload-ran"
+    sent = subprocess.run(
+        [*attacker, "-c", ATTACKER, str(marker), *map(str, sorted(ports))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert f"sent to {len(ports)} ports as uid {NOBODY}" in sent.stdout
+    time.sleep(2.0)
+    assert not marker.exists(), marker.read_text()
+    # ... and the engine still works for its owner.
+    assert engine.submit(worker_identity, 21).result(timeout=60)["double"] == 42
