@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import pathlib
 import statistics
 import sys
@@ -230,7 +229,7 @@ def fidelity_tables(args: argparse.Namespace) -> None:
     detector = args.detector or (128 if args.full else 64)
     n_positions = args.positions or (400 if args.full else 150)
     iterations = args.iterations or (100 if args.full else 60)
-    threads = args.threads or min(os.cpu_count() or 1, 2)
+    threads = args.threads or 1
     names = [n for key in args.cases for n in CASE_KEYS[key]]
     cases = [c for c in CASES if c.name in names]
     have_ptychi = not args.skip_ptychi
@@ -371,7 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector", type=int, default=None, help="override the size's")
     parser.add_argument("--positions", type=int, default=None, help="override the size's")
     parser.add_argument("--iterations", type=int, default=None, help="override the size's")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="Pty-chi's torch threads (default 1, like our NumPy solver: OpenMP threads "
+        "spin badly on a loaded box)",
+    )
     parser.add_argument("--skip-ptychi", action="store_true", help="our solver only")
     parser.add_argument("--skip-fidelity", action="store_true", help="no Pty-chi comparison")
     parser.add_argument("--speed", action="store_true", help="also the speed/memory table")
