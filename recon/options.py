@@ -64,6 +64,12 @@ class ReconOptions:
     beam's size and far-field footprint before the object can absorb its errors. With
     ``probe_warmup=0`` the object is refined first and the probe from ``probe_start``."""
 
+    amplitude_start: float = 0.5
+    """Staged cost: this fraction of the iterations minimises the amplitude (Gaussian)
+    cost before ``cost`` takes over. Far from the solution the Poisson gradient is
+    dominated by pixels the model leaves dark; the amplitude cost is not. 0 turns it off.
+    The cost history always reports ``cost``."""
+
     patch_model: PatchModel = PatchModel.FOURIER
     """Sub-pixel model: ``fourier`` (band-limited shift, the default) or ``bilinear``."""
 
@@ -120,6 +126,12 @@ class ReconOptions:
                 f"option probe_modes={self.probe_modes} is more than {MAX_PROBE_MODES}"
             )
         _check_int("holdout_patience", self.holdout_patience, minimum=1)
+        start = self.amplitude_start
+        if isinstance(start, bool) or not isinstance(start, int | float) or not 0 <= start < 1:
+            raise OptionsError(
+                f"option amplitude_start={start!r} must be a number from 0 to below 1 "
+                "(the fraction of iterations run with the amplitude cost; 0 turns it off)"
+            )
         fraction = self.holdout_fraction
         if (
             isinstance(fraction, bool)
