@@ -67,6 +67,8 @@ EXTRA_MODE_POWER = 0.05
 #: Largest total correction of a scan position, object pixels: positions are refined,
 #: not searched for. The object grows by this much so corrected windows still fit.
 MAX_POSITION_CORRECTION = 4.0
+#: Without ``position_start``, positions are refined from this fraction of the iterations.
+POSITION_START_FRACTION = 0.4
 #: Largest change of a position in one iteration, object pixels.
 MAX_POSITION_STEP = 0.5
 #: Over-relaxation of the per-position Gauss-Newton step: while the object is still being
@@ -712,6 +714,9 @@ def reconstruct(
         switch = round(options.amplitude_start * options.iterations)
     if switch:
         state.use_cost(start=True)
+    position_start = options.position_start
+    if position_start is None:
+        position_start = round(POSITION_START_FRACTION * options.iterations)
     for iteration in range(options.iterations):
         if switch and iteration == switch:
             state.use_cost(start=False)
@@ -721,7 +726,7 @@ def reconstruct(
             object_steps.append(state.object_step())
         if options.refine_probe and (warming_up or iteration >= options.probe_start):
             probe_steps.append(state.probe_step())
-        if options.refine_positions and iteration >= options.position_start:
+        if options.refine_positions and iteration >= position_start:
             state.position_step()
         state.synchronize()
         elapsed = time.perf_counter() - start
