@@ -58,11 +58,12 @@ class ReconOptions:
     """With ``probe_warmup=0``: first iteration (0-based) at which the probe is refined;
     early object-only iterations keep the probe from absorbing object structure."""
 
-    probe_warmup: int = 10
+    probe_warmup: int | None = None
     """Staged start: the first ``probe_warmup`` iterations refine only the probe, against
     a flat object, so a rough guess (a Gaussian spot of the wrong size) first takes the
-    beam's size and far-field footprint before the object can absorb its errors. With
-    ``probe_warmup=0`` the object is refined first and the probe from ``probe_start``."""
+    beam's size and far-field footprint before the object can absorb its errors.
+    None: 10 % of the iterations. With 0 the object is refined first and the probe from
+    ``probe_start``."""
 
     amplitude_start: float = 0.5
     """Staged cost: this fraction of the iterations minimises the amplitude (Gaussian)
@@ -120,7 +121,8 @@ class ReconOptions:
                 raise OptionsError(f"option {field}={value!r} is not one of: {choices}") from None
         _check_int("iterations", self.iterations, minimum=1)
         _check_int("probe_start", self.probe_start, minimum=0)
-        _check_int("probe_warmup", self.probe_warmup, minimum=0)
+        if self.probe_warmup is not None:
+            _check_int("probe_warmup", self.probe_warmup, minimum=0)
         _check_int("probe_modes", self.probe_modes, minimum=1)
         if self.position_start is not None:
             _check_int("position_start", self.position_start, minimum=0)

@@ -67,6 +67,8 @@ EXTRA_MODE_POWER = 0.05
 #: Largest total correction of a scan position, object pixels: positions are refined,
 #: not searched for. The object grows by this much so corrected windows still fit.
 MAX_POSITION_CORRECTION = 4.0
+#: Without ``probe_warmup``, this fraction of the iterations refines only the probe.
+PROBE_WARMUP_FRACTION = 0.1
 #: Without ``position_start``, positions are refined from this fraction of the iterations.
 POSITION_START_FRACTION = 0.4
 #: Largest change of a position in one iteration, object pixels.
@@ -714,6 +716,9 @@ def reconstruct(
         switch = round(options.amplitude_start * options.iterations)
     if switch:
         state.use_cost(start=True)
+    probe_warmup = options.probe_warmup
+    if probe_warmup is None:
+        probe_warmup = round(PROBE_WARMUP_FRACTION * options.iterations)
     position_start = options.position_start
     if position_start is None:
         position_start = round(POSITION_START_FRACTION * options.iterations)
@@ -721,7 +726,7 @@ def reconstruct(
         if switch and iteration == switch:
             state.use_cost(start=False)
         start = time.perf_counter()
-        warming_up = options.refine_probe and iteration < options.probe_warmup
+        warming_up = options.refine_probe and iteration < probe_warmup
         if not warming_up:
             object_steps.append(state.object_step())
         if options.refine_probe and (warming_up or iteration >= options.probe_start):
