@@ -221,9 +221,13 @@ class FourierShift:
         self.ramp_cols = xp.exp(-2j * math.pi * shift64[:, 1, None] * self.freq_cols)[
             :, None, None, :
         ].astype(xp.complex64)
+        # The full ramps, (N_POS, 1, H, W) complex64: memory of one far field, kept because
+        # every probe step applies them three times.
+        self.ramp = self.ramp_rows * self.ramp_cols
+        self.ramp_conj = self.ramp.conj()
 
     def _ramp(self) -> Any:
-        return self.ramp_rows * self.ramp_cols
+        return self.ramp
 
     def fwd(self, probe: Any) -> Any:
         _check_shape("FourierShift.fwd", probe, (None, *self.patch_shape), "probe")
@@ -235,7 +239,7 @@ class FourierShift:
         be complex128 to accumulate in double precision)."""
         _check_shape("FourierShift.adj", shifted, (self.n, None, *self.patch_shape), "shifted")
         spectrum = fft2(shifted)
-        spectrum *= self._ramp().conj()
+        spectrum *= self.ramp_conj
         dtype = out.dtype if out is not None else spectrum.dtype
         total = ifft2(spectrum.sum(axis=0, dtype=dtype))
         if out is None:

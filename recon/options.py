@@ -58,11 +58,18 @@ class ReconOptions:
     """With ``probe_warmup=0``: first iteration (0-based) at which the probe is refined;
     early object-only iterations keep the probe from absorbing object structure."""
 
-    probe_warmup: int = 10
+    probe_warmup: int | None = None
     """Staged start: the first ``probe_warmup`` iterations refine only the probe, against
     a flat object, so a rough guess (a Gaussian spot of the wrong size) first takes the
-    beam's size and far-field footprint before the object can absorb its errors. With
-    ``probe_warmup=0`` the object is refined first and the probe from ``probe_start``."""
+    beam's size and far-field footprint before the object can absorb its errors.
+    None: 10 % of the iterations. With 0 the object is refined first and the probe from
+    ``probe_start``."""
+
+    amplitude_start: float = 0.5
+    """Staged cost: this fraction of the iterations minimises the amplitude (Gaussian)
+    cost before ``cost`` takes over. Far from the solution the Poisson gradient is
+    dominated by pixels the model leaves dark; the amplitude cost is not. 0 turns it off.
+    The cost history always reports ``cost``."""
 
     patch_model: PatchModel = PatchModel.FOURIER
     """Sub-pixel model: ``fourier`` (band-limited shift, the default) or ``bilinear``."""
@@ -76,8 +83,10 @@ class ReconOptions:
     """Refine every scan position by its cost gradient (``fourier`` model only), the mean
     correction removed so the object does not drift."""
 
-    position_start: int = 20
-    """First iteration (0-based) at which positions are refined, once the object has form."""
+    position_start: int | None = None
+    """First iteration (0-based) at which positions are refined, once object and probe have
+    form; None: after 40 % of the iterations (measured: starting at 20 % of 100 iterations
+    from a Gaussian guess leaves 0.40 px RMS error, at 40 % 0.26 px)."""
     holdout_fraction: float = 0.0
     """Fraction of the patterns (e.g. 0.05) held out of the fit to decide when to stop:
     their cost under the current object and probe is evaluated after every iteration,
@@ -112,14 +121,22 @@ class ReconOptions:
                 raise OptionsError(f"option {field}={value!r} is not one of: {choices}") from None
         _check_int("iterations", self.iterations, minimum=1)
         _check_int("probe_start", self.probe_start, minimum=0)
-        _check_int("probe_warmup", self.probe_warmup, minimum=0)
+        if self.probe_warmup is not None:
+            _check_int("probe_warmup", self.probe_warmup, minimum=0)
         _check_int("probe_modes", self.probe_modes, minimum=1)
-        _check_int("position_start", self.position_start, minimum=0)
+        if self.position_start is not None:
+            _check_int("position_start", self.position_start, minimum=0)
         if self.probe_modes > MAX_PROBE_MODES:
             raise OptionsError(
                 f"option probe_modes={self.probe_modes} is more than {MAX_PROBE_MODES}"
             )
         _check_int("holdout_patience", self.holdout_patience, minimum=1)
+        start = self.amplitude_start
+        if isinstance(start, bool) or not isinstance(start, int | float) or not 0 <= start < 1:
+            raise OptionsError(
+                f"option amplitude_start={start!r} must be a number from 0 to below 1 "
+                "(the fraction of iterations run with the amplitude cost; 0 turns it off)"
+            )
         fraction = self.holdout_fraction
         if (
             isinstance(fraction, bool)

@@ -50,7 +50,7 @@ from recon.backend import (
 from recon.cost import make_cost
 from recon.errors import DeviceError, InputError
 from recon.operators import Ptycho
-from recon.options import ReconOptions
+from recon.options import CostFunction, ReconOptions
 from recon.scan import ScanData
 from recon.solver import CGState, backtracking, dai_yuan_beta
 
@@ -67,6 +67,10 @@ EXTRA_MODE_POWER = 0.05
 #: Largest total correction of a scan position, object pixels: positions are refined,
 #: not searched for. The object grows by this much so corrected windows still fit.
 MAX_POSITION_CORRECTION = 4.0
+#: Without ``probe_warmup``, this fraction of the iterations refines only the probe.
+PROBE_WARMUP_FRACTION = 0.1
+#: Without ``position_start``, positions are refined from this fraction of the iterations.
+POSITION_START_FRACTION = 0.4
 #: Largest change of a position in one iteration, object pixels.
 MAX_POSITION_STEP = 0.5
 #: Over-relaxation of the per-position Gauss-Newton step: while the object is still being
@@ -240,6 +244,8 @@ class _Chunk:
         self.probes_at: Any = None
         self.farfield: Any = None
         self.intensity: Any = None
+        self.final_cost = cost  # the chosen noise model
+        self.start_cost: Any = None  # the amplitude cost of a staged start, if any
         self.patches: Any = None  # object patches during a probe step
         self.direction_at: Any = None  # the probe direction at every position, during LS
         self.line: tuple[Any, Any, Any] | None = None  # (far, cross, |far|^2) during LS
@@ -289,6 +295,9 @@ class _Partition:
                 block = indices[first : first + size]
                 data = to_device(np.ascontiguousarray(data_corner[block]), xp, device)
                 chunk = _Chunk(None, make_cost(options.cost, data, mask), block)  # type: ignore[arg-type]
+                chunk.final_cost = chunk.cost
+                if options.amplitude_start > 0 and options.cost is not CostFunction.GAUSSIAN:
+                    chunk.start_cost = make_cost(CostFunction.GAUSSIAN, data, mask)
                 self.chunks.append(chunk)
         self.set_positions(scan.positions)
 
@@ -348,6 +357,22 @@ class _Reconstruction:
         self.object_cg = CGState()
         self.probe_cg = CGState()
         self._object_precond: Any = None  # depends on the probe only; reset when it changes
+
+    def reported_cost(self) -> float:
+        """The chosen cost (``options.cost``) of the current iterate, whichever is in use."""
+        chunk = self.parts[0].chunks[0]
+        if chunk.cost is chunk.final_cost:
+            return self.cost
+        return self._total(lambda chunk: chunk.final_cost.value(chunk.intensity))
+
+    def use_cost(self, start: bool) -> None:
+        """Switch every chunk to the start (amplitude) cost or the chosen one."""
+        for part in self.parts:
+            for chunk in part.chunks:
+                chunk.cost = chunk.start_cost if start else chunk.final_cost
+        self.cost = self._total(lambda chunk: chunk.cost.value(chunk.intensity))
+        self.object_cg.restart()
+        self.probe_cg.restart()
 
     def _forward_all(self) -> None:
         """Probes at every position, far fields, intensities and the cost from scratch."""
@@ -681,23 +706,37 @@ def reconstruct(
         raise InputError(f"{scan.source}: the scan has no diffraction patterns")
 
     state = _Reconstruction(scan, options, xp, devices)
-    costs = [state.cost / state.n_measured]
+    costs = [state.reported_cost() / state.n_measured]
     object_steps: list[float] = []
     probe_steps: list[float] = []
     seconds: list[float] = []
+    # Staged cost: the amplitude (Gaussian) cost first, robust far from the solution.
+    switch = 0
+    if options.cost is not CostFunction.GAUSSIAN:
+        switch = round(options.amplitude_start * options.iterations)
+    if switch:
+        state.use_cost(start=True)
+    probe_warmup = options.probe_warmup
+    if probe_warmup is None:
+        probe_warmup = round(PROBE_WARMUP_FRACTION * options.iterations)
+    position_start = options.position_start
+    if position_start is None:
+        position_start = round(POSITION_START_FRACTION * options.iterations)
     for iteration in range(options.iterations):
+        if switch and iteration == switch:
+            state.use_cost(start=False)
         start = time.perf_counter()
-        warming_up = options.refine_probe and iteration < options.probe_warmup
+        warming_up = options.refine_probe and iteration < probe_warmup
         if not warming_up:
             object_steps.append(state.object_step())
         if options.refine_probe and (warming_up or iteration >= options.probe_start):
             probe_steps.append(state.probe_step())
-        if options.refine_positions and iteration >= options.position_start:
+        if options.refine_positions and iteration >= position_start:
             state.position_step()
         state.synchronize()
         elapsed = time.perf_counter() - start
         seconds.append(elapsed)
-        costs.append(state.cost / state.n_measured)
+        costs.append(state.reported_cost() / state.n_measured)
         if progress is not None:
             progress(iteration + 1, costs[-1], elapsed)
         if not math.isfinite(costs[-1]):

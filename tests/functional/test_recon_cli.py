@@ -65,12 +65,13 @@ def test_real_siemens_star_data_reconstructs(siemens_star_path, tmp_path):
     from recon.api import reconstruct_file
     from recon.options import ReconOptions
 
-    summary = reconstruct_file(
-        siemens_star_path, tmp_path / "star.h5", ReconOptions(iterations=25, backend="numpy")
-    )
+    options = ReconOptions(iterations=40, backend="numpy")
+    summary = reconstruct_file(siemens_star_path, tmp_path / "star.h5", options)
     result = read_result(summary["output"])
-    cost = result["cost"]
-    assert np.all(np.diff(cost) <= 0)
+    cost = result["cost"]  # the Poisson cost, also while the staged start fits amplitudes
+    switch = round(options.amplitude_start * options.iterations)
+    assert cost[switch] < cost[0]
+    assert np.all(np.diff(cost[switch:]) <= 0)  # never rises once Poisson is minimised
     assert cost[-1] < cost[0] / 5
     # The phase carries the star: strong contrast between spokes in the scanned area.
     phase = np.angle(result["object"][150:350, 150:350])

@@ -47,7 +47,7 @@ def test_fourier_model_beats_bilinear_with_the_true_probe(star):
 @pytest.mark.slow
 def test_gaussian_guess_of_the_wrong_width_reconstructs_a_defocused_beam(star):
     scan = star.to_scan()  # the file's probe: a flat-phase Gaussian, 0.55 x the true width
-    result = reconstruct(scan, ReconOptions(iterations=200, backend="numpy"))
+    result = reconstruct(scan, ReconOptions(iterations=100, backend="numpy"))
     assert _phase_ssim(result, star) >= 0.99
 
 
@@ -82,7 +82,7 @@ def test_two_modes_find_the_beams_power_split():
     assert result.probe.shape == (2, 64, 64)
     fractions = result.mode_power_fractions
     assert fractions[0] > fractions[1]
-    assert fractions[1] == pytest.approx(0.2, abs=0.06)
+    assert fractions[1] == pytest.approx(0.2, abs=0.08)  # the true split is 80 / 20
     overlap = abs(np.vdot(result.probe[0], result.probe[1]))
     assert overlap <= 1e-4 * np.linalg.norm(result.probe[0]) * np.linalg.norm(result.probe[1])
     single = reconstruct(scan, ReconOptions(iterations=100, backend="numpy"))
