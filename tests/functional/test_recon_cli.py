@@ -60,6 +60,7 @@ def test_unknown_option_value_is_rejected_by_the_parser(view, tmp_path):
     assert run.returncode == 2 and "invalid choice" in run.stderr
 
 
+@pytest.mark.slow
 def test_real_siemens_star_data_reconstructs(siemens_star_path, tmp_path):
     """The shared measured dataset: the cost falls steadily and the result is written."""
     from recon.api import reconstruct_file
