@@ -30,6 +30,8 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tables import print_table  # noqa: E402  (bench/tables.py, beside this script)
+
 import recon.ptycho  # noqa: E402
 from recon.holdout import HeldOutCost, choose_holdout  # noqa: E402
 from recon.metrics import compare_objects, illuminated_region  # noqa: E402
@@ -47,16 +49,6 @@ VARIANTS = {
     "gaussian": ("gaussian", None),
     "poisson-alpha0.3": ("poisson", 0.3),
 }
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\n{title}")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-    sys.stdout.flush()
 
 
 def trace(args: argparse.Namespace, photons: float, variant: str) -> dict:

@@ -214,36 +214,6 @@ def to_ptychi_inputs(data: np.ndarray, positions: np.ndarray, probe: np.ndarray)
     )
 
 
-def build_lsqml_task(
-    data: np.ndarray,
-    positions: np.ndarray,
-    probe: np.ndarray,
-    *,
-    iterations: int,
-    object_guess: np.ndarray | None = None,
-    batch_size: int | None = None,
-    noise_model: Literal["gaussian", "poisson"] = "gaussian",
-    pixel_size: float = 1e-8,
-    wavelength: float = 1e-10,
-    seed: int = 0,
-) -> Any:
-    """Build a ``ptychi.api.task.PtychographyTask`` for LSQML on our data (see
-    :func:`build_task`)."""
-    return build_task(
-        "lsqml",
-        data,
-        positions,
-        probe,
-        iterations=iterations,
-        object_guess=object_guess,
-        batch_size=batch_size,
-        noise_model=noise_model,
-        pixel_size=pixel_size,
-        wavelength=wavelength,
-        seed=seed,
-    )
-
-
 Engine = Literal["lsqml", "rpie"]
 
 

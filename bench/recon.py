@@ -41,6 +41,8 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tables import print_table  # noqa: E402  (bench/tables.py, beside this script)
+
 from recon.backend import cupy_module, gpu_count  # noqa: E402
 from recon.metrics import compare_objects, illuminated_region  # noqa: E402
 from recon.options import ReconOptions  # noqa: E402
@@ -101,16 +103,6 @@ PTYCHI_SETTINGS = {
         ("rpie", {"alpha": 0.1, "batch_size_fraction": 0.05}),
     ],
 }
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\n{title}")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-    sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------- fidelity

@@ -83,7 +83,9 @@ def test_ptychi_forward_model_reproduces_our_data(det_shape):
     import torch
 
     data, positions, probe, truth = make_scan(det_shape=det_shape, grid=4, step=7)
-    task = ptychi_runner.build_lsqml_task(data, positions, probe, iterations=1, object_guess=truth)
+    task = ptychi_runner.build_task(
+        "lsqml", data, positions, probe, iterations=1, object_guess=truth
+    )
     with torch.no_grad():
         predicted = task.reconstructor.forward_model.forward(torch.arange(len(data)))
     predicted = np.fft.fftshift(predicted.cpu().numpy(), axes=(-2, -1))
