@@ -31,7 +31,6 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-import h5py
 import numpy as np
 from PIL import Image
 
@@ -47,8 +46,6 @@ MAX_POSITIONS = 4000
 PERCENTILES = (1.0, 99.0)
 #: Summaries kept in memory.
 MEMORY_ENTRIES = 2048
-#: Datasets beside ``positions`` that hold the positions before refinement.
-INITIAL_POSITION_NAMES = ("initial_positions", "positions_initial", "original_positions")
 #: Image names a view may be asked for; probe modes are ``probe-0``, ``probe-1``, ...
 IMAGE_NAMES = ("phase", "amplitude", "phase-thumb", "amplitude-thumb")
 
@@ -226,7 +223,9 @@ def _render(
 
     cost = np.asarray(result["cost"], dtype=np.float64).reshape(-1)
     kept = _subsample(len(cost), MAX_COST_POINTS)
-    initial = _initial_positions(result_path, positions.shape)
+    # With position refinement the plot shows the refined positions over the reported ones.
+    refined = result.get("refined_positions")
+    refined = np.asarray(refined, dtype=np.float64) if refined is not None else None
     pixel_size = result.get("pixel_size")
     timings = result.get("timings") or {}
     options = result.get("options") or {}
@@ -241,8 +240,8 @@ def _render(
         cost_iterations=[int(i) for i in kept],
         probe_shape=(int(modes.shape[-2]), int(modes.shape[-1])),
         probe_fractions=fractions,
-        positions=_points(positions),
-        initial_positions=_points(initial) if initial is not None else [],
+        positions=_points(refined if refined is not None else positions),
+        initial_positions=_points(positions) if refined is not None else [],
         phase_range=ranges["phase"],
         amplitude_range=ranges["amplitude"],
         options=options if isinstance(options, dict) else {},
@@ -276,15 +275,3 @@ def _subsample(count: int, most: int) -> list[int]:
 def _points(positions: np.ndarray) -> list[tuple[float, float]]:
     kept = _subsample(len(positions), MAX_POSITIONS)
     return [(round(float(positions[i, 0]), 3), round(float(positions[i, 1]), 3)) for i in kept]
-
-
-def _initial_positions(path: pathlib.Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """Positions before refinement, if the result file stores them (same shape)."""
-    try:
-        with h5py.File(path, "r") as handle:
-            for name in INITIAL_POSITION_NAMES:
-                if name in handle and handle[name].shape == shape:
-                    return np.asarray(handle[name][()], dtype=np.float64)
-    except OSError:
-        return None
-    return None

@@ -72,3 +72,17 @@ def test_an_unreadable_result_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match=r"view000\.h5"):
         ResultImages(tmp_path / "cache").summary(broken)
     assert not any((tmp_path / "cache").glob("*/summary.json"))
+
+
+def test_refined_positions_are_plotted_over_the_reported_ones(tmp_path):
+    import h5py
+
+    path = write_sample_result(tmp_path / "view000.h5")
+    with h5py.File(path, "a") as handle:
+        reported = handle["positions"][()]
+        handle.create_dataset("refined_positions", data=reported + 0.5)
+    summary = ResultImages(tmp_path / "cache").summary(path)
+    assert summary.positions[0] == pytest.approx(tuple(reported[0] + 0.5))
+    assert summary.initial_positions[0] == pytest.approx(tuple(reported[0]))
+    plain = ResultImages(tmp_path / "cache2").summary(write_sample_result(tmp_path / "v1.h5"))
+    assert plain.initial_positions == []
