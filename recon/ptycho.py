@@ -671,6 +671,28 @@ def _real_dot(a: Any, b: Any, axes: tuple[int, ...]) -> Any:
     return product.sum(axis=axes, dtype=ACCUMULATE_REAL)
 
 
+def amplitude_switch(options: ReconOptions) -> int:
+    """Iterations run on the amplitude cost before ``options.cost`` takes over (0: none)."""
+    if options.cost is CostFunction.GAUSSIAN:
+        return 0
+    return round(options.amplitude_start * options.iterations)
+
+
+def probe_warmup_iterations(options: ReconOptions) -> int:
+    """Iterations at the start that refine only the probe (0 without probe refinement)."""
+    if not options.refine_probe:
+        return 0
+    if options.probe_warmup is not None:
+        return options.probe_warmup
+    return round(PROBE_WARMUP_FRACTION * options.iterations)
+
+
+def staged_start_end(options: ReconOptions) -> int:
+    """Iterations of the staged start (probe warm-up and amplitude cost): the iterates
+    before this count are not yet fits of ``options.cost`` to object and probe."""
+    return max(probe_warmup_iterations(options), amplitude_switch(options))
+
+
 def reconstruct(
     scan: ScanData,
     options: ReconOptions | None = None,
@@ -711,14 +733,10 @@ def reconstruct(
     probe_steps: list[float] = []
     seconds: list[float] = []
     # Staged cost: the amplitude (Gaussian) cost first, robust far from the solution.
-    switch = 0
-    if options.cost is not CostFunction.GAUSSIAN:
-        switch = round(options.amplitude_start * options.iterations)
+    switch = amplitude_switch(options)
     if switch:
         state.use_cost(start=True)
-    probe_warmup = options.probe_warmup
-    if probe_warmup is None:
-        probe_warmup = round(PROBE_WARMUP_FRACTION * options.iterations)
+    probe_warmup = probe_warmup_iterations(options)
     position_start = options.position_start
     if position_start is None:
         position_start = round(POSITION_START_FRACTION * options.iterations)
