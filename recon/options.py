@@ -76,8 +76,8 @@ class ReconOptions:
 
     probe_modes: int = 1
     """Incoherent probe modes (mixed states) for a partially coherent beam. Extra modes
-    start as weak, smooth variations of the first; they are kept orthogonal and
-    ordered by power."""
+    start as the first times random noise (15 % of its power); they are kept orthogonal
+    and ordered by power, and get two probe steps per iteration."""
 
     refine_positions: bool = False
     """Refine every scan position by its cost gradient (``fourier`` model only), the mean

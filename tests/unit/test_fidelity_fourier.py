@@ -82,7 +82,9 @@ def test_two_modes_find_the_beams_power_split():
     assert result.probe.shape == (2, 64, 64)
     fractions = result.mode_power_fractions
     assert fractions[0] > fractions[1]
-    assert fractions[1] == pytest.approx(0.2, abs=0.08)  # the true split is 80 / 20
+    assert fractions[1] == pytest.approx(0.2, abs=0.03)  # the true split is 80 / 20
+    # Measured 0.998 (0.973-0.998 over three seeds of the extra mode's start).
+    assert _phase_ssim(result, simulation) >= 0.97, _phase_ssim(result, simulation)
     overlap = abs(np.vdot(result.probe[0], result.probe[1]))
     assert overlap <= 1e-4 * np.linalg.norm(result.probe[0]) * np.linalg.norm(result.probe[1])
     single = reconstruct(scan, ReconOptions(iterations=100, backend="numpy"))
