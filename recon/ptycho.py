@@ -65,20 +65,23 @@ ACCUMULATE_REAL = np.float64
 #: Power of each extra probe mode at the start, relative to the first mode. Extra modes
 #: start as the first times complex Gaussian noise (seeded), as in Tike and Pty-chi.
 #: Measured on the independent two-mode (80/20) scan, 100 iterations: x, y, xy times the
-#: first at 5 % gave phase SSIM 0.833; random at 15 % with PROBE_STEPS_WITH_MODES 0.998.
+#: first at 5 % gave phase SSIM 0.833; random at 15 % with PROBE_STEPS_REFINING 0.998.
 EXTRA_MODE_POWER = 0.15
 EXTRA_MODE_SEED = 0
-#: Probe CG steps per iteration when there are several modes: their split converges
-#: slowly with one (two-mode scan: 0.88 with one step, 0.998 with two; 0.97-0.998 over
-#: three noise seeds).
-PROBE_STEPS_WITH_MODES = 2
+#: Probe CG steps per iteration with several modes or refined positions: the mode split
+#: and the probe under moving positions converge slowly with one (two-mode scan: 0.88
+#: with one step, 0.998 with two, 0.97-0.998 over three noise seeds; positions scan with
+#: a Gaussian guess: 0.957 -> 0.992 together with POSITION_START_FRACTION 0.3). A single
+#: mode with fixed positions keeps one (the star: 0.9989 with one, 0.9995 with two, for
+#: 40 % more time).
+PROBE_STEPS_REFINING = 2
 #: Largest total correction of a scan position, object pixels: positions are refined,
 #: not searched for. The object grows by this much so corrected windows still fit.
 MAX_POSITION_CORRECTION = 4.0
 #: Without ``probe_warmup``, this fraction of the iterations refines only the probe.
 PROBE_WARMUP_FRACTION = 0.1
 #: Without ``position_start``, positions are refined from this fraction of the iterations.
-POSITION_START_FRACTION = 0.4
+POSITION_START_FRACTION = 0.3
 #: Largest change of a position in one iteration, object pixels.
 MAX_POSITION_STEP = 0.5
 #: Over-relaxation of the per-position Gauss-Newton step: while the object is still being
@@ -740,7 +743,9 @@ def reconstruct(
     position_start = options.position_start
     if position_start is None:
         position_start = round(POSITION_START_FRACTION * options.iterations)
-    probe_steps_per_iteration = PROBE_STEPS_WITH_MODES if options.probe_modes > 1 else 1
+    probe_steps_per_iteration = 1
+    if options.probe_modes > 1 or options.refine_positions:
+        probe_steps_per_iteration = PROBE_STEPS_REFINING
     for iteration in range(options.iterations):
         if switch and iteration == switch:
             state.use_cost(start=False)
