@@ -136,7 +136,7 @@ def reconstruct_with_holdout(
     The result's ``positions`` are the full scan's (the image is on the same grid as
     without holding out); its ``cost`` is the fitted patterns' history up to the stop.
     """
-    from recon.ptycho import initial_probe, object_shape_for
+    from recon.ptycho import initial_probe, object_shape_for, staged_start_end
 
     held = choose_holdout(scan.positions, options.holdout_fraction)
     fitted = np.setdiff1d(np.arange(scan.n_positions), held)
@@ -146,9 +146,16 @@ def reconstruct_with_holdout(
     best: dict[str, Any] = {"cost": np.inf, "iteration": 0, "object": None, "probe": None}
     history = [judge(np.ones(object_shape, dtype=COMPLEX), initial_probe(fit_scan))]
 
+    # Iterates up to the end of the staged start (probe warm-up, amplitude cost) are
+    # recorded but not judged: the held-out cost of ``options.cost`` can rise during the
+    # amplitude stage, which would stop the fit before it begins.
+    staged = staged_start_end(options)
+
     def monitor(iteration: int, object_: Any, probe: Any) -> bool:
         value = judge(object_, probe)
         history.append(value)
+        if iteration <= staged:
+            return False
         if value < best["cost"]:
             best.update(
                 cost=value,
@@ -156,7 +163,7 @@ def reconstruct_with_holdout(
                 object=to_host(object_).copy(),
                 probe=to_host(probe).copy(),
             )
-        return iteration - best["iteration"] >= options.holdout_patience
+        return iteration - max(best["iteration"], staged) >= options.holdout_patience
 
     result = reconstruct(
         fit_scan, options, device_ids=device_ids, progress=progress, monitor=monitor

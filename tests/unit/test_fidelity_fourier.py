@@ -75,6 +75,20 @@ def test_positions_off_by_a_pixel_are_recovered():
 
 
 @pytest.mark.slow
+def test_positions_off_by_a_pixel_with_a_gaussian_guess():
+    """Positions and probe together: 1 px RMS errors, the file's Gaussian guess, the
+    default schedule (measured: phase SSIM 0.992, 0.16 px RMS left)."""
+    simulation = simulate_scan(detector=64, n_positions=120, seed=1, position_error_px=1.0)
+    result = reconstruct(
+        simulation.to_scan(),
+        ReconOptions(iterations=100, refine_positions=True, backend="numpy"),
+    )
+    assert _phase_ssim(result, simulation) >= 0.985, _phase_ssim(result, simulation)
+    after = _position_rms(result.refined_positions, simulation.true_positions)
+    assert after <= 0.25, after
+
+
+@pytest.mark.slow
 def test_two_modes_find_the_beams_power_split():
     simulation = simulate_scan(detector=64, n_positions=120, seed=1, mode_powers=(0.8, 0.2))
     scan = simulation.to_scan()
@@ -82,7 +96,9 @@ def test_two_modes_find_the_beams_power_split():
     assert result.probe.shape == (2, 64, 64)
     fractions = result.mode_power_fractions
     assert fractions[0] > fractions[1]
-    assert fractions[1] == pytest.approx(0.2, abs=0.08)  # the true split is 80 / 20
+    assert fractions[1] == pytest.approx(0.2, abs=0.03)  # the true split is 80 / 20
+    # Measured 0.998 (0.973-0.998 over three seeds of the extra mode's start).
+    assert _phase_ssim(result, simulation) >= 0.97, _phase_ssim(result, simulation)
     overlap = abs(np.vdot(result.probe[0], result.probe[1]))
     assert overlap <= 1e-4 * np.linalg.norm(result.probe[0]) * np.linalg.norm(result.probe[1])
     single = reconstruct(scan, ReconOptions(iterations=100, backend="numpy"))

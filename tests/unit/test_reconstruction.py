@@ -132,7 +132,9 @@ def test_partitions_agree_with_probe_modes_and_position_refinement():
     assert not np.array_equal(one.refined_positions, one.positions)
     for n in (2, 4):
         other = results[n]
-        np.testing.assert_allclose(other.cost, one.cost, rtol=1e-6)
+        # Float32 positions differ by rounding from the first position step on; two probe
+        # steps per iteration (with modes) amplify it to ~2e-6 in the cost by iteration 12.
+        np.testing.assert_allclose(other.cost, one.cost, rtol=1e-5)
         np.testing.assert_allclose(other.refined_positions, one.refined_positions, atol=1e-5)
         for name in ("object", "probe"):
             a, b = getattr(one, name), getattr(other, name)
