@@ -21,6 +21,7 @@ for recovery (an active run of a dead process is considered dead).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -170,6 +171,14 @@ def read_log(path: pathlib.Path | str) -> list[dict[str, Any]]:
     """Every complete line of a recording backend's log."""
     text = pathlib.Path(path).read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def started_labels(log_path: pathlib.Path | str) -> collections.Counter[str]:
+    """How many times each run label was started, from a RecordingBackend log."""
+    path = pathlib.Path(log_path)
+    if not path.exists():
+        return collections.Counter()
+    return collections.Counter(r["label"] for r in read_log(path) if r["event"] == "start")
 
 
 def write_view_file(path: pathlib.Path | str, patterns: int = 2, size: int = 4) -> pathlib.Path:

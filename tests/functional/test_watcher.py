@@ -6,7 +6,6 @@ what the backend was asked to start; the SQLite ledger is read from the test.
 
 from __future__ import annotations
 
-import collections
 import signal
 import subprocess
 import sys
@@ -19,25 +18,12 @@ from flows.ledger import Ledger, ScanState
 from tests.functional.recording_backend import (
     WatcherProcess,
     read_log,
+    started_labels,
     wait_until,
     write_config,
     write_scan,
     write_view_file,
 )
-
-
-@pytest.fixture
-def setup(tmp_path):
-    root = tmp_path / "acquisition"
-    root.mkdir()
-    config = write_config(tmp_path / "ptychoflow.toml", root, marker="scan.done")
-    return root, config, tmp_path / "runs.jsonl", tmp_path / "ledger.sqlite"
-
-
-def started_labels(log_path) -> collections.Counter:
-    if not log_path.exists():
-        return collections.Counter()
-    return collections.Counter(r["label"] for r in read_log(log_path) if r["event"] == "start")
 
 
 def rows_with_runs(ledger_path, scan_id):

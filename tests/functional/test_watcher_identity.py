@@ -3,7 +3,6 @@ real file events, the file-backed RecordingBackend)."""
 
 from __future__ import annotations
 
-import collections
 import signal
 
 from tests.functional.recording_backend import (
@@ -13,12 +12,9 @@ from tests.functional.recording_backend import (
     write_config,
     write_view_file,
 )
-
-
-def started(log_path) -> collections.Counter:
-    if not log_path.exists():
-        return collections.Counter()
-    return collections.Counter(r["label"] for r in read_log(log_path) if r["event"] == "start")
+from tests.functional.recording_backend import (
+    started_labels as started,
+)
 
 
 def test_late_view_and_a_second_folder_with_the_same_id_both_run(tmp_path):

@@ -5,7 +5,6 @@ later scans (or exit non-zero so systemd restarts it) and never print a tracebac
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import shutil
@@ -19,29 +18,16 @@ import pytest
 from flows.ledger import Ledger, ScanState
 from tests.functional.recording_backend import (
     WatcherProcess,
-    read_log,
     wait_until,
-    write_config,
     write_scan,
     write_view_file,
+)
+from tests.functional.recording_backend import (
+    started_labels as started,
 )
 
 DEPTH = 1200
 HUGE = "scan99999999999999999999"
-
-
-@pytest.fixture
-def setup(tmp_path):
-    root = tmp_path / "acquisition"
-    root.mkdir()
-    config = write_config(tmp_path / "ptychoflow.toml", root, marker="scan.done")
-    return root, config, tmp_path / "runs.jsonl", tmp_path / "ledger.sqlite"
-
-
-def started(log_path) -> collections.Counter:
-    if not log_path.exists():
-        return collections.Counter()
-    return collections.Counter(r["label"] for r in read_log(log_path) if r["event"] == "start")
 
 
 def no_traceback(watcher: WatcherProcess) -> None:
@@ -164,7 +150,8 @@ def test_a_scan_id_too_long_is_recorded_as_failed_and_later_scans_run(setup):
             watcher.wait_for_line("watching")
             write_scan(root, scan_id, views=1)
             wait_until(
-                lambda s=scan_id: started(log_path)[f"scan{s}-view000"], what=f"scan{scan_id}"
+                lambda s=scan_id: started(log_path)[f"scan{s}-view000"],
+                what=f"scan{scan_id}",
             )
             line = watcher.wait_for_line(f"{HUGE}: failed")
             assert "is not a number of 1 to 18 digits" in line
