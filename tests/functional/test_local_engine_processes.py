@@ -223,6 +223,7 @@ def start_owner(engines_dir: Path) -> tuple[subprocess.Popen[str], Path]:
     return owner, engine_dir
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_stale_engine_is_killed_by_the_next_start(tmp_path):
     """SIGKILL the owner while its tethers are stopped (their watch cannot act): the

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from flows.backend import RunStatus
 from flows.ledger import Ledger
 from recon.simulate import write_simulated_scan
@@ -23,6 +25,7 @@ backend = "numpy"
 """
 
 
+@pytest.mark.slow
 def test_watch_reconstructs_a_new_scan_once_and_stops_cleanly(tmp_path):
     (tmp_path / "ptychoflow.toml").write_text(CONFIG)
     (tmp_path / "acquisition").mkdir()
