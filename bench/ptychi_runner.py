@@ -321,36 +321,6 @@ def default_batch_size(n_positions: int) -> int:
     return int(min(n_positions, max(32, min(100, round(n_positions / 10)))))
 
 
-def run_lsqml(
-    data: np.ndarray,
-    positions: np.ndarray,
-    probe: np.ndarray,
-    *,
-    iterations: int,
-    pixel_size: float = 1e-8,
-    wavelength: float = 1e-10,
-    threads: int | None = None,
-    batch_size: int | None = None,
-    noise_model: Literal["gaussian", "poisson"] = "gaussian",
-    seed: int = 0,
-) -> PtychiResult:
-    """Reconstruct object and probe with Pty-chi's LSQML, in our conventions (see
-    :func:`run_ptychi`)."""
-    return run_ptychi(
-        "lsqml",
-        data,
-        positions,
-        probe,
-        iterations=iterations,
-        pixel_size=pixel_size,
-        wavelength=wavelength,
-        threads=threads,
-        batch_size=batch_size,
-        noise_model=noise_model,
-        seed=seed,
-    )
-
-
 def run_ptychi(
     engine: Engine,
     data: np.ndarray,
@@ -453,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     print("positions  detector  batch  threads  s/iteration  total s")
     for n_positions in args.sizes:
         data, positions, probe = _timing_scan(n_positions, args.detector)
-        result = run_lsqml(
+        result = run_ptychi(
+            "lsqml",
             data,
             positions,
             probe,

@@ -95,7 +95,7 @@ def test_ptychi_forward_model_reproduces_our_data(det_shape):
 
 def test_lsqml_recovers_the_object_on_our_grid():
     data, positions, probe, truth = make_scan()
-    result = ptychi_runner.run_lsqml(data, positions, probe, iterations=30, threads=1)
+    result = ptychi_runner.run_ptychi("lsqml", data, positions, probe, iterations=30, threads=1)
     assert result.object.shape == truth.shape
     assert result.object.dtype == np.complex64
     assert result.probe.shape == probe.shape
@@ -115,7 +115,7 @@ def test_wrong_position_mapping_scores_clearly_worse():
     """Transposed positions (x and y swapped): the same check must fail."""
     data, positions, probe, truth = make_scan()
     wrong = positions[:, ::-1].copy()
-    result = ptychi_runner.run_lsqml(data, wrong, probe, iterations=30, threads=1)
+    result = ptychi_runner.run_ptychi("lsqml", data, wrong, probe, iterations=30, threads=1)
     mask = illuminated(positions, probe.shape, truth.shape, probe)
     score = correlation(truth, result.object, mask)
     assert score < 0.5, score

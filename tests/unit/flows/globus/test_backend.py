@@ -16,7 +16,11 @@ from flows.globus import auth
 from flows.globus.backend import GlobusBackend, progress_from_run, stage_times
 from flows.globus.errors import GlobusAuthorizationError, GlobusServiceError
 from flows.globus.state import DeploymentState, save_state
-from tests.unit.flows.globus.sent import last_json_body, sent_requests
+from tests.unit.flows.globus.sent import (
+    last_json_body,
+    register_run_flow_unavailable,
+    sent_requests,
+)
 
 COMPUTE_COLLECTION = "c0ffee00-1234-4c61-8d0a-6a1e5b7c9d20"
 MONITOR = "urn:globus:groups:id:9b1c1f8e-7a9f-4ce2-9d6c-1a2b3c4d5e6f"
@@ -172,13 +176,7 @@ def test_start_view_missing_scope_says_to_log_in(config, mocked_responses):
 
 
 def test_start_view_service_unavailable_is_transient(backend, mocked_responses):
-    RegisteredResponse(
-        service="flows",
-        path=f"/flows/{FLOW_ID}/run",
-        method="POST",
-        status=503,
-        json={"error": {"code": "SERVICE_UNAVAILABLE", "detail": "maintenance"}},
-    ).add()
+    register_run_flow_unavailable(FLOW_ID)
 
     with pytest.raises(TransientBackendError, match="retry later"):
         backend.start_view(REQUEST)

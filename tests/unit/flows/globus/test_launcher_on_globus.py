@@ -19,7 +19,7 @@ from flows.globus.backend import GlobusBackend
 from flows.launcher import Launcher, RetryPolicy, ViewAction
 from flows.ledger import Ledger
 from tests.functional.recording_backend import write_scan
-from tests.unit.flows.globus.sent import sent_requests
+from tests.unit.flows.globus.sent import register_run_flow_unavailable, sent_requests
 
 FLOW_ID = "24bc4997-b483-4c25-a19c-64b0afc00743"
 RUN_ID = "7c1d9a3e-5b2f-4e8a-9c0d-1e2f3a4b5c6d"
@@ -75,13 +75,7 @@ def run_posts() -> list:
 def test_a_503_on_start_is_retried_by_the_launcher_and_the_run_starts(setup, mocked_responses):
     _, launcher, ledger, sleeps = setup
     register_mkdirs()
-    RegisteredResponse(
-        service="flows",
-        path=f"/flows/{FLOW_ID}/run",
-        method="POST",
-        status=503,
-        json={"error": {"code": "SERVICE_UNAVAILABLE", "detail": "maintenance"}},
-    ).add()
+    register_run_flow_unavailable(FLOW_ID)
     register_no_runs_found()
     RegisteredResponse(
         service="flows",
