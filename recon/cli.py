@@ -77,6 +77,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="incoherent probe modes for a partially coherent beam (default 1)",
     )
     parser.add_argument(
+        "--modes-start",
+        type=int,
+        default=None,
+        metavar="N",
+        help="iteration at which the extra probe modes enter; one mode is fitted until then "
+        "(default: after 50%% of the iterations; 0: all modes from the start)",
+    )
+    parser.add_argument(
         "--refine-positions",
         action="store_true",
         help="refine the scan positions (encoder errors of a pixel or more)",
@@ -120,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         "cost": args.cost,
         "backend": args.backend,
         "probe_modes": args.probe_modes,
+        "modes_start": args.modes_start,
         "patch_model": args.patch_model,
         "refine_positions": args.refine_positions or None,
         "holdout_fraction": args.holdout,

@@ -3,8 +3,10 @@
 The hybrid multi-device model (PtyGer): scan positions are split into spatial
 tiles, one per device; each device keeps its tile's patterns, far fields and a
 copy of the object region its patches touch, plus the probe. Every iteration
-refines the object, then the probe (every mode), each by one nonlinear CG step,
-then (optionally) the scan positions:
+refines the object by one nonlinear CG step, then the probe (every mode) by two
+(PROBE_STEPS), then (optionally) the scan positions. A staged start (``probe_warmup``,
+``amplitude_start``, ``modes_start``) takes a rough probe guess to a fit first.
+Each CG step runs in four phases:
 
 GRAD    each device computes its partial gradient (and preconditioner);
 DIR     the partial gradients are summed on the first device, in partition order,
@@ -62,26 +64,32 @@ PRECONDITIONER_ALPHA = 0.05
 #: rounded once, so the result does not depend on the summation order (partition count).
 ACCUMULATE_COMPLEX = np.complex128
 ACCUMULATE_REAL = np.float64
-#: Power of each extra probe mode at the start, relative to the first mode. Extra modes
+#: Power of each extra probe mode when it enters, relative to the first mode. Extra modes
 #: start as the first times complex Gaussian noise (seeded), as in Tike and Pty-chi.
-#: Measured on the independent two-mode (80/20) scan, 100 iterations: x, y, xy times the
-#: first at 5 % gave phase SSIM 0.833; random at 15 % with PROBE_STEPS_REFINING 0.998.
 EXTRA_MODE_POWER = 0.15
 EXTRA_MODE_SEED = 0
-#: Probe CG steps per iteration with several modes or refined positions: the mode split
-#: and the probe under moving positions converge slowly with one (two-mode scan: 0.88
-#: with one step, 0.998 with two, 0.97-0.998 over three noise seeds; positions scan with
-#: a Gaussian guess: 0.957 -> 0.992 together with POSITION_START_FRACTION 0.3). A single
-#: mode with fixed positions keeps one (the star: 0.9989 with one, 0.9995 with two, for
-#: 40 % more time).
-PROBE_STEPS_REFINING = 2
+#: Without ``modes_start``, the extra probe modes enter after this fraction of the
+#: iterations: until then one mode is fitted. Started with the others from the first
+#: iteration, the extra modes soak up the early misfit of a rough probe guess and the
+#: mode split then converges slowly and depends on their starting noise. Measured on the
+#: independent 80/20 two-mode scan, 60 iterations, three seeds of the extra mode's noise:
+#: every mode from the start 0.67-0.98 phase SSIM; entering at 40 % 0.995-1.000, at 50 %
+#: 0.998-0.999 (power split 0.77-0.80 / 0.20-0.23), at 60 % 0.995-0.998 (split 0.80-0.90
+#: / 0.10-0.20). One mode alone reaches 0.994 on that scan.
+MODES_START_FRACTION = 0.5
+#: Probe CG steps per iteration. A rough guess (a Gaussian spot of the wrong width)
+#: grows into a defocused beam only through probe steps; with one step per iteration it
+#: lags and the object absorbs its errors (independent scans, 60 iterations, two noise
+#: seeds: tomography views 0.75-0.99 phase SSIM with one step, 0.985-0.997 with two;
+#: noise-free star 0.998 and 1.000). Two probe steps cost about 40 % more per iteration.
+PROBE_STEPS = 2
 #: Largest total correction of a scan position, object pixels: positions are refined,
 #: not searched for. The object grows by this much so corrected windows still fit.
 MAX_POSITION_CORRECTION = 4.0
 #: Without ``probe_warmup``, this fraction of the iterations refines only the probe.
-PROBE_WARMUP_FRACTION = 0.1
+PROBE_WARMUP_FRACTION = 0.05
 #: Without ``position_start``, positions are refined from this fraction of the iterations.
-POSITION_START_FRACTION = 0.3
+POSITION_START_FRACTION = 0.5
 #: Largest change of a position in one iteration, object pixels.
 MAX_POSITION_STEP = 0.5
 #: Over-relaxation of the per-position Gauss-Newton step: while the object is still being
@@ -184,19 +192,29 @@ def initial_probe(scan: ScanData, modes: int = 1) -> np.ndarray:
     power = float(np.sum(np.abs(first) ** 2))
     if not power > 0:
         raise InputError(f"{scan.source}: the probe guess is zero everywhere")
-    probe = [first]
-    if modes > 1:
-        rng = np.random.default_rng(EXTRA_MODE_SEED)
-        for _ in range(1, modes):
-            noise = rng.standard_normal(first.shape) + 1j * rng.standard_normal(first.shape)
-            mode = first * noise
-            mode *= math.sqrt(EXTRA_MODE_POWER * power / float(np.sum(np.abs(mode) ** 2)))
-            probe.append(mode)
-    stacked = np.stack(probe)
-    stacked = np.tensordot(orthogonalising_mix(stacked), stacked, axes=(1, 0))
+    stacked = with_extra_modes(first, modes)
     counts = float(scan.data.sum(axis=(1, 2)).mean())
     total = float(np.sum(np.abs(stacked) ** 2))
     return (stacked * math.sqrt(counts / total)).astype(COMPLEX)
+
+
+def with_extra_modes(first: np.ndarray, modes: int) -> np.ndarray:
+    """(MODES, H, W) complex128 on the host: ``first`` (H, W) and ``modes - 1`` extra modes,
+    each the first times seeded complex Gaussian noise with EXTRA_MODE_POWER of the
+    first's power, made orthogonal and ordered by power. The total power is that of
+    ``first``, so adding modes to a fitted probe keeps the modelled counts."""
+    first = np.asarray(first, dtype=np.complex128)
+    power = float(np.sum(np.abs(first) ** 2))
+    probe = [first]
+    rng = np.random.default_rng(EXTRA_MODE_SEED)
+    for _ in range(1, modes):
+        noise = rng.standard_normal(first.shape) + 1j * rng.standard_normal(first.shape)
+        mode = first * noise
+        mode *= math.sqrt(EXTRA_MODE_POWER * power / float(np.sum(np.abs(mode) ** 2)))
+        probe.append(mode)
+    stacked = np.stack(probe)
+    stacked = np.tensordot(orthogonalising_mix(stacked), stacked, axes=(1, 0))
+    return stacked * math.sqrt(power / float(np.sum(np.abs(stacked) ** 2)))
 
 
 def orthogonalising_mix(probe: Any) -> np.ndarray:
@@ -348,7 +366,8 @@ class _Reconstruction:
             )
             for dev, idx in zip(devices, groups, strict=True)
         ]
-        probe = initial_probe(scan, options.probe_modes)
+        # Extra modes enter later (``add_modes``) when their start is staged.
+        probe = initial_probe(scan, 1 if modes_start_iteration(options) else options.probe_modes)
         with device_context(xp, self.home):
             self.object = xp.ones(self.object_shape, dtype=COMPLEX)
             self.probe = to_device(probe, xp, self.home)
@@ -360,6 +379,23 @@ class _Reconstruction:
         self.object_cg = CGState()
         self.probe_cg = CGState()
         self._object_precond: Any = None  # depends on the probe only; reset when it changes
+        self._probe_precond: Any = None  # depends on the object only; reset when it changes
+
+    def add_modes(self, modes: int) -> None:
+        """Split the current probe into ``modes`` incoherent modes (``with_extra_modes``:
+        same total power, the extras from the first times seeded noise) on every device,
+        and restart the CG histories, which belong to the old variables."""
+        xp = self.xp
+        with device_context(xp, self.home):
+            first = to_host(self.probe[0])
+            self.probe = to_device(with_extra_modes(first, modes).astype(COMPLEX), xp, self.home)
+        for part in self.parts:
+            with part.context():
+                part.probe = copy_to(self.probe, xp, part.device).copy()
+        self._forward_all()
+        self._object_precond = None
+        self.object_cg.restart()
+        self.probe_cg.restart()
 
     def reported_cost(self) -> float:
         """The chosen cost (``options.cost``) of the current iterate, whichever is in use."""
@@ -527,6 +563,7 @@ class _Reconstruction:
             self.object_cg, grad, self._object_precond, scatter, far_direction
         )
         if step > 0:  # UPDATE
+            self._object_changed()
             with device_context(xp, self.home):
                 self.object += step * direction
             for part, piece in zip(self.parts, pieces, strict=True):
@@ -537,21 +574,27 @@ class _Reconstruction:
     def probe_step(self) -> float:
         xp = self.xp
         grads, powers = [], []
+        # Patches and the probe preconditioner depend on the object (and positions) only:
+        # consecutive probe steps share them.
+        fresh = self._probe_precond is None
         for part in self.parts:  # GRAD
             with part.context():
                 grad = xp.zeros(part.probe.shape, dtype=ACCUMULATE_COMPLEX)
-                power = xp.zeros(part.probe.shape[1:], dtype=ACCUMULATE_REAL)
+                power = xp.zeros(part.probe.shape[1:], dtype=ACCUMULATE_REAL) if fresh else None
                 for chunk in part.chunks:
-                    chunk.patches = chunk.model.patches.fwd(part.object)
+                    if fresh:
+                        chunk.patches = chunk.model.patches.fwd(part.object)
+                        power += _abs2(chunk.patches).sum(axis=0, dtype=ACCUMULATE_REAL)
                     factor = chunk.cost.gradient_factor(chunk.intensity)
                     chunk.model.adj_probe(factor[:, None] * chunk.farfield, chunk.patches, out=grad)
-                    power += _abs2(chunk.patches).sum(axis=0, dtype=ACCUMULATE_REAL)
                 grads.append(grad)
                 powers.append(power)
         grad = self._gather_probe(grads, COMPLEX)
-        power = self._gather_probe(powers, REAL)
-        with device_context(xp, self.home):
-            precond = 1 / (power + PRECONDITIONER_ALPHA * power.max())
+        if fresh:
+            power = self._gather_probe(powers, REAL)
+            with device_context(xp, self.home):
+                self._probe_precond = 1 / (power + PRECONDITIONER_ALPHA * power.max())
+        precond = self._probe_precond
 
         def scatter(part: _Partition, direction: Any) -> Any:
             return copy_to(direction, xp, part.device)
@@ -573,13 +616,19 @@ class _Reconstruction:
                         else:  # linear in the probe: no FFT
                             chunk.probes_at += step * chunk.direction_at
             self._object_precond = None
-            if self.options.probe_modes > 1:
+            if self.probe.shape[0] > 1:
                 self._orthogonalise_modes()
         for part in self.parts:
             for chunk in part.chunks:
-                chunk.patches = None
                 chunk.direction_at = None
         return step
+
+    def _object_changed(self) -> None:
+        """Drop what was computed from the object: patches and the probe preconditioner."""
+        self._probe_precond = None
+        for part in self.parts:
+            for chunk in part.chunks:
+                chunk.patches = None
 
     def _orthogonalise_modes(self) -> None:
         """Make the probe modes orthogonal and ordered by power by one unitary mixing,
@@ -616,7 +665,10 @@ class _Reconstruction:
                     # Exit-wave residual of an amplitude projection, (N, MODES, H, W).
                     factor = chunk.cost.projection_factor(chunk.intensity)
                     residual = model.propagation.adj(factor[:, None] * chunk.farfield)
-                    patches = model.patches.fwd(part.object)[:, None]
+                    patches = chunk.patches
+                    if patches is None:
+                        patches = model.patches.fwd(part.object)
+                    patches = patches[:, None]
                     slopes = model.shift.derivative(part.probe)  # (2, N, MODES, H, W)
                     slopes *= patches[None]
                     axes = (1, 2, 3)
@@ -651,6 +703,7 @@ class _Reconstruction:
             part.set_positions(self.positions)
         self._forward_all()
         self._object_precond = None
+        self._object_changed()
         return moved
 
     def synchronize(self) -> None:
@@ -690,10 +743,21 @@ def probe_warmup_iterations(options: ReconOptions) -> int:
     return round(PROBE_WARMUP_FRACTION * options.iterations)
 
 
+def modes_start_iteration(options: ReconOptions) -> int:
+    """Iteration (0-based) at which the extra probe modes enter (0: from the start)."""
+    if options.probe_modes == 1 or not options.refine_probe:
+        return 0
+    if options.modes_start is not None:
+        return min(options.modes_start, options.iterations - 1)
+    return round(MODES_START_FRACTION * options.iterations)
+
+
 def staged_start_end(options: ReconOptions) -> int:
-    """Iterations of the staged start (probe warm-up and amplitude cost): the iterates
-    before this count are not yet fits of ``options.cost`` to object and probe."""
-    return max(probe_warmup_iterations(options), amplitude_switch(options))
+    """Iterations of the staged start (probe warm-up, amplitude cost, extra probe modes):
+    the iterates before this count are not yet fits of ``options.cost`` with every mode."""
+    return max(
+        probe_warmup_iterations(options), amplitude_switch(options), modes_start_iteration(options)
+    )
 
 
 def reconstruct(
@@ -743,18 +807,18 @@ def reconstruct(
     position_start = options.position_start
     if position_start is None:
         position_start = round(POSITION_START_FRACTION * options.iterations)
-    probe_steps_per_iteration = 1
-    if options.probe_modes > 1 or options.refine_positions:
-        probe_steps_per_iteration = PROBE_STEPS_REFINING
+    modes_start = modes_start_iteration(options)
     for iteration in range(options.iterations):
         if switch and iteration == switch:
             state.use_cost(start=False)
+        if modes_start and iteration == modes_start:
+            state.add_modes(options.probe_modes)
         start = time.perf_counter()
         warming_up = options.refine_probe and iteration < probe_warmup
         if not warming_up:
             object_steps.append(state.object_step())
         if options.refine_probe and (warming_up or iteration >= options.probe_start):
-            for _ in range(probe_steps_per_iteration):
+            for _ in range(PROBE_STEPS):
                 probe_steps.append(state.probe_step())
         if options.refine_positions and iteration >= position_start:
             state.position_step()

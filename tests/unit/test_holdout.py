@@ -122,14 +122,14 @@ def test_reconstruct_file_records_the_holdout(tmp_path):
 
 
 def test_the_staged_start_is_not_judged(noisy_view):
-    """With the default staged start (probe warm-up, then the amplitude cost for half the
-    iterations) the held-out Poisson cost can rise before the Poisson fit begins; the
+    """With the default staged start (probe warm-up, then the amplitude cost for 80 % of
+    the iterations) the held-out Poisson cost can rise before the Poisson fit begins; the
     stop and the kept iterate come from after the staged start."""
     from recon.ptycho import staged_start_end
 
     options = ReconOptions(iterations=60, backend="numpy", holdout_fraction=0.1, holdout_patience=3)
     staged = staged_start_end(options)
-    assert staged == 30
+    assert staged == 48
     _, report = reconstruct_with_holdout(noisy_view.scan, options)
     assert report.best_iteration > staged
     assert report.iterations_run >= staged + options.holdout_patience

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -121,3 +123,35 @@ def test_shape_errors_name_the_expected_shape(xp):
         Ptycho(_positions(xp, span=40.0), (40, 44), (12, 16))
     with pytest.raises(ValueError, match="patch_model 'cubic' is not one of"):
         Ptycho(_positions(xp), (40, 44), (12, 16), "cubic")
+
+
+def test_fftw_and_scipy_give_the_same_unitary_transforms():
+    """The CPU solver uses FFTW when pyFFTW is installed: its transforms must be SciPy's
+    (unitary, float32 kept) to rounding."""
+    pytest.importorskip("pyfftw")
+    import scipy.fft
+
+    from recon import backend
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((5, 2, 24, 40)) + 1j * rng.standard_normal((5, 2, 24, 40))).astype(
+        np.complex64
+    )
+    assert backend.cpu_fft_name() == "fftw"
+    forward = backend.fft2(x)
+    assert forward.dtype == np.complex64
+    expected = scipy.fft.fft2(x.astype(np.complex128), norm="ortho")
+    np.testing.assert_allclose(forward, expected, atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(backend.ifft2(forward), x, atol=1e-5)
+
+
+def test_ptychoflow_fft_scipy_selects_pocketfft():
+    import subprocess
+    import sys
+
+    code = "from recon.backend import cpu_fft_name; print(cpu_fft_name())"
+    env = {**os.environ, "PTYCHOFLOW_FFT": "scipy"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "pocketfft"

@@ -139,3 +139,53 @@ def test_partitions_agree_with_probe_modes_and_position_refinement():
         for name in ("object", "probe"):
             a, b = getattr(one, name), getattr(other, name)
             assert np.linalg.norm(b - a) <= 1e-4 * np.linalg.norm(a), (n, name)
+
+
+def test_extra_probe_modes_enter_at_modes_start_without_changing_the_counts():
+    """One mode is fitted first; at ``modes_start`` the probe splits into orthogonal modes
+    with the same total power, so the modelled counts do not jump."""
+    from recon.simulate_fourier import simulate_scan
+
+    simulation = simulate_scan(detector=32, n_positions=40, seed=4, mode_powers=(0.8, 0.2))
+    shapes = []
+
+    def monitor(iteration, object_, probe):
+        shapes.append(probe.shape[0])
+        return False
+
+    options = ReconOptions(iterations=8, probe_modes=3, modes_start=4, backend="numpy")
+    result = reconstruct(simulation.to_scan(), options, monitor=monitor)
+    # Iterations 1-4 (0-based 0-3) ran with one mode; the modes entered before iteration 5.
+    assert shapes == [1, 1, 1, 1, 3, 3, 3, 3]
+    assert result.probe.shape == (3, 32, 32)
+    gram = np.einsum("mij,nij->mn", result.probe.conj(), result.probe)
+    off_diagonal = gram - np.diag(np.diag(gram))
+    assert np.abs(off_diagonal).max() <= 1e-4 * np.abs(gram).max()
+    assert np.all(np.diff(np.real(np.diag(gram))) <= 0)  # ordered by power
+    # The split keeps the total power: the cost does not jump at the split.
+    assert result.cost[5] <= 1.5 * result.cost[4]
+
+
+def test_a_probe_split_into_modes_keeps_its_power():
+    from recon.ptycho import with_extra_modes
+
+    rng = np.random.default_rng(0)
+    first = rng.standard_normal((16, 16)) + 1j * rng.standard_normal((16, 16))
+    modes = with_extra_modes(first, 3)
+    assert modes.shape == (3, 16, 16)
+    power = np.sum(np.abs(modes) ** 2, axis=(1, 2))
+    assert power.sum() == pytest.approx(np.sum(np.abs(first) ** 2))
+    assert np.all(np.diff(power) <= 0)
+    assert 0.6 < power[0] / power.sum() < 0.95  # the first mode keeps most of it
+    gram = np.einsum("mij,nij->mn", modes.conj(), modes)
+    assert np.abs(gram - np.diag(np.diag(gram))).max() <= 1e-9 * power.sum()
+
+
+def test_default_modes_start_and_all_modes_from_the_start():
+    from recon.ptycho import modes_start_iteration
+
+    assert modes_start_iteration(ReconOptions(iterations=60, probe_modes=2)) == 30
+    assert modes_start_iteration(ReconOptions(iterations=60, probe_modes=2, modes_start=0)) == 0
+    assert modes_start_iteration(ReconOptions(iterations=60, probe_modes=1)) == 0
+    # A start past the end still leaves one iteration with every mode.
+    assert modes_start_iteration(ReconOptions(iterations=10, probe_modes=2, modes_start=50)) == 9
