@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from tables import print_table  # noqa: E402  (bench/tables.py, beside this script)
 
-from recon.backend import cupy_module, gpu_count  # noqa: E402
+from recon.backend import cpu_fft_name, cupy_module, gpu_count  # noqa: E402
 from recon.metrics import compare_objects, illuminated_region  # noqa: E402
 from recon.options import ReconOptions  # noqa: E402
 from recon.ptycho import initial_probe, reconstruct  # noqa: E402
@@ -163,10 +163,17 @@ def run_ours(sim: FourierSimulation, case: Case, iterations: int) -> dict[str, A
     return {
         "solver": "ptychoflow ML-CG",
         "setting": label,
-        "per_iteration": statistics.mean(result.seconds_per_iteration),
+        "per_iteration": total / iterations,
         "total": total,
         "object": result.object,
     }
+
+
+def keep_faster(run: dict[str, Any], again: dict[str, Any]) -> None:
+    """A second timing of the same deterministic run: keep the shorter (the usual
+    minimum-of-repeats; this machine's speed drifts by tens of percent over minutes)."""
+    if again["total"] < run["total"]:
+        run["total"], run["per_iteration"] = again["total"], again["per_iteration"]
 
 
 def run_ptychi_settings(
@@ -177,7 +184,7 @@ def run_ptychi_settings(
     scan = sim.to_scan()
     guess = initial_probe(scan)  # the file's Gaussian, scaled to the data, as ours starts
     runs = []
-    for engine, setting in settings:
+    for index, (engine, setting) in enumerate(settings):
         setting = dict(setting)
         fraction = setting.pop("batch_size_fraction", None)
         if fraction is not None:
@@ -208,6 +215,7 @@ def run_ptychi_settings(
             {
                 "solver": f"Pty-chi {engine.upper() if engine == 'lsqml' else 'rPIE'}",
                 "setting": label,
+                "index": index,
                 "per_iteration": result.seconds_per_iteration,
                 "total": result.seconds_total,
                 "object": result.object,
@@ -246,6 +254,20 @@ def fidelity_tables(args: argparse.Namespace) -> None:
             )
         for run in runs:
             run["ssim"] = score(run.pop("object"))
+        if args.repeat:
+            # Time ours again after Pty-chi's runs, and Pty-chi's best setting again, so a
+            # drift of the machine's speed does not decide the ratio.
+            keep_faster(runs[0], run_ours(sim, case, iterations))
+            peers = [r for r in runs[1:] if np.isfinite(r["ssim"])]
+            if peers:
+                top = max(peers, key=lambda r: r["ssim"])
+                engine = "lsqml" if "LSQML" in top["solver"] else "rpie"
+                setting = dict(PTYCHI_SETTINGS[size][top["index"]][1])
+                again = run_ptychi_settings(
+                    sim, case, iterations, [(engine, setting)], threads=threads
+                )
+                if again:
+                    keep_faster(top, again[0])
         best: dict[str, dict[str, Any]] = {}
         for run in runs:
             kept = best.get(run["solver"])
@@ -281,10 +303,13 @@ def fidelity_tables(args: argparse.Namespace) -> None:
                     "yes" if goal else "no",
                 ]
             )
+    timing = "; ours and each best Pty-chi setting timed twice, the shorter kept"
+    timing = timing if args.repeat else ""
     print_table(
         f"Independently simulated views ({size}: {n_positions} positions, {detector}x{detector}"
         f" detector, {iterations} iterations, Gaussian guess 0.55x the true probe's width; "
-        f"Pty-chi on {threads} torch threads; * = best setting of that engine)",
+        f"our CPU FFT {cpu_fft_name()}, one thread; Pty-chi on {threads} torch threads; "
+        f"* = best setting of that engine{timing})",
         ["case", "solver", "setting", "ms/iteration", "total s", "phase SSIM"],
         rows,
     )
@@ -370,6 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         "spin badly on a loaded box)",
     )
     parser.add_argument("--skip-ptychi", action="store_true", help="our solver only")
+    parser.add_argument(
+        "--no-repeat",
+        dest="repeat",
+        action="store_false",
+        help="time every run once (default: ours and each best Pty-chi setting twice, "
+        "the shorter kept)",
+    )
     parser.add_argument("--skip-fidelity", action="store_true", help="no Pty-chi comparison")
     parser.add_argument("--speed", action="store_true", help="also the speed/memory table")
     parser.add_argument("--speed-iterations", type=int, default=5)
