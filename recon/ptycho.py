@@ -16,9 +16,9 @@ LS      backtracking line search: each device evaluates its partial cost of a
         step, so a trial costs no FFT), the scalars are summed in partition order;
 UPDATE  every device applies the same step to its copies.
 
-Probe modes are orthogonalised after every probe step by a unitary mixing of the
-modes, which leaves every modelled intensity unchanged; the same small matrix is
-applied on every device. Position corrections are computed per position, their
+Probe modes are orthogonalised after each iteration's probe steps by a unitary
+mixing of the modes, which leaves every modelled intensity unchanged; the same small
+matrix is applied on every device. Position corrections are computed per position, their
 mean is removed on the host, and every device rebuilds its operators.
 
 Because every reduction runs in a fixed order, N partitions give the single
@@ -616,8 +616,6 @@ class _Reconstruction:
                         else:  # linear in the probe: no FFT
                             chunk.probes_at += step * chunk.direction_at
             self._object_precond = None
-            if self.probe.shape[0] > 1:
-                self._orthogonalise_modes()
         for part in self.parts:
             for chunk in part.chunks:
                 chunk.direction_at = None
@@ -630,7 +628,7 @@ class _Reconstruction:
             for chunk in part.chunks:
                 chunk.patches = None
 
-    def _orthogonalise_modes(self) -> None:
+    def orthogonalise_modes(self) -> None:
         """Make the probe modes orthogonal and ordered by power by one unitary mixing,
         applied to the probe, the far fields and the CG history on every device."""
         xp = self.xp
@@ -717,6 +715,8 @@ def _abs2(x: Any) -> Any:
 
 def _intensity(farfield: Any) -> Any:
     """Incoherent sum over the mode axis: (N, MODES, H, W) -> (N, H, W)."""
+    if farfield.shape[1] == 1:
+        return _abs2(farfield[:, 0])
     return _abs2(farfield).sum(axis=1)
 
 
@@ -820,6 +820,8 @@ def reconstruct(
         if options.refine_probe and (warming_up or iteration >= options.probe_start):
             for _ in range(PROBE_STEPS):
                 probe_steps.append(state.probe_step())
+            if state.probe.shape[0] > 1:
+                state.orthogonalise_modes()
         if options.refine_positions and iteration >= position_start:
             state.position_step()
         state.synchronize()
