@@ -32,8 +32,11 @@ baseline = peak_bytes()
 scan = load_scan(sys.argv[1])
 n, h, w = scan.data.shape
 extent = tuple(float(e) for e in np.ptp(scan.positions, axis=0))
-estimate = estimate_reconstruction_bytes(n, (h, w), object_shape_estimate(extent, (h, w)))
-reconstruct(scan, ReconOptions(iterations=3, backend="numpy"))
+modes = int(sys.argv[2])
+estimate = estimate_reconstruction_bytes(
+    n, (h, w), object_shape_estimate(extent, (h, w)), probe_modes=modes
+)
+reconstruct(scan, ReconOptions(iterations=3, backend="numpy", probe_modes=modes, modes_start=0))
 peak = peak_bytes() - baseline
 print(f"{n}x{h}x{w}", estimate, peak)
 """
@@ -43,7 +46,10 @@ def main() -> None:
     from recon.simulate import write_simulated_scan
 
     with tempfile.TemporaryDirectory() as folder:
-        views = [("Siemens star (real)", SIEMENS_STAR)] if SIEMENS_STAR.exists() else []
+        views = []
+        if SIEMENS_STAR.exists():
+            views.append(("Siemens star (real)", SIEMENS_STAR, 1))
+            views.append(("  two probe modes", SIEMENS_STAR, 2))
         for positions, detector in ((256, 64), (1000, 128)):
             (path,) = write_simulated_scan(
                 pathlib.Path(folder) / f"sim{positions}",
@@ -52,11 +58,11 @@ def main() -> None:
                 detector=detector,
                 photons=1e6,
             )
-            views.append(("simulated", path))
+            views.append(("simulated", path, 1))
         print(f"{'view':<22} {'patterns':>14} {'estimate MiB':>13} {'peak MiB':>9} {'ratio':>6}")
-        for name, path in views:
+        for name, path, modes in views:
             out = subprocess.run(
-                [sys.executable, "-c", MEASURE, str(path)],
+                [sys.executable, "-c", MEASURE, str(path), str(modes)],
                 capture_output=True,
                 text=True,
                 check=True,

@@ -42,6 +42,7 @@ def reconstruct_file(
     import numpy as np
 
     from recon.cxi import PLANCK_TIMES_LIGHT_SPEED, load_scan
+    from recon.memory import check_memory
     from recon.output_path import check_folder_writable, checked_output_path, result_mode
     from recon.result import write_result
 
@@ -52,6 +53,18 @@ def reconstruct_file(
 
     start = time.perf_counter()
     scan = load_scan(input_path, memory_limit=memory_limit)
+    if options.probe_modes > 1:  # the loader checked for one mode; each more costs memory
+        extent = np.ptp(scan.positions, axis=0)
+        check_memory(
+            str(input_path),
+            scan.n_positions,
+            scan.detector_shape,
+            (float(extent[0]), float(extent[1])),
+            limit=memory_limit,
+            probe_modes=options.probe_modes,
+            hint="; use fewer probe modes, or raise the limit (PTYCHOFLOW_MEMORY_LIMIT, or "
+            "--memory-limit for ptychoflow recon)",
+        )
     mode = result_mode(input_path)
     seconds["load"] = time.perf_counter() - start
 

@@ -5,13 +5,15 @@ with a huge declared shape must end in a clear refusal that names the number and
 limit, not in a ``MemoryError`` (or the kernel's OOM killer) after minutes.
 
 The estimate is a model fitted to measured peaks of the NumPy solver (peak RSS less the
-40 MiB of the interpreter and imports): the Siemens star, 516x128x128, peaks at 455 MiB
-(model: 485 MiB); a simulated 1000x128x128 view at 853 MiB (model: 887 MiB)
-(``bench/memory_estimate.py``). That is a fixed 40 MiB plus about twelve float32 copies
-of the patterns (the counts as read, as float32, shifted,
-far fields, intensities, work arrays) plus the object side (object, gradients, CG
-directions, double-precision accumulators), bounded by :data:`BYTES_PER_OBJECT_PIXEL`.
-
+interpreter and imports, ``bench/memory_estimate.py``): the Siemens star, 516x128x128,
+peaks at 755 MiB with one probe mode (model 832) and 1011 MiB with two (model 1122); a
+simulated 1000x128x128 view at 1426 MiB (model 1536); 256x64x64 at 159 MiB (model 159).
+That is a fixed 64 MiB plus about 22 float32 copies of the patterns (the counts as read,
+as float32, shifted; per mode the far fields, the probe at every position, the
+line-search direction and work arrays; intensities, cost terms, cached object patches),
+about 9 more per extra probe mode, plus the object side (object, gradients, CG
+directions, double-precision accumulators), bounded by
+:data:`BYTES_PER_OBJECT_PIXEL`.
 The limit is ``PTYCHOFLOW_MEMORY_LIMIT`` (bytes, or with a unit: ``64GiB``, ``500MB``)
 when set, else the memory the kernel reports as available (``MemAvailable`` in
 ``/proc/meminfo``), else no limit.
@@ -28,13 +30,16 @@ from recon.errors import InputTooLargeError, OptionsError
 #: Environment variable holding the memory limit.
 MEMORY_LIMIT_ENV = "PTYCHOFLOW_MEMORY_LIMIT"
 
-#: Bytes per diffraction-pattern pixel over the whole reconstruction (twelve float32 copies).
-BYTES_PER_PATTERN_PIXEL = 48
+#: Bytes per diffraction-pattern pixel over the whole reconstruction with one probe mode
+#: (about 22 float32 copies; measured 84-88 with the stored counts' 4 included).
+BYTES_PER_PATTERN_PIXEL = 88
+#: Bytes per diffraction-pattern pixel for each probe mode beyond the first (measured 30).
+BYTES_PER_EXTRA_MODE_PIXEL = 36
 #: Bytes per object pixel: complex64 object and CG vectors, complex128 accumulators.
 BYTES_PER_OBJECT_PIXEL = 128
 #: Work space any reconstruction needs whatever its size (FFT plans, chunk buffers):
-#: a 256x64x64 view peaks at 92 MiB where its patterns and object explain 55.
-FIXED_OVERHEAD_BYTES = 40 * 2**20
+#: a 256x64x64 view peaks at 157 MiB where its patterns and object explain 95.
+FIXED_OVERHEAD_BYTES = 64 * 2**20
 #: Extra pixels around the scanned area (the loaders' and the solver's margins).
 OBJECT_MARGIN_PIXELS = 4
 
@@ -121,14 +126,19 @@ def estimate_reconstruction_bytes(
     detector_shape: tuple[int, int],
     object_shape: tuple[float, float],
     data_itemsize: int = 4,
+    probe_modes: int = 1,
 ) -> float:
     """Peak bytes of one reconstruction: the patterns (as stored, plus the solver's
-    float32 copies) and the object-sized arrays. A float: it may exceed any int64."""
+    float32 copies, more with every probe mode) and the object-sized arrays. A float: it
+    may exceed any int64."""
     pattern_pixels = float(n_patterns) * detector_shape[0] * detector_shape[1]
     object_pixels = float(object_shape[0]) * float(object_shape[1])
+    per_pattern_pixel = (
+        BYTES_PER_PATTERN_PIXEL + data_itemsize + BYTES_PER_EXTRA_MODE_PIXEL * (probe_modes - 1)
+    )
     return (
         FIXED_OVERHEAD_BYTES
-        + pattern_pixels * (BYTES_PER_PATTERN_PIXEL + data_itemsize)
+        + pattern_pixels * per_pattern_pixel
         + object_pixels * BYTES_PER_OBJECT_PIXEL
     )
 
@@ -141,6 +151,7 @@ def check_memory(
     data_itemsize: int = 4,
     limit: int | None = None,
     hint: str = "",
+    probe_modes: int = 1,
 ) -> float:
     """Refuse (InputTooLargeError naming the estimate and the limit) a view that would not
     fit; return the estimate in bytes otherwise.
@@ -149,12 +160,15 @@ def check_memory(
     ``hint``: what to check in the file, appended to the message.
     """
     object_shape = object_shape_estimate(extent_pixels, detector_shape)
-    needed = estimate_reconstruction_bytes(n_patterns, detector_shape, object_shape, data_itemsize)
+    needed = estimate_reconstruction_bytes(
+        n_patterns, detector_shape, object_shape, data_itemsize, probe_modes
+    )
     allowed, where = memory_limit(limit)
     if allowed is not None and needed > allowed:
         raise InputTooLargeError(
             f"{source}: reconstructing this view needs about {format_bytes(needed)} "
-            f"({n_patterns} patterns of {detector_shape[0]}x{detector_shape[1]}, an object of "
+            f"({n_patterns} patterns of {detector_shape[0]}x{detector_shape[1]}"
+            f"{f', {probe_modes} probe modes' if probe_modes > 1 else ''}, an object of "
             f"{object_shape[0]:.4g}x{object_shape[1]:.4g} pixels), more than the limit of "
             f"{format_bytes(allowed)} ({where}){hint}"
         )

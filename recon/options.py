@@ -69,7 +69,10 @@ class ReconOptions:
     """Staged cost: this fraction of the iterations minimises the amplitude (Gaussian)
     cost before ``cost`` takes over. Far from the solution the Poisson gradient is
     dominated by pixels the model leaves dark; the amplitude cost is not. 0 turns it off.
-    The cost history always reports ``cost``."""
+    The cost history always reports ``cost``. The amplitude cost also converges faster
+    from a rough guess (independent noise-free star, 60 iterations, one probe step: 0.2
+    -> phase SSIM 0.69, 0.35 -> 0.89, 0.5 -> 0.97, 0.75 -> 0.999), and scores higher on
+    noisy data (``bench/noise.py``), so most of the run uses it."""
 
     patch_model: PatchModel = PatchModel.FOURIER
     """Sub-pixel model: ``fourier`` (band-limited shift, the default) or ``bilinear``."""
