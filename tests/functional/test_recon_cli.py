@@ -74,9 +74,12 @@ def test_real_siemens_star_data_reconstructs(siemens_star_path, tmp_path):
     assert cost[switch] < cost[0]
     assert np.all(np.diff(cost[switch:]) <= 0)  # never rises once Poisson is minimised
     assert cost[-1] < cost[0] / 5
-    # The phase carries the star: strong contrast between spokes in the scanned area.
-    phase = np.angle(result["object"][150:350, 150:350])
-    assert np.ptp(np.percentile(phase, [5, 95])) > 1.0
+    # The phase carries the star: strong contrast between spokes in the scanned area,
+    # once the linear phase ramp (an ambiguity of the data) is removed (measured 1.10 rad).
+    from recon.metrics import deramp_phase
+
+    centre, _, _ = deramp_phase(result["object"][150:350, 150:350])
+    assert np.ptp(np.percentile(np.angle(centre), [5, 95])) > 1.0
 
 
 def test_preview_deramp_flag(view, tmp_path):
