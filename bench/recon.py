@@ -231,7 +231,9 @@ def fidelity_tables(args: argparse.Namespace) -> None:
     iterations = args.iterations or (100 if args.full else 60)
     threads = args.threads or 1
     names = [n for key in args.cases for n in CASE_KEYS[key]]
-    cases = [c for c in CASES if c.name in names]
+    cases = [
+        dataclasses.replace(c, seed=c.seed + args.seed_offset) for c in CASES if c.name in names
+    ]
     have_ptychi = not args.skip_ptychi
     if have_ptychi:
         try:
@@ -393,6 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="Pty-chi's torch threads (default 1, like our NumPy solver: OpenMP threads "
         "spin badly on a loaded box)",
+    )
+    parser.add_argument(
+        "--seed-offset",
+        type=int,
+        default=0,
+        help="added to every case's simulation seed (noise, position errors): the same "
+        "cases with other noise",
     )
     parser.add_argument("--skip-ptychi", action="store_true", help="our solver only")
     parser.add_argument(
