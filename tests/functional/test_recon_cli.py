@@ -55,6 +55,19 @@ def test_bad_input_is_one_line_on_stderr_with_nonzero_exit(tmp_path):
     assert missing.returncode == 1 and "nope.cxi" in missing.stderr
 
 
+def test_probe_modes_enter_at_modes_start(view, tmp_path):
+    out = tmp_path / "modes.h5"
+    args = ["--iterations", "4", "--probe-modes", "2", "--modes-start", "2", "--quiet"]
+    run = ptychoflow("recon", str(view), "-o", str(out), *args)
+    assert run.returncode == 0, run.stderr
+    probe = read_result(out)["probe"]
+    assert probe.shape[0] == 2
+    power = np.sum(np.abs(probe) ** 2, axis=(-2, -1))
+    assert power[0] > power[1] > 0
+    bad = ptychoflow("recon", str(view), "-o", str(out), "--modes-start", "-1", "--quiet")
+    assert bad.returncode != 0 and "modes_start" in bad.stderr
+
+
 def test_unknown_option_value_is_rejected_by_the_parser(view, tmp_path):
     run = ptychoflow("recon", str(view), "-o", str(tmp_path / "x.h5"), "--cost", "l1")
     assert run.returncode == 2 and "invalid choice" in run.stderr
