@@ -41,7 +41,14 @@ from flows.backend import (
 from flows.config import Config
 from flows.errors import ConfigError, LaunchError, TransientBackendError
 from flows.ledger import Ledger, RunRecord, ScanState
-from flows.scans import ScanNameError, Selection, choose_views, scan_folder, view_files
+from flows.scans import (
+    ScanNameError,
+    Selection,
+    choose_views,
+    scan_folder,
+    view_files,
+    view_key,
+)
 from recon.cxi import peek_view_shape
 from recon.errors import InputError, PtychoflowError
 
@@ -195,7 +202,7 @@ class Launcher:
         # Two view files with one name (view003.cxi, view003.h5) would share a result.
         first_with_stem: dict[str, str] = {}
         for name in files:
-            first_with_stem.setdefault(pathlib.PurePosixPath(name).stem, name)
+            first_with_stem.setdefault(pathlib.PurePosixPath(view_key(name)).stem, view_key(name))
 
         outcomes: list[ViewOutcome] = []
         prepared = False
@@ -203,20 +210,32 @@ class Launcher:
         for file_name in selected:
             request = ViewRequest(
                 scan_id=scan.scan_id,
-                view_file=file_name,
+                view_file=view_key(file_name),
                 scan_folder=folder,
                 recon=recon,
                 trigger=trigger,
                 scan_dir=scan_dir,
             )
             if self.stop_event.is_set():
-                outcomes.append(ViewOutcome(folder, file_name, ViewAction.INTERRUPTED, None))
+                outcomes.append(
+                    ViewOutcome(folder, request.view_file, ViewAction.INTERRUPTED, None)
+                )
                 continue
             if not self.ledger.claim(request, self.backend.name, force=force):
                 outcomes.append(self._outcome(request, ViewAction.SKIPPED))
                 continue
+            if request.view_file != file_name:
+                outcomes.append(
+                    self._fail(
+                        request,
+                        f"{folder}/{request.view_file}: the file name is not valid UTF-8, "
+                        "which the ledger, the flow input and Globus Transfer need; rename "
+                        "the file",
+                    )
+                )
+                continue
             twin = first_with_stem[request.view]
-            if twin != file_name:
+            if twin != request.view_file:
                 outcomes.append(
                     self._fail(
                         request,
@@ -533,7 +552,7 @@ class Launcher:
             files = view_files(self.config, self.config.acquisition_root / folder)
         except InputError:
             return record.status is ScanState.FAILED  # still no views: nothing new
-        return set(files) <= self.ledger.view_files(folder)
+        return {view_key(name) for name in files} <= self.ledger.view_files(folder)
 
     # -- cancelling ----------------------------------------------------------------------------
 

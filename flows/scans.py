@@ -215,6 +215,19 @@ def view_files(config: Config, folder: pathlib.Path) -> list[str]:
     return files
 
 
+def view_key(file_name: str) -> str:
+    """The view's key in the ledger, the flow input and the logs: its file name, with any
+    byte that is not UTF-8 (kept by the file system as a surrogate escape) written as
+    ``\\xNN``. Only such a name changes; it cannot be sent anywhere (JSON, SQLite text,
+    Globus Transfer all need UTF-8), so its view is failed under this key."""
+    try:
+        file_name.encode("utf-8")
+        return file_name
+    except UnicodeEncodeError:
+        raw = file_name.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "backslashreplace")
+
+
 def choose_views(files: list[str], selection: Selection, folder: str) -> list[str]:
     """The view files a ``--views`` selection names: positions in the sorted listing
     (``0,3-5``; ranges are clipped to what exists) and file names or names without the

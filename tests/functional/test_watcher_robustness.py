@@ -245,14 +245,10 @@ def test_odd_names_symlinks_out_of_the_root_and_vanishing_scans(setup, tmp_path)
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ledger stores view file names as UTF-8 text: a name that is not UTF-8 "
-    "fails its whole scan (UnicodeEncodeError in flows/ledger.py); fixed with the "
-    "file-name-keyed ledger",
-)
 def test_a_file_name_that_is_not_utf8_fails_only_its_own_view(setup):
-    root, config, log_path, _ = setup
+    """JSON, SQLite text and Globus Transfer need UTF-8 names: that view is failed, under
+    its name with the odd byte written as \\xff, and the others start; the scan is done."""
+    root, config, log_path, ledger_path = setup
     with WatcherProcess(config, log_path) as watcher:
         watcher.wait_for_line("watching")
         scan = root / "scan650"
@@ -261,6 +257,15 @@ def test_a_file_name_that_is_not_utf8_fails_only_its_own_view(setup):
         write_view_file(scan / "view002.cxi")
         (scan / "scan.done").touch()
         watcher.wait_for_line("scan650: ")
-        wait_until(lambda: len(started(log_path)) >= 2, timeout_s=2, what="the UTF-8 views")
+        wait_until(lambda: len(started(log_path)) >= 2, timeout_s=5, what="the UTF-8 views")
+        ledger = Ledger(ledger_path)
+        wait_until(lambda: len(ledger.runs(650)) == 3, what="three rows for scan650")
+        rows = {r.view_file: r for r in ledger.runs(650)}
+        assert set(rows) == {"view000.cxi", "view001 \\xff.cxi", "view002.cxi"}
+        assert "not valid UTF-8" in rows["view001 \\xff.cxi"].error
+        assert "rename" in rows["view001 \\xff.cxi"].error
+        assert not rows["view000.cxi"].error and not rows["view002.cxi"].error
+        ledger.close()
         stop(watcher)
         no_traceback(watcher)
+    assert started(log_path).keys() >= {"scan650-view000", "scan650-view002"}
