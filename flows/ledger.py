@@ -550,18 +550,7 @@ class Ledger:
         reset keeps the row and increments ``attempt``.
         """
         now = time.time()
-        owner = self.owner
-        values = (
-            request.scan_id,
-            request.compute_dir,
-            json.dumps(request.recon, sort_keys=True),
-            backend,
-            RunStatus.PENDING.value,
-            Trigger(request.trigger).value,
-            owner.pid,
-            owner.host,
-            owner.started,
-        )
+        values = self._row_values(request, backend, RunStatus.PENDING)
 
         def work(db: sqlite3.Connection) -> bool:
             row = db.execute(
@@ -687,11 +676,27 @@ class Ledger:
 
         return self._write(work)
 
+    def _row_values(self, request: ViewRequest, backend: str, status: RunStatus) -> tuple[Any, ...]:
+        """(scan_id, scan_dir, recon, backend, status, trigger, owner_pid, owner_host,
+        owner_started) of a row this process writes for ``request``."""
+        owner = self.owner
+        return (
+            request.scan_id,
+            request.compute_dir,
+            json.dumps(request.recon, sort_keys=True),
+            backend,
+            status.value,
+            Trigger(request.trigger).value,
+            owner.pid,
+            owner.host,
+            owner.started,
+        )
+
     def record_result(
         self, request: ViewRequest, backend: str, finished_at: float, output: dict[str, Any]
     ) -> None:
         """Insert a succeeded row for a result found on disk (``ledger rebuild``)."""
-        owner = self.owner
+        values = self._row_values(request, backend, RunStatus.SUCCEEDED)
 
         def work(db: sqlite3.Connection) -> None:
             db.execute(
@@ -702,15 +707,7 @@ class Ledger:
                 (
                     request.scan_folder,
                     request.view_file,
-                    request.scan_id,
-                    request.compute_dir,
-                    json.dumps(request.recon, sort_keys=True),
-                    backend,
-                    RunStatus.SUCCEEDED.value,
-                    Trigger(request.trigger).value,
-                    owner.pid,
-                    owner.host,
-                    owner.started,
+                    *values,
                     finished_at,
                     finished_at,
                     json.dumps(output),
