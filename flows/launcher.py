@@ -201,8 +201,8 @@ class Launcher:
         log.info("%s: %d view(s) to hand over", folder, len(selected))
         # Two view files with one name (view003.cxi, view003.h5) would share a result.
         first_with_stem: dict[str, str] = {}
-        for name in files:
-            first_with_stem.setdefault(pathlib.PurePosixPath(view_key(name)).stem, view_key(name))
+        for key in map(view_key, files):
+            first_with_stem.setdefault(pathlib.PurePosixPath(key).stem, key)
 
         outcomes: list[ViewOutcome] = []
         prepared = False

@@ -104,28 +104,24 @@ def synchronize(xp: Any, device: int = 0) -> None:
 CPU_FFT_THREADS = 1
 
 
+@functools.cache
 def _cpu_fft() -> Any:
     """FFTW (``pyfftw``, the ``fftw`` extra) when installed, with its plan cache; SciPy's
     pocketfft otherwise. Same unitary transforms, float32 kept; FFTW is about 1.7x
-    faster on batches of small patterns (``bench/recon.py --fft``)."""
-    global _CPU_FFT
-    if _CPU_FFT is None:
-        if os.environ.get("PTYCHOFLOW_FFT", "").lower() == "scipy":
-            import scipy.fft as module
+    faster on batches of small patterns. ``PTYCHOFLOW_FFT=scipy`` forces pocketfft."""
+    if os.environ.get("PTYCHOFLOW_FFT", "").lower() != "scipy":
+        try:
+            import pyfftw  # type: ignore[import-untyped]
+            import pyfftw.interfaces.scipy_fft as fftw  # type: ignore[import-untyped]
+        except ImportError:
+            pass
         else:
-            try:
-                import pyfftw  # type: ignore[import-untyped]
-                import pyfftw.interfaces.scipy_fft as module  # type: ignore[import-untyped]
+            pyfftw.interfaces.cache.enable()
+            pyfftw.interfaces.cache.set_keepalive_time(300)
+            return fftw
+    import scipy.fft
 
-                pyfftw.interfaces.cache.enable()
-                pyfftw.interfaces.cache.set_keepalive_time(300)
-            except ImportError:
-                import scipy.fft as module
-        _CPU_FFT = module
-    return _CPU_FFT
-
-
-_CPU_FFT: Any = None
+    return scipy.fft
 
 
 def cpu_fft_name() -> str:
