@@ -63,6 +63,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="iterations without a new lowest held-out cost before stopping (default 10)",
     )
     parser.add_argument(
+        "--dark-floor",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="fade the costs' pull in pixels the model leaves dark below this fraction of "
+        "the mean intensity (e.g. 1e-5): the same iterates on every backend (default 0: the "
+        "textbook costs, faster from a rough probe guess)",
+    )
+    parser.add_argument(
         "--preview-deramp",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -133,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         "refine_positions": args.refine_positions or None,
         "holdout_fraction": args.holdout,
         "holdout_patience": args.holdout_patience,
+        "dark_floor": args.dark_floor,
     }
     options = ReconOptions.from_dict({k: v for k, v in changes.items() if v is not None})
     if args.no_probe:

@@ -49,7 +49,7 @@ from recon.backend import (
     to_device,
     to_host,
 )
-from recon.cost import make_cost
+from recon.cost import dark_floor, make_cost
 from recon.errors import DeviceError, InputError
 from recon.operators import Ptycho
 from recon.options import CostFunction, ReconOptions
@@ -286,6 +286,7 @@ class _Partition:
         object_shape: tuple[int, int],
         options: ReconOptions,
         reach: int,
+        floor: float,
     ):
         self.xp = xp
         self.device = device
@@ -315,10 +316,11 @@ class _Partition:
             for first in range(0, len(indices), size):
                 block = indices[first : first + size]
                 data = to_device(np.ascontiguousarray(data_corner[block]), xp, device)
-                chunk = _Chunk(None, make_cost(options.cost, data, mask), block)  # type: ignore[arg-type]
+                cost = make_cost(options.cost, data, mask, floor)
+                chunk = _Chunk(None, cost, block)  # type: ignore[arg-type]
                 chunk.final_cost = chunk.cost
                 if options.amplitude_start > 0 and options.cost is not CostFunction.GAUSSIAN:
-                    chunk.start_cost = make_cost(CostFunction.GAUSSIAN, data, mask)
+                    chunk.start_cost = make_cost(CostFunction.GAUSSIAN, data, mask, floor)
                 self.chunks.append(chunk)
         self.set_positions(scan.positions)
 
@@ -359,10 +361,21 @@ class _Reconstruction:
             if scan.mask is not None
             else scan.detector_shape[0] * scan.detector_shape[1]
         )
+        # One dark floor for the whole view, whatever the chunks and devices (recon.cost).
+        floor = dark_floor(data_corner, mask_corner, options.dark_floor)
         groups = partition_positions(scan.positions, len(devices))
         self.parts = [
             _Partition(
-                xp, dev, idx, scan, data_corner, mask_corner, self.object_shape, options, reach
+                xp,
+                dev,
+                idx,
+                scan,
+                data_corner,
+                mask_corner,
+                self.object_shape,
+                options,
+                reach,
+                floor,
             )
             for dev, idx in zip(devices, groups, strict=True)
         ]
