@@ -91,6 +91,8 @@ def reconstruct_file(
     refined = getattr(result, "refined_positions", None)
     if refined is None and not np.array_equal(result.positions, scan.positions):
         refined = result.positions
+    if getattr(result, "device_names", None):
+        extra_attrs = {**extra_attrs, "device_names": list(result.device_names)}
     h5_path, png_path = write_result(
         output_path,
         object=result.object,
@@ -119,6 +121,7 @@ def reconstruct_file(
         "final_cost": float(result.cost[-1]),
         "devices": list(result.devices),
         "backend": result.backend,
+        "device_names": list(getattr(result, "device_names", None) or []),
         "seconds": seconds,
         "seconds_per_iteration": per_iteration,
     }

@@ -69,6 +69,26 @@ def resolve_backend(name: str) -> Any:
     raise DeviceError(f"unknown array backend {name!r}; expected auto, numpy or cupy")
 
 
+def check_devices(xp: Any, devices: list[int]) -> None:
+    """Refuse GPU ordinals this node does not have (CuPy); NumPy partitions need none.
+    An ordinal may repeat: partitions then share that GPU."""
+    if is_cupy(xp):
+        available = xp.cuda.runtime.getDeviceCount()
+        if max(devices) >= available:
+            raise DeviceError(f"GPU {max(devices)} was asked for but this node has {available}")
+
+
+def gpu_names(xp: Any, devices: list[int]) -> list[str]:
+    """The GPU model of each device, e.g. ``NVIDIA H200``; empty for NumPy."""
+    if not is_cupy(xp):
+        return []
+    names = []
+    for device in devices:
+        name = xp.cuda.runtime.getDeviceProperties(device)["name"]
+        names.append(name.decode() if isinstance(name, bytes) else str(name))
+    return names
+
+
 def device_context(xp: Any, device: int) -> Any:
     """Context manager that makes ``device`` current for CuPy; a no-op for NumPy."""
     if is_cupy(xp):

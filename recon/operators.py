@@ -3,7 +3,8 @@
 Every operator is linear in the argument of ``fwd`` and ``adj`` is its exact
 adjoint (checked by the dot-product test in ``tests/unit/test_operators.py``).
 All arrays of one operator live on one device; the array module is taken from
-the inputs.
+the inputs. What the GPU computes differently (window gather and scatter, FFT) is in
+:mod:`recon.primitives`.
 
 Two patch models place a probe at a sub-pixel scan position:
 
@@ -26,7 +27,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from recon.backend import fft2, get_array_module, ifft2, is_cupy
+from recon.backend import get_array_module
+from recon.primitives import fft2, gather_windows, ifft2, scatter_windows
 
 #: The patch models, by option value.
 PATCH_MODELS = ("fourier", "bilinear")
@@ -38,48 +40,6 @@ def _check_shape(name: str, array: Any, expected: tuple[int | None, ...], what: 
     ):
         shown = tuple("*" if e is None else e for e in expected)
         raise ValueError(f"{name}: {what} has shape {array.shape}, expected {shown}")
-
-
-def _strided_windows(xp: Any, obj: Any, corner: Any, shape: tuple[int, int]) -> Any:
-    """(N_POS, *shape) copies of ``obj`` windows at integer ``corner`` (N_POS, 2)."""
-    h, w = shape
-    if is_cupy(xp):
-        rows = corner[:, 0, None, None] + xp.arange(h)[None, :, None]
-        cols = corner[:, 1, None, None] + xp.arange(w)[None, None, :]
-        return obj[rows, cols]
-    # On the CPU a strided view indexed by corner copies whole rows: much faster
-    # than per-element fancy indexing.
-    s0, s1 = obj.strides
-    view = xp.lib.stride_tricks.as_strided(
-        obj,
-        shape=(obj.shape[0] - h + 1, obj.shape[1] - w + 1, h, w),
-        strides=(s0, s1, s0, s1),
-        writeable=False,
-    )
-    return view[corner[:, 0], corner[:, 1]]
-
-
-def _scatter_windows(xp: Any, out: Any, windows: Any, corner: Any) -> None:
-    """Add (N_POS, h, w) ``windows`` into ``out`` at integer ``corner``; overlaps sum."""
-    _n, h, w = windows.shape
-    if is_cupy(xp):
-        import cupyx  # type: ignore[import-not-found]
-
-        rows = corner[:, 0, None, None] + xp.arange(h)[None, :, None]
-        cols = corner[:, 1, None, None] + xp.arange(w)[None, None, :]
-        rows = xp.broadcast_to(rows, windows.shape)
-        cols = xp.broadcast_to(cols, windows.shape)
-        windows = windows.astype(out.dtype, copy=False)  # e.g. accumulate in double precision
-        if xp.iscomplexobj(windows):
-            # scatter_add has no complex atomics: add real and imaginary parts as views.
-            cupyx.scatter_add(out.real, (rows, cols), windows.real)
-            cupyx.scatter_add(out.imag, (rows, cols), windows.imag)
-        else:
-            cupyx.scatter_add(out, (rows, cols), windows)
-        return
-    # Windows overlap, so add one at a time; each add is a contiguous block.
-    for index, (r, c) in enumerate(corner.tolist()):
-        out[r : r + h, c : c + w] += windows[index]
 
 
 def _check_fits(name: str, corner: Any, object_shape: tuple[int, int], window: tuple[int, int]):
@@ -115,7 +75,7 @@ class WindowPatches:
 
     def fwd(self, obj: Any) -> Any:
         _check_shape("WindowPatches.fwd", obj, self.object_shape, "object")
-        return _strided_windows(self.xp, obj, self.corner, self.patch_shape)
+        return gather_windows(self.xp, obj, self.corner, self.patch_shape)
 
     def adj(self, patches: Any, out: Any = None) -> Any:
         """Sum the patches back into an object; adds into ``out`` when given.
@@ -128,7 +88,7 @@ class WindowPatches:
         if out is None:
             out = xp.zeros(self.object_shape, dtype=patches.dtype)
         _check_shape("WindowPatches.adj", out, self.object_shape, "out")
-        _scatter_windows(xp, out, patches, self.corner)
+        scatter_windows(xp, out, patches, self.corner)
         return out
 
 
@@ -166,7 +126,7 @@ class BilinearPatches:
         _check_shape("BilinearPatches.fwd", obj, self.object_shape, "object")
         ph, pw = self.patch_shape
         w00, w01, w10, w11 = self.weights
-        win = _strided_windows(self.xp, obj, self.corner, (ph + 1, pw + 1))
+        win = gather_windows(self.xp, obj, self.corner, (ph + 1, pw + 1))
         out = win[:, :-1, :-1] * w00
         out += win[:, :-1, 1:] * w01
         out += win[:, 1:, :-1] * w10
@@ -188,7 +148,7 @@ class BilinearPatches:
         if out is None:
             out = xp.zeros(self.object_shape, dtype=patches.dtype)
         _check_shape("BilinearPatches.adj", out, self.object_shape, "out")
-        _scatter_windows(xp, out, win, self.corner)
+        scatter_windows(xp, out, win, self.corner)
         return out
 
 

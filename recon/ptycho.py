@@ -40,9 +40,10 @@ import numpy as np
 from recon.backend import (
     COMPLEX,
     REAL,
+    check_devices,
     copy_to,
     device_context,
-    is_cupy,
+    gpu_names,
     real_inner,
     resolve_backend,
     synchronize,
@@ -53,6 +54,7 @@ from recon.cost import dark_floor, make_cost
 from recon.errors import DeviceError, InputError
 from recon.operators import Ptycho
 from recon.options import CostFunction, ReconOptions
+from recon.primitives import backend_name, chunk_patterns
 from recon.scan import ScanData
 from recon.solver import CGState, backtracking, dai_yuan_beta
 
@@ -129,6 +131,8 @@ class ReconResult:
     devices: list[int]
     backend: str
     refined_positions: np.ndarray | None = None
+    device_names: list[str] = dataclasses.field(default_factory=list)
+    """The GPU model of each device (CuPy), e.g. ``NVIDIA H200``; empty on the CPU."""
 
     @property
     def mode_power_fractions(self) -> list[float]:
@@ -245,12 +249,6 @@ def _mix_modes(mix: Any, array: Any, axis: int) -> Any:
     return (mix[None] @ array.reshape(shape[0], shape[1], -1)).reshape(shape)
 
 
-#: On the CPU each partition is processed in chunks of patterns whose complex arrays
-#: are about this large, so temporaries stay in cache and are reused by the allocator
-#: instead of being mapped and zeroed anew by the kernel. On GPUs one chunk per device.
-CPU_CHUNK_BYTES = 4 * 2**20
-
-
 class _Chunk:
     """A run of consecutive patterns of one partition, with their far fields.
 
@@ -305,11 +303,8 @@ class _Partition:
         self.shape = (r1 - r0, c1 - c0)
         self.origin = np.array([r0, c0], dtype=np.float64)
         modes = options.probe_modes
-        if is_cupy(xp):
-            size = len(indices)
-        else:
-            pattern_bytes = det[0] * det[1] * np.dtype(COMPLEX).itemsize * modes
-            size = max(1, CPU_CHUNK_BYTES // pattern_bytes)
+        pattern_bytes = det[0] * det[1] * np.dtype(COMPLEX).itemsize * modes
+        size = chunk_patterns(xp, len(indices), pattern_bytes)
         self.chunks: list[_Chunk] = []
         with device_context(xp, device):
             mask = None if mask_corner is None else to_device(mask_corner, xp, device)
@@ -788,7 +783,8 @@ def reconstruct(
         devices, backend.
     device_ids : GPUs to use (CuPy), e.g. those claimed from the node's GPU lock;
         with NumPy only their count matters. Default: ``options.devices`` devices
-        (0, 1, ...), or one.
+        (0, 1, ...), or one. A GPU may be named more than once: its partitions then
+        share it (``[0, 0]`` runs the two-partition hybrid model on one GPU).
     progress : called after every iteration with (iteration, cost, seconds).
     monitor : called after every iteration with (iteration, object, probe); stops the
         iterations when it returns True (``recon.holdout`` stops on held-out patterns).
@@ -800,10 +796,7 @@ def reconstruct(
     if len(devices) < count:
         raise DeviceError(f"{count} devices were asked for but only {devices} were given")
     devices = devices[:count]
-    if is_cupy(xp):
-        available = xp.cuda.runtime.getDeviceCount()
-        if max(devices) >= available:
-            raise DeviceError(f"GPU {max(devices)} was asked for but this node has {available}")
+    check_devices(xp, devices)
     if scan.n_positions < 1:
         raise InputError(f"{scan.source}: the scan has no diffraction patterns")
 
@@ -860,5 +853,6 @@ def reconstruct(
         probe_steps=probe_steps,
         seconds_per_iteration=seconds,
         devices=devices,
-        backend="cupy" if is_cupy(xp) else "numpy",
+        backend=backend_name(xp),
+        device_names=gpu_names(xp, devices),
     )

@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""One prepared script for a GPU machine: the ``gpu`` tests, then tables of speed, memory,
+NumPy-CuPy differences and kernel time. Prints tables, asserts nothing; writes its numbers
+to a JSON file. About 3 minutes on one H200.
+
+    python bench/gpu.py                       # everything, numbers to gpu-bench.json
+    python bench/gpu.py --json $OUT/gpu.json --skip-tests
+    python bench/gpu.py --star PATH           # the real Siemens star (516 x 128 x 128)
+
+1. ``pytest -m gpu`` on the GPU test files (CuPy against the NumPy twins, the solver step
+   by step, whole runs against the simulated truth, partitions sharing one GPU).
+2. Speed and memory: median ms per iteration after warm-up, and the CuPy memory pool's
+   peak (bytes held, which the pool never returns during a run), for the real star
+   516 x 128^2, a simulated 1800 x 128^2 view (the paper's catalyst view) and a simulated
+   8192 x 256^2 view, each with default options, two probe modes, and positions refined.
+3. NumPy-CuPy differences after 1 and 30 iterations, with the textbook costs (default)
+   and with a dark floor (``recon.cost``): relative object and probe differences, cost,
+   and phase SSIM against the simulated truth.
+4. Kernel time per iteration of the 1800 x 128^2 view (CUPTI through torch.profiler when
+   PyTorch is installed): GPU-busy milliseconds and kernel launches per iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from tables import print_table  # noqa: E402  (bench/tables.py, beside this script)
+
+from recon.backend import cupy_module, to_host  # noqa: E402
+from recon.options import ReconOptions  # noqa: E402
+from recon.ptycho import reconstruct  # noqa: E402
+
+STAR_CANDIDATES = (
+    REPO.parent / "shared" / "data" / "siemens-star-small.npz.bz2",
+    REPO / ".gpu_data" / "siemens-star-small.npz.bz2",
+)
+GPU_TEST_FILES = (
+    "tests/unit/test_gpu_equivalence.py",
+    "tests/unit/test_operators.py",
+    "tests/unit/test_cost.py",
+)
+VARIANTS = (
+    ("defaults", {}),
+    ("2 modes", {"probe_modes": 2, "modes_start": 0}),
+    ("positions", {"refine_positions": True, "position_start": 0}),
+)
+
+
+def run_tests() -> dict[str, Any]:
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
+    started = time.perf_counter()
+    done = subprocess.run(
+        [*command, *GPU_TEST_FILES], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    print(done.stdout[-6000:], done.stderr[-2000:], sep="\n")
+    last = [line for line in done.stdout.splitlines() if line.strip()][-1:] or [""]
+    return {
+        "returncode": done.returncode,
+        "summary": last[0],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+class Timer:
+    """Per-iteration wall times with a device sync (the solver synchronises each iteration)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def __call__(self, iteration: int, cost: float, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+def time_view(cp: Any, scan: Any, changes: dict[str, Any], iterations: int) -> dict[str, Any]:
+    pool = cp.get_default_memory_pool()
+    cp.cuda.Device(0).synchronize()
+    pool.free_all_blocks()
+    timer = Timer()
+    options = ReconOptions(
+        iterations=iterations, backend="cupy", probe_warmup=0, amplitude_start=0.0, **changes
+    )
+    started = time.perf_counter()
+    reconstruct(scan, options, progress=timer)
+    total = time.perf_counter() - started
+    warm = timer.seconds[2:] or timer.seconds
+    peak = pool.total_bytes()
+    pixels = scan.data.size
+    pool.free_all_blocks()
+    return {
+        "ms_per_iteration": 1e3 * statistics.median(warm),
+        "peak_bytes": int(peak),
+        "bytes_per_pattern_pixel": peak / pixels,
+        "total_s": total,
+    }
+
+
+def speed(cp: Any, star: pathlib.Path | None, quick: bool) -> list[dict[str, Any]]:
+    from recon.cxi import load_scan
+    from recon.simulate import simulate_view
+
+    views = []
+    if star is not None:
+        views.append(("real star 516x128^2", lambda: load_scan(star), 12))
+    else:
+        print("the real Siemens star was not found (--star PATH): its row is left out")
+    views.append(
+        (
+            "1800x128^2",
+            lambda: simulate_view(detector=128, n_positions=1800, photons=1e6, seed=0).scan,
+            12,
+        )
+    )
+    if not quick:
+        views.append(
+            (
+                "8192x256^2",
+                lambda: simulate_view(detector=256, n_positions=8192, photons=1e7, seed=0).scan,
+                5,
+            )
+        )
+    rows = []
+    for name, make, iterations in views:
+        started = time.perf_counter()
+        scan = make()
+        made = time.perf_counter() - started
+        for variant, changes in VARIANTS:
+            numbers = time_view(cp, scan, changes, iterations)
+            rows.append({"view": name, "variant": variant, "made_s": made, **numbers})
+            print(f"  {name} {variant}: {numbers['ms_per_iteration']:.1f} ms/it", flush=True)
+        del scan
+    print_table(
+        "Speed and memory (CuPy, one GPU; median after 2 warm-up iterations; memory-pool peak)",
+        ["view", "options", "ms/iteration", "peak GPU memory (GiB)", "bytes/pattern pixel"],
+        [
+            [
+                r["view"],
+                r["variant"],
+                f"{r['ms_per_iteration']:.1f}",
+                f"{r['peak_bytes'] / 2**30:.2f}",
+                f"{r['bytes_per_pattern_pixel']:.0f}",
+            ]
+            for r in rows
+        ],
+    )
+    return rows
+
+
+def differences() -> list[dict[str, Any]]:
+    sys.path.insert(0, str(REPO))
+    from recon.simulate_fourier import simulate_scan
+    from tests.unit.equivalence import phase_ssim, rel
+
+    sims = {
+        "star": simulate_scan(detector=64, n_positions=120, seed=1),
+        "modes, positions off 1 px": simulate_scan(
+            detector=64, n_positions=120, seed=5, mode_powers=(0.8, 0.2), position_error_px=1.0
+        ),
+    }
+    cases = (
+        ("star", "defaults", {}),
+        ("modes, positions off 1 px", "2 modes", {"probe_modes": 2}),
+        ("modes, positions off 1 px", "positions", {"refine_positions": True}),
+    )
+    rows = []
+    for floor in (0.0, 1e-5):
+        for sim_name, variant, changes in cases:
+            sim = sims[sim_name]
+            for iterations in (1, 30):
+                options = ReconOptions(iterations=iterations, dark_floor=floor, **changes)
+                cpu = reconstruct(sim.to_scan(), options.replace(backend="numpy"))
+                gpu = reconstruct(sim.to_scan(), options.replace(backend="cupy"))
+                row = {
+                    "view": sim_name,
+                    "variant": variant,
+                    "dark_floor": floor,
+                    "iterations": iterations,
+                    "object": rel(gpu.object, cpu.object),
+                    "probe": rel(gpu.probe, cpu.probe),
+                    "cost": abs(gpu.cost[-1] / cpu.cost[-1] - 1),
+                    "ssim_cpu": phase_ssim(cpu, sim),
+                    "ssim_gpu": phase_ssim(gpu, sim),
+                }
+                if cpu.refined_positions is not None:
+                    row["positions_px"] = float(
+                        np.abs(gpu.refined_positions - cpu.refined_positions).max()
+                    )
+                if changes.get("probe_modes"):
+                    row["split_cpu"] = cpu.mode_power_fractions
+                    row["split_gpu"] = gpu.mode_power_fractions
+                rows.append(row)
+    print_table(
+        "NumPy against CuPy (relative differences; phase SSIM against the simulated truth)",
+        ["view", "options", "dark floor", "it.", "object", "probe", "cost", "SSIM cpu / gpu"],
+        [
+            [
+                r["view"],
+                r["variant"],
+                f"{r['dark_floor']:g}",
+                str(r["iterations"]),
+                f"{r['object']:.1e}",
+                f"{r['probe']:.1e}",
+                f"{r['cost']:.1e}",
+                f"{r['ssim_cpu']:.3f} / {r['ssim_gpu']:.3f}",
+            ]
+            for r in rows
+        ],
+    )
+    return rows
+
+
+def kernel_profile(cp: Any) -> dict[str, Any]:
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        print("PyTorch is not installed: no kernel profile")
+        return {}
+    from recon.ptycho import _Reconstruction
+    from recon.simulate import simulate_view
+
+    del torch
+    scan = simulate_view(detector=128, n_positions=1800, photons=1e6, seed=0).scan
+    state = _Reconstruction(scan, ReconOptions(backend="cupy"), cp, [0])
+    for _ in range(2):  # warm-up: plans, kernels compiled
+        state.object_step()
+        state.probe_step()
+        state.probe_step()
+    cp.cuda.Device(0).synchronize()
+    iterations = 5
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iterations):
+            state.object_step()
+            state.probe_step()
+            state.probe_step()
+        cp.cuda.Device(0).synchronize()
+    wall = (time.perf_counter() - started) / iterations
+    by_name: dict[str, float] = {}
+    launches = 0
+    for event in prof.key_averages():
+        if not str(getattr(event, "device_type", "")).endswith("CUDA"):
+            continue
+        microseconds = getattr(event, "self_device_time_total", None)
+        if microseconds is None:
+            microseconds = event.self_cuda_time_total
+        by_name[event.key] = microseconds / 1e3 / iterations
+        launches += event.count
+    busy = sum(by_name.values())
+    top = sorted(by_name.items(), key=lambda item: -item[1])[:12]
+    print_table(
+        f"Kernel time, 1800x128^2, defaults: {busy:.1f} ms busy of {1e3 * wall:.1f} ms wall "
+        f"per iteration, {launches / iterations:.0f} launches",
+        ["kernel", "ms per iteration"],
+        [[name[:70], f"{ms:.2f}"] for name, ms in top],
+    )
+    return {
+        "busy_ms": busy,
+        "wall_ms": 1e3 * wall,
+        "launches": launches / iterations,
+        "top": top,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default="gpu-bench.json", help="where to write the numbers")
+    parser.add_argument("--star", default=None, help="the real Siemens star (.npz.bz2)")
+    parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="no 8192x256^2 view")
+    parser.add_argument("--parts", nargs="+", default=["tests", "speed", "differences", "kernels"])
+    args = parser.parse_args(argv)
+    cp = cupy_module()
+    if cp is None:
+        print("bench/gpu.py needs CuPy and a GPU")
+        return 1
+    star = pathlib.Path(args.star) if args.star else None
+    if star is None:
+        star = next((p for p in STAR_CANDIDATES if p.exists()), None)
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    numbers: dict[str, Any] = {
+        "gpu": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
+        "cupy": cp.__version__,
+        "numpy": np.__version__,
+        "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
+    }
+    print(json.dumps(numbers))
+    started = time.perf_counter()
+    parts = {
+        "tests": run_tests,
+        "speed": lambda: speed(cp, star, args.quick),
+        "differences": differences,
+        "kernels": lambda: kernel_profile(cp),
+    }
+    if args.skip_tests:
+        parts.pop("tests")
+    for name, part in parts.items():
+        if name not in args.parts:
+            continue
+        try:
+            numbers[name] = part()
+        except Exception as err:  # one part failing must not lose the others' numbers
+            traceback.print_exc()
+            numbers[name] = {"error": repr(err)}
+        pathlib.Path(args.json).write_text(json.dumps(numbers, indent=1, default=to_json))
+    numbers["seconds"] = time.perf_counter() - started
+    pathlib.Path(args.json).write_text(json.dumps(numbers, indent=1, default=to_json))
+    print(f"numbers written to {args.json} ({numbers['seconds']:.0f} s)")
+    return 0
+
+
+def to_json(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "get"):
+        return to_host(value).tolist()
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
