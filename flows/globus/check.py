@@ -179,6 +179,44 @@ def endpoint_code_report(
     ]
 
 
+#: Flow roles that may start runs (Flows permissions: owners, administrators and
+#: starters may run a flow; run managers and viewers may not).
+STARTING_ROLES = frozenset({"flow_owner", "flow_administrator", "flow_starter"})
+#: Flow roles that are shown the flow's full ``flow_starters`` list.
+ADMIN_ROLES = frozenset({"flow_owner", "flow_administrator"})
+
+
+def watcher_starter_problem(flow: dict[str, Any], watcher_client_id: str) -> str | None:
+    """Why the watcher's client cannot start ``flow`` (a Flows ``GET /flows/{id}``
+    document), or None when nothing in the document says so.
+
+    The Flows API returns ``flow_starters`` only to the flow's owner and
+    administrators; everyone else, the watcher's client included, gets an empty list
+    and finds its own roles in ``user_roles`` (Flows OpenAPI, ``FlowResponse``:
+    ``flow_starters``, ``user_roles``; Globus Flows docs, "Flow permissions"). So the
+    list is read only when this identity is an administrator; otherwise the caller's
+    own roles are read, and ``validate_run`` has the last word.
+    """
+    roles = {str(role) for role in flow.get("user_roles") or []}
+    if not watcher_client_id:
+        return None
+    watcher_urn = f"urn:globus:auth:identity:{watcher_client_id}"
+    if roles & ADMIN_ROLES:
+        if watcher_urn not in (flow.get("flow_starters") or []):
+            return (
+                f"the watcher's client {watcher_urn} is not among the flow's starters; "
+                f"fix: {DEPLOY_FIX} (it sends [globus] watcher_client_id as a starter)"
+            )
+        return None
+    if roles and not roles & STARTING_ROLES:
+        return (
+            f"this identity's roles on the flow are {', '.join(sorted(roles))}, none of "
+            f"which may start runs (run managers cannot); fix: add it to [globus] "
+            f"flow_starters, or run check as the watcher, and {DEPLOY_FIX}"
+        )
+    return None
+
+
 class DeploymentChecker:
     """Runs the checklist with the given clients (see the module docstring).
 
@@ -424,16 +462,9 @@ class DeploymentChecker:
         name = "this identity may start the flow"
         if flow is None or self.run_client is None:
             return CheckLine(name, False, "not checked: no flow (see above)")
-        watcher = self.config.globus.watcher_client_id
-        if watcher:
-            watcher_urn = f"urn:globus:auth:identity:{watcher}"
-            if watcher_urn not in (flow.get("flow_starters") or []):
-                return CheckLine(
-                    name,
-                    False,
-                    f"the watcher's client {watcher_urn} is not among the flow's starters; "
-                    f"fix: {DEPLOY_FIX} (it sends [globus] watcher_client_id as a starter)",
-                )
+        problem = watcher_starter_problem(flow, self.config.globus.watcher_client_id)
+        if problem:
+            return CheckLine(name, False, problem)
         try:
             body = self._sample_input()
         except PtychoflowError as err:

@@ -144,7 +144,21 @@ def register_task(answer=None, *, function_status=200, submit_status=200):
     ).add()
 
 
-def register_flow(flow_status=200, *, starters=None, subscription=SUBSCRIPTION, validate=200):
+def register_flow(
+    flow_status=200,
+    *,
+    starters=None,
+    roles=("flow_starter",),
+    subscription=SUBSCRIPTION,
+    validate=200,
+):
+    """``GET /flows/{id}`` as the caller sees it. The Flows API returns ``flow_starters``
+    only to the flow's owner and administrators; a starter (the watcher) gets an empty
+    list and finds ``flow_starter`` in ``user_roles`` (Flows OpenAPI, ``FlowResponse``;
+    Globus Flows docs, "Flow permissions"). ``starters`` is the list an administrator
+    would see; it is hidden unless ``roles`` holds an administrator role."""
+    admin = bool({"flow_owner", "flow_administrator"} & set(roles))
+    full_list = starters if starters is not None else [f"urn:globus:auth:identity:{WATCHER}"]
     RegisteredResponse(
         service="flows",
         path=f"/flows/{FLOW_ID}",
@@ -153,9 +167,9 @@ def register_flow(flow_status=200, *, starters=None, subscription=SUBSCRIPTION, 
             {
                 "id": FLOW_ID,
                 "title": "ptychoflow",
-                "flow_starters": (
-                    starters if starters is not None else [f"urn:globus:auth:identity:{WATCHER}"]
-                ),
+                "flow_starters": full_list if admin else [],
+                "user_role": roles[0] if roles else "flow_viewer",
+                "user_roles": list(roles),
                 "subscription_id": subscription,
             }
             if flow_status == 200
@@ -347,13 +361,40 @@ def test_flow_line_fails_when_the_flow_is_gone(config, mocked_responses):
     assert "30 days" in line.detail
 
 
-def test_start_line_fails_when_the_watcher_is_not_a_starter(config, mocked_responses):
-    register_flow(starters=[])
+def test_start_line_passes_for_the_watcher_which_sees_no_starter_list(config, mocked_responses):
+    """The watcher is a flow starter, not an administrator: Flows shows it an empty
+    ``flow_starters`` and ``user_roles: ["flow_starter"]`` (Flows OpenAPI,
+    ``FlowResponse.flow_starters`` is visible to administrators only). check must pass
+    on that, and ask ``validate_run``."""
+    register_flow(roles=("flow_starter",))
+    checker = make_checker(config)
+    _, flow = checker.check_flow_exists()
+    assert flow is not None and flow["flow_starters"] == []
+    line = checker.check_may_start(flow)
+    assert line.ok, line.detail
+    assert sent_requests()[-1].path_url.endswith("/validate_run")
+
+
+def test_start_line_fails_when_an_administrator_sees_the_watcher_missing(config, mocked_responses):
+    """An administrator (the deployer) is shown the full ``flow_starters`` list (Flows
+    OpenAPI, ``FlowResponse``), so a watcher missing from it is reported."""
+    register_flow(starters=[], roles=("flow_administrator",))
     checker = make_checker(config)
     _, flow = checker.check_flow_exists()
     line = checker.check_may_start(flow)
     assert not line.ok
     assert f"urn:globus:auth:identity:{WATCHER}" in line.detail
+
+
+def test_start_line_fails_for_a_run_manager_without_asking_validate_run(config, mocked_responses):
+    """Run managers cannot start runs (Globus Flows docs, "Flow permissions")."""
+    register_flow(roles=("run_manager", "flow_viewer"))
+    checker = make_checker(config)
+    _, flow = checker.check_flow_exists()
+    line = checker.check_may_start(flow)
+    assert not line.ok
+    assert "run_manager" in line.detail
+    assert not any(r.path_url.endswith("/validate_run") for r in sent_requests())
 
 
 def test_start_line_fails_when_flows_refuses_this_identity(config, mocked_responses):
