@@ -46,6 +46,16 @@ ENDPOINT_FIX = (
     "`globus-compute-endpoint start <name>`"
 )
 DEPLOY_FIX = "run `ptychoflow deploy`"
+#: Why a task stays queued on a Polaris endpoint, the likeliest first.
+QUEUED_TASK_CAUSES = (
+    "likely causes: (1) the batch job is still waiting in the PBS queue (`qstat -u $USER` "
+    "on the login node; `debug` allows one job, `prod` refuses jobs of fewer than 10 "
+    "nodes); (2) the job runs but its workers cannot reach the interchange on the login "
+    "node: the engine's `interface` (default hsn0; the compute nodes no longer reach the "
+    "login nodes over bond0) must be one the compute nodes reach (`ip -brief addr`; "
+    "the job's output in ~/.globus_compute/<endpoint>/submit_scripts/); (3) the job "
+    "failed at worker_init (same output file)"
+)
 
 _SERVICE_ERRORS = (globus_sdk.GlobusAPIError, globus_sdk.NetworkError, TokenValidationError)
 
@@ -127,8 +137,8 @@ def run_identity_task(
         if elapsed >= timeout_s:
             return IdentityTaskResult(
                 None,
-                f"task {task_id} still {task.get('status', 'pending')} after {timeout_s:g} s "
-                "(is the endpoint's batch job queued?)",
+                f"task {task_id} still {task.get('status', 'pending')} after {timeout_s:g} s; "
+                f"{QUEUED_TASK_CAUSES}",
                 elapsed,
             )
         sleep(poll_interval_s)

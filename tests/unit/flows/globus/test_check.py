@@ -468,6 +468,9 @@ def test_deploy_says_when_the_endpoint_did_not_answer_in_time(config, mocked_res
     )
     assert result.answer is None
     assert "still waiting-for-launch after 25 s" in (result.error or "")
+    # The interface is among the causes named (Globus Compute's Polaris example uses hsn0).
+    assert "interface" in (result.error or "") and "hsn0" in (result.error or "")
+    assert "qstat" in (result.error or "")
     polls = [r for r in sent_requests() if r.path_url == f"/v2/tasks/{TASK_ID}"]
     assert len(polls) == 3
 
