@@ -298,7 +298,11 @@ class _TransitionPrinter:
                 self.seen[row.key] = now
                 stage = f" ({row.stage})" if row.stage and not row.status.terminal else ""
                 # An INACTIVE run waits for a person: say why and what to do.
-                reason = f": {row.error}" if row.status.value == "inactive" and row.error else ""
+                reason = (
+                    f": {row.error}"
+                    if row.status.value in ("inactive", "unknown") and row.error
+                    else ""
+                )
                 print(
                     printable(f"  {row.label}: {row.status.value}{stage}{reason}"),
                     file=sys.stderr,

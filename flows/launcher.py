@@ -271,8 +271,7 @@ class Launcher:
                     ViewOutcome(folder, request.view_file, ViewAction.INTERRUPTED, None)
                 )
                 continue
-            key = (request.scan_folder, request.view_file)
-            resumed = key in self.deferred
+            resumed = (request.scan_folder, request.view_file) in self.deferred
             if not resumed and not self.ledger.claim(request, self.backend.name, force=force):
                 outcomes.append(self._outcome(request, ViewAction.SKIPPED))
                 continue

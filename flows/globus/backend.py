@@ -364,9 +364,12 @@ def run_attempt(tags: Iterable[str]) -> int:
 
 #: What a person does about an INACTIVE run, by the code Flows gives in its details.
 #: Short, because ``status`` shows the first 160 characters: the fix comes first.
+#: ``--force``: without it the client app sees its stored tokens and skips the new
+#: consent the run waits for.
 INACTIVE_FIXES: Mapping[str, str] = {
     "ConsentRequired": (
-        "run `ptychoflow login` as the identity that started it, then `ptychoflow resume`"
+        "run `ptychoflow login --force` as the run's starter (the watcher: its "
+        "credentials in the environment), then `ptychoflow resume`"
     ),
 }
 DEFAULT_INACTIVE_FIX = "see the run in the web app, fix it, then `ptychoflow resume`"
