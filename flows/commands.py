@@ -96,7 +96,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Against the live services, with this process's identity: tokens and "
         "consents, both collections writable, endpoint online, the functions runnable "
         "(a tiny task), the same code on the endpoint, PTYCHOFLOW_ALLOWED_ROOTS, the flow "
-        "startable, the subscription. Exit 0 only when every line is ok.",
+        "startable, the subscription, and a Transfer round trip through the compute root "
+        "that the workers read and write (Transfer's account and the workers' must share "
+        "it). With --sample-run, also one tiny simulated view through the real deployed "
+        "flow, its result verified, the worker's GPU and backend checked, and everything "
+        "removed after. Exit 0 only when every line is ok.",
     )
     check.add_argument("--config", help="config file (default ./ptychoflow.toml)")
     check.add_argument(
@@ -104,6 +108,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=600.0,
         help="seconds to wait for the test task on the endpoint (default 600)",
+    )
+    check.add_argument(
+        "--sample-run",
+        action="store_true",
+        help="also run a tiny simulated view through the deployed flow as this identity "
+        "(the watcher's: run it with its environment) and verify what comes back; on the "
+        "local backend this is the only check",
+    )
+    check.add_argument(
+        "--sample-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds to wait for the sample run, PBS queue included (default 3600)",
     )
     check.set_defaults(handler=check_command)
 
@@ -620,7 +637,23 @@ def check_command(args: argparse.Namespace) -> int:
     from flows.globus.setup import check_from_config
 
     config = _load(args)
-    lines = check_from_config(config, task_timeout_s=args.task_timeout)
+    sample = getattr(args, "sample_run", False)
+    if config.backend == "local" and sample:
+        from flows.globus.setup import sample_run_from_config
+
+        lines = sample_run_from_config(config, timeout_s=args.sample_timeout)
+    else:
+        lines = check_from_config(config, task_timeout_s=args.task_timeout)
+        if sample:
+            from flows.globus.check import CheckLine
+            from flows.globus.setup import sample_run_from_config
+
+            if all(line.ok for line in lines):
+                lines += sample_run_from_config(config, timeout_s=args.sample_timeout)
+            else:
+                lines.append(
+                    CheckLine("sample run", False, "not run: fix the FAIL lines above first")
+                )
     for line in lines:
         print(line.format(), flush=True)
     failed = [line for line in lines if not line.ok]

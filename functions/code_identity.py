@@ -147,3 +147,34 @@ def probe_shared_folder(folder: str, token: str) -> dict[str, Any]:
     except OSError as err:
         report["error"] = f"{type(err).__name__}: {err}"
     return report
+
+
+def worker_identity() -> dict[str, Any]:
+    """Who and what ran a task on this worker, for ``ptychoflow check --sample-run``:
+    ``uid``, ``user``, ``cuda_visible_devices`` (the GPU(s) the worker was given; None
+    when unset), ``cupy_version``, ``cuda_driver_version`` and ``cuda_runtime_version``
+    (None when CuPy or a driver is missing; ``cupy_error`` then says why)."""
+    import pwd
+
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    identity: dict[str, Any] = {
+        "uid": uid,
+        "user": user,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cupy_version": None,
+        "cuda_driver_version": None,
+        "cuda_runtime_version": None,
+    }
+    try:
+        import cupy  # type: ignore[import-not-found, unused-ignore]
+
+        identity["cupy_version"] = str(cupy.__version__)
+        identity["cuda_driver_version"] = int(cupy.cuda.runtime.driverGetVersion())
+        identity["cuda_runtime_version"] = int(cupy.cuda.runtime.runtimeGetVersion())
+    except Exception as err:  # no CuPy, or no driver: said, not raised
+        identity["cupy_error"] = f"{type(err).__name__}: {err}"
+    return identity

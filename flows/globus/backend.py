@@ -183,6 +183,43 @@ class GlobusBackend(Backend):
             raise translate(err, doing) from err
         self._made_dirs.add(path)
 
+    def remove_compute_copies(self, scan_dir: str, *, wait_s: float = 0.0) -> str | None:
+        """Remove ``input/<scan_dir>`` and ``recon/<scan_dir>`` on the compute collection
+        with one Transfer delete task (recursive; missing folders ignored). Never touches
+        the acquisition collection. Returns the task id, or, with ``wait_s``, None once it
+        succeeded (a sentence when it did not finish in time or failed)."""
+        collection = self.config.globus.compute_collection
+        delete = globus_sdk.DeleteData(
+            endpoint=collection,
+            label=f"ptychoflow remove {scan_dir}"[:128],
+            recursive=True,
+            ignore_missing=True,
+        )
+        for directory in self.compute_dirs(scan_dir):
+            delete.add_item(directory)
+        doing = f"removing input/{scan_dir} and recon/{scan_dir} on collection {collection}"
+        try:
+            with self._lock:
+                task_id = str(self.transfer_client.submit_delete(delete)["task_id"])
+        except _API_ERRORS as err:
+            raise translate(err, doing) from err
+        if wait_s <= 0:
+            return task_id
+        import time
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                with self._lock:
+                    status = str(self.transfer_client.get_task(task_id)["status"])
+            except _API_ERRORS as err:
+                raise translate(err, doing) from err
+            if status == "SUCCEEDED":
+                return None
+            if status == "FAILED" or time.monotonic() >= deadline:
+                return f"{doing}: delete task {task_id} is {status}"
+            time.sleep(2.0)
+
     # -- runs ------------------------------------------------------------------------------
 
     def start_view(self, request: ViewRequest) -> StartedRun:

@@ -192,3 +192,47 @@ def check_from_config(config: Config, *, task_timeout_s: float = 600.0) -> list[
         task_timeout_s=task_timeout_s,
     )
     return checker.run()
+
+
+def sample_run_from_config(config: Config, *, timeout_s: float = 3600.0) -> list[Any]:
+    """``check --sample-run``: one tiny view through the configured backend's flow (see
+    :mod:`flows.globus.sample_run`). On Globus the worker must have used a GPU, and the
+    compute-side copies are removed by a Transfer delete task."""
+    import shutil
+
+    from flows.globus.sample_run import SampleRun
+    from flows.launcher import make_backend
+
+    backend = make_backend(config)
+    try:
+        if config.backend == "local":
+
+            def remove_local(scan_dir: str) -> str | None:
+                for side in ("input", "recon"):
+                    shutil.rmtree(config.compute_root / side / scan_dir, ignore_errors=True)
+                return None
+
+            sample = SampleRun(
+                config,
+                backend,
+                remove_compute_copies=remove_local,
+                require_gpu=False,
+                timeout_s=timeout_s,
+                poll_interval_s=1.0,
+            )
+        else:
+            from flows.globus.backend import GlobusBackend
+
+            assert isinstance(backend, GlobusBackend)
+            sample = SampleRun(
+                config,
+                backend,
+                remove_compute_copies=lambda scan_dir: backend.remove_compute_copies(
+                    scan_dir, wait_s=300.0
+                ),
+                require_gpu=True,
+                timeout_s=timeout_s,
+            )
+        return sample.run()
+    finally:
+        backend.close()
