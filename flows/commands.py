@@ -132,6 +132,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     resume.add_argument("--config", help="config file (default ./ptychoflow.toml)")
     resume.set_defaults(handler=resume_command)
 
+    cancel = subparsers.add_parser(
+        "cancel",
+        help="cancel unfinished runs of a scan (at Globus too) and record them as cancelled",
+        description="Cancel the unfinished runs (pending, submitting, active, inactive, "
+        "unknown) of the selected scans and views: a run at Globus is cancelled there "
+        "(this command alone asks for Flows' run_manage scope), and each view is recorded "
+        "as cancelled. The watcher does not start cancelled views again; `run-flow` does.",
+    )
+    cancel.add_argument("--scan", required=True, help="scan ids or folder names: 100, 100-103")
+    cancel.add_argument(
+        "--views",
+        help="views: positions in the scan's sorted view files (0,3-5) or names "
+        "(view009 or view009.cxi); default: all unfinished views of the scan",
+    )
+    cancel.add_argument("--config", help="config file (default ./ptychoflow.toml)")
+    cancel.set_defaults(handler=cancel_command)
+
     login = subparsers.add_parser("login", help="log in to Globus (people; not the watcher)")
     login.add_argument("--config", help="config file (default ./ptychoflow.toml)")
     login.add_argument("--force", action="store_true", help="log in again even if tokens exist")
@@ -712,3 +729,66 @@ def resume_command(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     return 1 if failed else 0
+
+
+def select_rows(rows: list[Any], scan_text: str, views_text: str | None) -> list[Any]:
+    """Ledger rows of the scans in ``scan_text`` and, with ``views_text``, of those views
+    (positions in each scan's sorted view files, or names with or without suffix)."""
+    import pathlib
+
+    from flows.scans import parse_selection
+
+    scans = parse_selection(scan_text, "scan")
+    views = parse_selection(views_text, "views") if views_text else None
+    chosen = []
+    by_scan: dict[str, list[Any]] = {}
+    for row in rows:
+        if row.scan_folder in scans.names or (
+            row.scan_id is not None and scans.contains(row.scan_id)
+        ):
+            by_scan.setdefault(row.scan_folder, []).append(row)
+    for scan_rows in by_scan.values():
+        scan_rows.sort(key=lambda row: row.view_file)
+        for position, row in enumerate(scan_rows):
+            stem = pathlib.PurePosixPath(row.view_file).stem
+            if (
+                views is None
+                or views.contains(position)
+                or row.view_file in views.names
+                or stem in views.names
+            ):
+                chosen.append(row)
+    return chosen
+
+
+def cancel_command(args: argparse.Namespace) -> int:
+    from flows.globus.cancel import CANCELLABLE, cancel_rows
+    from flows.ledger import Ledger
+    from flows.terminal import printable
+
+    config = _load(args)
+    if not config.ledger.exists():
+        print(f"no runs yet (no ledger at {printable(config.ledger)})")
+        return 0
+    ledger = Ledger(config.ledger)
+    try:
+        rows = [
+            row
+            for row in select_rows(ledger.runs(), args.scan, args.views)
+            if row.status in CANCELLABLE
+        ]
+        if not rows:
+            print("nothing unfinished to cancel for --scan " + printable(args.scan))
+            return 0
+        backend = None
+        if any(row.backend == "globus" for row in rows):
+            from flows.globus.setup import open_globus_backend
+
+            backend = open_globus_backend(config, manage_runs=True, login_on_demand=True)
+        outcomes = cancel_rows(ledger, backend, rows)
+    finally:
+        ledger.close()
+    for outcome in outcomes:
+        mark = "cancelled" if outcome.cancelled else "NOT cancelled"
+        print(printable(f"{outcome.label}: {mark}: {outcome.detail}"))
+    return 0 if all(outcome.cancelled for outcome in outcomes) else 1

@@ -131,8 +131,10 @@ class GlobusBackend(Backend):
         input_builder: Callable[[ViewRequest], dict[str, Any]],
         flow_id: str | None = None,
         data_access_collections: Iterable[str] = (),
+        manage_runs: bool = False,
     ) -> GlobusBackend:
-        """Build the clients on ``app``; the flow id defaults to the deployment state's."""
+        """Build the clients on ``app``; the flow id defaults to the deployment state's.
+        ``manage_runs``: also ask for Flows' ``run_manage`` scope (``cancel`` only)."""
         flow_id = flow_id or load_state(config.state_dir).flow_id
         if not flow_id:
             raise ConfigError(
@@ -143,7 +145,7 @@ class GlobusBackend(Backend):
             config,
             flow_id=flow_id,
             input_builder=input_builder,
-            flows_client=auth.flows_client(app),
+            flows_client=auth.flows_client(app, manage_runs=manage_runs),
             run_client=auth.specific_flow_client(flow_id, app, data_access_collections=collections),
             transfer_client=auth.transfer_client(app, data_access_collections=collections),
         )
@@ -328,6 +330,17 @@ class GlobusBackend(Backend):
         try:
             with self._lock:
                 run = self.run_client.resume_run(run_id).data
+        except _API_ERRORS as err:
+            raise translate(err, doing) from err
+        return progress_from_run(run, (), self.stage_of_state)
+
+    def cancel(self, run_id: str) -> RunProgress:
+        """Cancel a run at Flows (``POST /runs/{id}/cancel``; needs ``run_manage``, so
+        build the backend with ``manage_runs``). Returns the run's status after it."""
+        doing = f"cancelling run {run_id}"
+        try:
+            with self._lock:
+                run = self.flows_client.cancel_run(run_id).data
         except _API_ERRORS as err:
             raise translate(err, doing) from err
         return progress_from_run(run, (), self.stage_of_state)

@@ -46,8 +46,13 @@ def input_builder(config: Config, function_id: str) -> Callable[[ViewRequest], d
     )
 
 
-def open_globus_backend(config: Config) -> GlobusBackend:
-    """A ready :class:`flows.globus.backend.GlobusBackend` from the config and deployment state."""
+def open_globus_backend(
+    config: Config, *, manage_runs: bool = False, login_on_demand: bool = False
+) -> GlobusBackend:
+    """A ready :class:`flows.globus.backend.GlobusBackend` from the config and deployment state.
+
+    ``manage_runs``: ask for Flows' ``run_manage`` scope too (``ptychoflow cancel``);
+    ``login_on_demand``: a person at a terminal is asked to consent to what is missing."""
     from flows.globus.auth import make_app
     from flows.globus.backend import GlobusBackend
     from flows.globus.state import load_state
@@ -65,9 +70,13 @@ def open_globus_backend(config: Config) -> GlobusBackend:
             f"nothing deployed yet (no flow/function id in {config.state_dir}): "
             "run `ptychoflow deploy` first"
         )
-    app = make_app(config)
+    app = make_app(config, login_on_demand=login_on_demand)
     return GlobusBackend.from_app(
-        config, app, input_builder=input_builder(config, state.function_id), flow_id=state.flow_id
+        config,
+        app,
+        input_builder=input_builder(config, state.function_id),
+        flow_id=state.flow_id,
+        manage_runs=manage_runs,
     )
 
 
