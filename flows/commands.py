@@ -149,6 +149,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cancel.add_argument("--config", help="config file (default ./ptychoflow.toml)")
     cancel.set_defaults(handler=cancel_command)
 
+    prune = subparsers.add_parser(
+        "prune",
+        help="remove compute-side copies of views whose results are back and verified",
+        description="Through Transfer delete tasks on the compute collection (never the "
+        "acquisition side), remove input/<id>/<view> and recon/<id>/<view>.* of views that "
+        "succeeded, whose result file here reads back whole, and that finished more than "
+        "[globus] compute_retention_days ago; a scan's folders go when all its views do. "
+        "Run it daily (cron or a systemd timer) as the watcher.",
+    )
+    prune.add_argument("--scan", help="only these scans: 100, 100-103 or flyscan100")
+    prune.add_argument(
+        "--dry-run", action="store_true", help="say what would be removed; remove nothing"
+    )
+    prune.add_argument("--config", help="config file (default ./ptychoflow.toml)")
+    prune.set_defaults(handler=prune_command)
+
     login = subparsers.add_parser("login", help="log in to Globus (people; not the watcher)")
     login.add_argument("--config", help="config file (default ./ptychoflow.toml)")
     login.add_argument("--force", action="store_true", help="log in again even if tokens exist")
@@ -536,6 +552,9 @@ run_managers = []
 data_access_collections = []
 # Your Globus subscription id: without one the flow expires 30 days after its last update.
 subscription_id = ""
+# `ptychoflow prune` removes a view's copies on the compute collection (input/<id>/,
+# recon/<id>/) this many days after its result came back and was verified here.
+compute_retention_days = 7
 """
 )
 
@@ -792,3 +811,53 @@ def cancel_command(args: argparse.Namespace) -> int:
         mark = "cancelled" if outcome.cancelled else "NOT cancelled"
         print(printable(f"{outcome.label}: {mark}: {outcome.detail}"))
     return 0 if all(outcome.cancelled for outcome in outcomes) else 1
+
+
+def prune_command(args: argparse.Namespace) -> int:
+    from flows.errors import ConfigError
+    from flows.globus import prune
+    from flows.ledger import Ledger
+    from flows.terminal import printable
+
+    config = _load(args)
+    if not config.globus.compute_collection:
+        raise ConfigError("[globus] compute_collection is not set: nothing to prune")
+    if not config.ledger.exists():
+        print(f"no runs yet (no ledger at {printable(config.ledger)})")
+        return 0
+    ledger = Ledger(config.ledger, read_only=True)
+    try:
+        rows = ledger.runs()
+    finally:
+        ledger.close()
+    if args.scan:
+        rows = select_rows(rows, args.scan, None)
+    plans = prune.plan(config, rows, prune.load_pruned(config.state_dir))
+    if not plans:
+        print("nothing to prune")
+        return 0
+    transfer = None
+    if not args.dry_run:
+        from flows.globus.auth import make_app, transfer_client
+
+        app = make_app(config)
+        transfer = transfer_client(
+            app, data_access_collections=config.globus.data_access_collections
+        )
+    failed = False
+    for scan in plans:
+        what = "folders" if scan.whole_scan else f"{len(scan.views)} view(s)"
+        if transfer is None:
+            print(printable(f"{scan.scan_folder}: would remove {what}: {', '.join(scan.paths)}"))
+            continue
+        try:
+            task_id = prune.submit(transfer, config.globus.compute_collection, scan)
+        except Exception as err:  # one scan's failure does not stop the others
+            print(printable(f"{scan.scan_folder}: not pruned: {err}"), file=sys.stderr)
+            failed = True
+            continue
+        prune.save_pruned(
+            config.state_dir, {f"{scan.scan_folder}/{view}": task_id for view in scan.views}
+        )
+        print(printable(f"{scan.scan_folder}: removing {what} (Transfer delete task {task_id})"))
+    return 1 if failed else 0

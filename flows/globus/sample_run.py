@@ -157,14 +157,14 @@ class SampleRun:
     def _check_result(self, progress: RunProgress) -> CheckLine:
         import numpy as np
 
-        from recon.errors import InputError
+        from recon.errors import InputError, InputFileNotFound
         from recon.result import read_result
 
         name = "sample result came back"
         path = self.results / f"{self.request.view}.h5"
         try:
             result = read_result(path)
-        except InputError as err:
+        except (InputError, InputFileNotFound) as err:
             return CheckLine(name, False, f"{err} (TransferOut brought back no result of ours)")
         truth = np.load(self.folder / "truth" / "view000.npz")
         problems = []
