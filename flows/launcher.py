@@ -137,7 +137,7 @@ def make_backend(config: Config) -> Backend:
     if config.backend == "globus":
         from flows.globus.setup import open_globus_backend
 
-        return open_globus_backend(config)
+        return open_globus_backend(config, starts_runs=True)
     raise ConfigError(
         f"backend = {config.backend!r} is not known; expected 'local' or 'globus'"
         + (f" (in {config.source})" if config.source else "")

@@ -46,16 +46,37 @@ def input_builder(config: Config, function_id: str) -> Callable[[ViewRequest], d
     )
 
 
+#: Why a person cannot start runs, and how to reprocess by hand (the chosen design).
+PEOPLE_START_RUNS_HINT = (
+    "runs on the globus backend are started as the watcher's confidential client: the "
+    "Compute endpoint is owned by that client and runs only its tasks, so a run started "
+    "as a person would end ReconstructFailed, and the watcher could not see it. "
+    "Reprocess on the beamline host, as the watcher's account, with its credentials in "
+    "the environment: `set -a; . /beamline/ptychoflow/credentials.env; set +a; "
+    "ptychoflow run-flow --scan 100` (see \"Reprocessing by hand\" in README.md)"
+)
+
+
 def open_globus_backend(
-    config: Config, *, manage_runs: bool = False, login_on_demand: bool = False
+    config: Config,
+    *,
+    manage_runs: bool = False,
+    login_on_demand: bool = False,
+    starts_runs: bool = False,
 ) -> GlobusBackend:
     """A ready :class:`flows.globus.backend.GlobusBackend` from the config and deployment state.
 
     ``manage_runs``: ask for Flows' ``run_manage`` scope too (``ptychoflow cancel``);
-    ``login_on_demand``: a person at a terminal is asked to consent to what is missing."""
-    from flows.globus.auth import make_app
+    ``login_on_demand``: a person at a terminal is asked to consent to what is missing;
+    ``starts_runs``: the caller starts runs (``run-flow``, the watcher, ``check
+    --sample-run``), which only the watcher's client may (:data:`PEOPLE_START_RUNS_HINT`).
+    """
+    from flows.globus.auth import confidential_credentials, make_app
     from flows.globus.backend import GlobusBackend
     from flows.globus.state import load_state
+
+    if starts_runs and confidential_credentials() is None:
+        raise ConfigError(PEOPLE_START_RUNS_HINT)
 
     _require_globus_settings(
         config,
@@ -106,6 +127,8 @@ def deploy_from_config(config: Config, *, identity_wait_s: float = 30.0) -> Any:
     """
     import dataclasses
 
+    import globus_sdk
+
     from flows.flow_input import load_definition, load_input_schema
     from flows.globus.auth import make_app, make_clients, specific_flow_client
     from flows.globus.deploy import deploy
@@ -150,7 +173,14 @@ def deploy_from_config(config: Config, *, identity_wait_s: float = 30.0) -> Any:
             "warning: no [globus] watcher_client_id: only you may start runs of this flow; "
             "set it to the watcher's client id and run `ptychoflow deploy` again"
         )
-    if identity_wait_s > 0:
+    if isinstance(app, globus_sdk.UserApp):
+        # The endpoint runs only its owner's (the watcher client's) tasks: a person's
+        # task would be refused, so the code is compared by `check`, run as the watcher.
+        messages.append(
+            "the endpoint's code is compared by `ptychoflow check`, run as the watcher "
+            "(the endpoint runs only the watcher client's tasks, not yours)"
+        )
+    elif identity_wait_s > 0:
         from flows.globus.check import endpoint_code_report
 
         messages.extend(
