@@ -53,7 +53,7 @@ PEOPLE_START_RUNS_HINT = (
     "as a person would end ReconstructFailed, and the watcher could not see it. "
     "Reprocess on the beamline host, as the watcher's account, with its credentials in "
     "the environment: `set -a; . /beamline/ptychoflow/credentials.env; set +a; "
-    "ptychoflow run-flow --scan 100` (see \"Reprocessing by hand\" in README.md)"
+    'ptychoflow run-flow --scan 100` (see "Reprocessing by hand" in README.md)'
 )
 
 
