@@ -294,6 +294,15 @@ def run_command(args: argparse.Namespace) -> int:
             started.append(folder.name)
             for outcome in outcomes:
                 print(f"{printable(outcome.label)}: {printable(_describe_outcome(outcome))}")
+            deferred = sum(outcome.action.value == "deferred" for outcome in outcomes)
+            if deferred:
+                print(
+                    f"run-flow: {folder.name}: {deferred} view(s) left pending, the backend "
+                    "is unavailable; run the same command again later (it first looks for "
+                    "any run a lost answer started)",
+                    file=sys.stderr,
+                )
+                failed = True
         # Local runs execute inside this process: wait for them, or they would die with it.
         if args.wait or backend.runs_die_with_owner:
             for name in started:
