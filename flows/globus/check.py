@@ -630,6 +630,17 @@ class DeploymentChecker:
             sleep=self._sleep,
             kwargs=task_kwargs,
         )
+        if result.answer is None and task_kwargs and "unexpected keyword" in str(result.error):
+            # An older ptychoflow on the endpoint: ask again without the folder probe, so
+            # the code line can say what runs there.
+            result = run_identity_task(
+                self.compute_client,
+                self.config.globus.compute_endpoint,
+                self.state.identity_function_id,
+                timeout_s=self.task_timeout_s,
+                poll_interval_s=self.poll_interval_s,
+                sleep=self._sleep,
+            )
         if result.answer is None:
             return CheckLine(name, False, str(result.error)), None
         host = result.answer.get("host", "?")
