@@ -29,6 +29,10 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"  #: stopped by a signal before it finished; started again next time
+    #: Unknown: the run could not be followed (a rotated secret's 401, a token error, a
+    #: 404 after the service's retention) and may still be running at Globus. Not
+    #: finished, so nothing starts the view again by itself; ``ptychoflow cancel`` ends it.
+    UNKNOWN = "unknown"
 
     @property
     def terminal(self) -> bool:
@@ -150,6 +154,12 @@ class Backend(abc.ABC):
     #: a run left ``active`` by a process that died is dead too, and a command that
     #: started runs must wait for them before it exits.
     runs_die_with_owner: bool = False
+
+    #: Seconds between two polls of one run: the first poll after a change waits the
+    #: first value, and the wait doubles up to the second while nothing changes. 0 for a
+    #: backend whose polls are cheap (local); Globus Flows asks for no more than one
+    #: request every few seconds per run.
+    poll_interval_range_s: tuple[float, float] = (0.0, 0.0)
 
     @abc.abstractmethod
     def prepare_scan(self, scan_dir: str) -> None:

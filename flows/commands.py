@@ -96,7 +96,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Against the live services, with this process's identity: tokens and "
         "consents, both collections writable, endpoint online, the functions runnable "
         "(a tiny task), the same code on the endpoint, PTYCHOFLOW_ALLOWED_ROOTS, the flow "
-        "startable, the subscription. Exit 0 only when every line is ok.",
+        "startable, the subscription, and a Transfer round trip through the compute root "
+        "that the workers read and write (Transfer's account and the workers' must share "
+        "it). With --sample-run, also one tiny simulated view through the real deployed "
+        "flow, its result verified, the worker's GPU and backend checked, and everything "
+        "removed after. Exit 0 only when every line is ok.",
     )
     check.add_argument("--config", help="config file (default ./ptychoflow.toml)")
     check.add_argument(
@@ -104,6 +108,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=600.0,
         help="seconds to wait for the test task on the endpoint (default 600)",
+    )
+    check.add_argument(
+        "--sample-run",
+        action="store_true",
+        help="also run a tiny simulated view through the deployed flow as this identity "
+        "(the watcher's: run it with its environment) and verify what comes back; on the "
+        "local backend this is the only check",
+    )
+    check.add_argument(
+        "--sample-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds to wait for the sample run, PBS queue included (default 3600)",
     )
     check.set_defaults(handler=check_command)
 
@@ -114,6 +131,39 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     resume.add_argument("--scan", help="only these scan id(s): 100, or 100-103")
     resume.add_argument("--config", help="config file (default ./ptychoflow.toml)")
     resume.set_defaults(handler=resume_command)
+
+    cancel = subparsers.add_parser(
+        "cancel",
+        help="cancel unfinished runs of a scan (at Globus too) and record them as cancelled",
+        description="Cancel the unfinished runs (pending, submitting, active, inactive, "
+        "unknown) of the selected scans and views: a run at Globus is cancelled there "
+        "(this command alone asks for Flows' run_manage scope), and each view is recorded "
+        "as cancelled. The watcher does not start cancelled views again; `run-flow` does.",
+    )
+    cancel.add_argument("--scan", required=True, help="scan ids or folder names: 100, 100-103")
+    cancel.add_argument(
+        "--views",
+        help="views: positions in the scan's sorted view files (0,3-5) or names "
+        "(view009 or view009.cxi); default: all unfinished views of the scan",
+    )
+    cancel.add_argument("--config", help="config file (default ./ptychoflow.toml)")
+    cancel.set_defaults(handler=cancel_command)
+
+    prune = subparsers.add_parser(
+        "prune",
+        help="remove compute-side copies of views whose results are back and verified",
+        description="Through Transfer delete tasks on the compute collection (never the "
+        "acquisition side), remove input/<id>/<view> and recon/<id>/<view>.* of views that "
+        "succeeded, whose result file here reads back whole, and that finished more than "
+        "[globus] compute_retention_days ago; a scan's folders go when all its views do. "
+        "Run it daily (cron or a systemd timer) as the watcher.",
+    )
+    prune.add_argument("--scan", help="only these scans: 100, 100-103 or flyscan100")
+    prune.add_argument(
+        "--dry-run", action="store_true", help="say what would be removed; remove nothing"
+    )
+    prune.add_argument("--config", help="config file (default ./ptychoflow.toml)")
+    prune.set_defaults(handler=prune_command)
 
     login = subparsers.add_parser("login", help="log in to Globus (people; not the watcher)")
     login.add_argument("--config", help="config file (default ./ptychoflow.toml)")
@@ -244,6 +294,15 @@ def run_command(args: argparse.Namespace) -> int:
             started.append(folder.name)
             for outcome in outcomes:
                 print(f"{printable(outcome.label)}: {printable(_describe_outcome(outcome))}")
+            deferred = sum(outcome.action.value == "deferred" for outcome in outcomes)
+            if deferred:
+                print(
+                    f"run-flow: {folder.name}: {deferred} view(s) left pending, the backend "
+                    "is unavailable; run the same command again later (it first looks for "
+                    "any run a lost answer started)",
+                    file=sys.stderr,
+                )
+                failed = True
         # Local runs execute inside this process: wait for them, or they would die with it.
         if args.wait or backend.runs_die_with_owner:
             for name in started:
@@ -298,7 +357,11 @@ class _TransitionPrinter:
                 self.seen[row.key] = now
                 stage = f" ({row.stage})" if row.stage and not row.status.terminal else ""
                 # An INACTIVE run waits for a person: say why and what to do.
-                reason = f": {row.error}" if row.status.value == "inactive" and row.error else ""
+                reason = (
+                    f": {row.error}"
+                    if row.status.value in ("inactive", "unknown") and row.error
+                    else ""
+                )
                 print(
                     printable(f"  {row.label}: {row.status.value}{stage}{reason}"),
                     file=sys.stderr,
@@ -498,6 +561,9 @@ run_managers = []
 data_access_collections = []
 # Your Globus subscription id: without one the flow expires 30 days after its last update.
 subscription_id = ""
+# `ptychoflow prune` removes a view's copies on the compute collection (input/<id>/,
+# recon/<id>/) this many days after its result came back and was verified here.
+compute_retention_days = 7
 """
 )
 
@@ -616,7 +682,23 @@ def check_command(args: argparse.Namespace) -> int:
     from flows.globus.setup import check_from_config
 
     config = _load(args)
-    lines = check_from_config(config, task_timeout_s=args.task_timeout)
+    sample = getattr(args, "sample_run", False)
+    if config.backend == "local" and sample:
+        from flows.globus.setup import sample_run_from_config
+
+        lines = sample_run_from_config(config, timeout_s=args.sample_timeout)
+    else:
+        lines = check_from_config(config, task_timeout_s=args.task_timeout)
+        if sample:
+            from flows.globus.check import CheckLine
+            from flows.globus.setup import sample_run_from_config
+
+            if all(line.ok for line in lines):
+                lines += sample_run_from_config(config, timeout_s=args.sample_timeout)
+            else:
+                lines.append(
+                    CheckLine("sample run", False, "not run: fix the FAIL lines above first")
+                )
     for line in lines:
         print(line.format(), flush=True)
     failed = [line for line in lines if not line.ok]
@@ -674,4 +756,117 @@ def resume_command(args: argparse.Namespace) -> int:
             failed |= progress.status in (RunStatus.INACTIVE, RunStatus.FAILED)
     finally:
         ledger.close()
+    return 1 if failed else 0
+
+
+def select_rows(rows: list[Any], scan_text: str, views_text: str | None) -> list[Any]:
+    """Ledger rows of the scans in ``scan_text`` and, with ``views_text``, of those views
+    (positions in each scan's sorted view files, or names with or without suffix)."""
+    import pathlib
+
+    from flows.scans import parse_selection
+
+    scans = parse_selection(scan_text, "scan")
+    views = parse_selection(views_text, "views") if views_text else None
+    chosen = []
+    by_scan: dict[str, list[Any]] = {}
+    for row in rows:
+        if row.scan_folder in scans.names or (
+            row.scan_id is not None and scans.contains(row.scan_id)
+        ):
+            by_scan.setdefault(row.scan_folder, []).append(row)
+    for scan_rows in by_scan.values():
+        scan_rows.sort(key=lambda row: row.view_file)
+        for position, row in enumerate(scan_rows):
+            stem = pathlib.PurePosixPath(row.view_file).stem
+            if (
+                views is None
+                or views.contains(position)
+                or row.view_file in views.names
+                or stem in views.names
+            ):
+                chosen.append(row)
+    return chosen
+
+
+def cancel_command(args: argparse.Namespace) -> int:
+    from flows.globus.cancel import CANCELLABLE, cancel_rows
+    from flows.ledger import Ledger
+    from flows.terminal import printable
+
+    config = _load(args)
+    if not config.ledger.exists():
+        print(f"no runs yet (no ledger at {printable(config.ledger)})")
+        return 0
+    ledger = Ledger(config.ledger)
+    try:
+        rows = [
+            row
+            for row in select_rows(ledger.runs(), args.scan, args.views)
+            if row.status in CANCELLABLE
+        ]
+        if not rows:
+            print("nothing unfinished to cancel for --scan " + printable(args.scan))
+            return 0
+        backend = None
+        if any(row.backend == "globus" for row in rows):
+            from flows.globus.setup import open_globus_backend
+
+            backend = open_globus_backend(config, manage_runs=True, login_on_demand=True)
+        outcomes = cancel_rows(ledger, backend, rows)
+    finally:
+        ledger.close()
+    for outcome in outcomes:
+        mark = "cancelled" if outcome.cancelled else "NOT cancelled"
+        print(printable(f"{outcome.label}: {mark}: {outcome.detail}"))
+    return 0 if all(outcome.cancelled for outcome in outcomes) else 1
+
+
+def prune_command(args: argparse.Namespace) -> int:
+    from flows.errors import ConfigError
+    from flows.globus import prune
+    from flows.ledger import Ledger
+    from flows.terminal import printable
+
+    config = _load(args)
+    if not config.globus.compute_collection:
+        raise ConfigError("[globus] compute_collection is not set: nothing to prune")
+    if not config.ledger.exists():
+        print(f"no runs yet (no ledger at {printable(config.ledger)})")
+        return 0
+    ledger = Ledger(config.ledger, read_only=True)
+    try:
+        rows = ledger.runs()
+    finally:
+        ledger.close()
+    if args.scan:
+        rows = select_rows(rows, args.scan, None)
+    plans = prune.plan(config, rows, prune.load_pruned(config.state_dir))
+    if not plans:
+        print("nothing to prune")
+        return 0
+    transfer = None
+    if not args.dry_run:
+        from flows.globus.auth import make_app, transfer_client
+
+        app = make_app(config)
+        transfer = transfer_client(
+            app, data_access_collections=config.globus.data_access_collections
+        )
+    failed = False
+    for scan in plans:
+        what = "folders" if scan.whole_scan else f"{len(scan.views)} view(s)"
+        if transfer is None:
+            print(printable(f"{scan.scan_folder}: would remove {what}: {', '.join(scan.paths)}"))
+            continue
+        try:
+            task_id = prune.submit(transfer, config.globus.compute_collection, scan)
+        except Exception as err:  # one scan's failure does not stop the others
+            print(printable(f"{scan.scan_folder}: not pruned: {err}"), file=sys.stderr)
+            failed = True
+            continue
+        prune.save_pruned(
+            config.state_dir, {f"{scan.scan_folder}/{view}": task_id for view in scan.views}
+        )
+        print(printable(f"{scan.scan_folder}: removing {what} (Transfer delete task {task_id})"))
     return 1 if failed else 0

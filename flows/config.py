@@ -53,6 +53,9 @@ class GlobusSettings:
     ``login`` and ``deploy`` request; never guest collections."""
     subscription_id: str = ""
     """Globus subscription the flow is created under (without one it expires in 30 days)."""
+    compute_retention_days: float = 7.0
+    """``ptychoflow prune`` removes a view's compute-side copies (``input/<id>/<view>``,
+    ``recon/<id>/<view>.*``) this many days after its result came back and was verified."""
 
 
 @dataclasses.dataclass
@@ -311,7 +314,17 @@ def _check_value(key: str, value: Any, where: str) -> None:
 
 
 def _check_globus_value(key: str, value: Any, where: str) -> None:
-    if key in ("run_monitors", "run_managers", "flow_starters", "data_access_collections"):
+    if key == "compute_retention_days":
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ConfigError(
+                f"{where}: [globus] {key} = {_show(value)}: expected a number of days >= 0, e.g. 7"
+            )
+    elif key in ("run_monitors", "run_managers", "flow_starters", "data_access_collections"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(
                 f"{where}: [globus] {key} = {_show(value)}: expected a list of strings in "

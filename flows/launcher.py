@@ -7,7 +7,19 @@ file name), create the compute-side folder pair once
 run id (``active``). A view that is already running or done is skipped; a view
 that cannot start (unreadable file, backend error) is recorded as failed with
 its reason and the other views go on. Transient backend errors are retried with
-exponential backoff, asking the backend first whether the run exists after all.
+exponential backoff for minutes, asking the backend whether the run exists after all
+before and after each wait (:data:`DEFAULT_START_RETRY`: a slow 504 may have started
+it). When the backend stays unavailable, the view is *deferred*: its row stays
+``pending`` (or ``submitting`` when a start was sent), the scan is not marked handed
+over, and the next pass (the watcher's, or the next ``run-flow``) takes it up again;
+nothing is recorded as failed for an outage.
+
+Runs in flight are polled on a per-run schedule (:attr:`Backend.poll_interval_range_s`:
+for Globus every 15 s after a change, backing off to 60 s). A run that cannot be
+followed for a reason other than an outage (401, token error, 404 after retention)
+becomes ``unknown``: it may still run at Globus, so it is never started again by
+itself. INACTIVE and unknown runs do not hold concurrency slots: they use no compute,
+and 64 of them must not stop the watcher.
 
 ``Launcher.recover`` picks up rows left behind by a process that died (see
 :mod:`flows.ledger`); ``Launcher.wait`` polls until a scan's runs have finished.
@@ -65,6 +77,7 @@ class ViewAction(StrEnum):
     SKIPPED = "skipped"  #: the ledger shows it running or done; nothing was started
     FAILED = "failed"  #: it could not be started; ``error`` says why
     INTERRUPTED = "interrupted"  #: a stop was requested before it was reached
+    DEFERRED = "deferred"  #: the backend is unavailable; left pending for the next pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +117,15 @@ class RetryPolicy:
         ]
 
 
-#: The retry policy used unless one is given.
-DEFAULT_RETRY = RetryPolicy()
+#: The retry policy of idempotent backend calls (creating folders, searching runs):
+#: about three minutes (2, 4, ... 60 s) before the backend counts as unavailable.
+DEFAULT_RETRY = RetryPolicy(attempts=8, first_delay_s=2.0, factor=2.0, max_delay_s=60.0)
+
+#: The retry policy of starting a run: a start that timed out (a slow 504) may still
+#: create the run at the service, and its run only shows in the run list some time
+#: later, so the first re-post waits 30 s, looking for the run before and after each
+#: wait; about seven minutes in all (30, 60, 120, 120, 120 s).
+DEFAULT_START_RETRY = RetryPolicy(attempts=6, first_delay_s=30.0, factor=2.0, max_delay_s=120.0)
 
 
 def make_backend(config: Config) -> Backend:
@@ -117,10 +137,21 @@ def make_backend(config: Config) -> Backend:
     if config.backend == "globus":
         from flows.globus.setup import open_globus_backend
 
-        return open_globus_backend(config)
+        return open_globus_backend(config, starts_runs=True)
     raise ConfigError(
         f"backend = {config.backend!r} is not known; expected 'local' or 'globus'"
         + (f" (in {config.source})" if config.source else "")
+    )
+
+
+def unknown_run_text(run_id: str, err: BaseException) -> str:
+    """What ``status`` says about a run that can no longer be followed."""
+    return (
+        f"unknown, run still at Globus: cannot follow run {run_id}: {describe_error(err)}; "
+        "the run may still be going. Fix: a 401 or token error: put the watcher's current "
+        "client secret in its environment and run `ptychoflow login --force`; a 404: the "
+        "run is gone (past retention), look for its result; `ptychoflow cancel --scan N "
+        "--views V` ends it, after which run-flow may start the view again"
     )
 
 
@@ -136,6 +167,9 @@ class Launcher:
 
     ``stop_event``: when set, ``start_scan`` finishes the view it is submitting and
     returns; the views it did not reach stay unclaimed (a later start picks them up).
+    ``retry``: backoff of idempotent calls; ``start_retry``: backoff of starting a run
+    (default :data:`DEFAULT_START_RETRY`, or ``retry`` when only that is given).
+    ``clock``: monotonic seconds, for the polling schedule.
     """
 
     def __init__(
@@ -145,21 +179,36 @@ class Launcher:
         ledger: Ledger,
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
+        start_retry: RetryPolicy | None = None,
         poll_interval_s: float = 1.0,
         stop_event: threading.Event | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.config = config
         self.backend = backend
         self.ledger = ledger
         self.retry = retry
+        if start_retry is None:
+            start_retry = DEFAULT_START_RETRY if retry is DEFAULT_RETRY else retry
+        self.start_retry = start_retry
         self.poll_interval_s = poll_interval_s
         self.stop_event = stop_event or threading.Event()
         self._sleep = sleep
+        self._clock = clock
         #: Runs this launcher started or adopted and has not seen finish:
         #: (scan folder, view file) -> run id.
         self.in_flight: dict[tuple[str, str], str] = {}
         self._refresh_pass: collections.deque[tuple[str, str]] = collections.deque()
+        #: Views left unsubmitted because the backend was unavailable -> why. Their rows
+        #: stay pending/submitting, owned by this process; the next start takes them up.
+        self.deferred: dict[tuple[str, str], str] = {}
+        #: Set while the backend is unavailable within one ``start_scan`` pass.
+        self._outage: str | None = None
+        #: Polling schedule: key -> (next poll time, current interval).
+        self._next_poll: dict[tuple[str, str], tuple[float, float]] = {}
+        #: The last status seen per run in flight (slots count only ACTIVE ones).
+        self._last_status: dict[tuple[str, str], RunStatus] = {}
 
     # -- starting ------------------------------------------------------------------------------
 
@@ -207,6 +256,7 @@ class Launcher:
         outcomes: list[ViewOutcome] = []
         prepared = False
         prepare_error: str | None = None
+        self._outage = None  # each pass tries the backend again
         for file_name in selected:
             request = ViewRequest(
                 scan_id=scan.scan_id,
@@ -221,8 +271,12 @@ class Launcher:
                     ViewOutcome(folder, request.view_file, ViewAction.INTERRUPTED, None)
                 )
                 continue
-            if not self.ledger.claim(request, self.backend.name, force=force):
+            resumed = (request.scan_folder, request.view_file) in self.deferred
+            if not resumed and not self.ledger.claim(request, self.backend.name, force=force):
                 outcomes.append(self._outcome(request, ViewAction.SKIPPED))
+                continue
+            if self._outage is not None:
+                outcomes.append(self._defer(request, self._outage))
                 continue
             if request.view_file != file_name:
                 outcomes.append(
@@ -256,6 +310,13 @@ class Launcher:
                         f"{folder}: creating input/{scan_dir} and recon/{scan_dir}",
                     )
                     prepared = True
+                except TransientBackendError as err:  # an outage: try again next pass
+                    self._outage = (
+                        f"backend {self.backend.name} unavailable while creating "
+                        f"input/{scan_dir} and recon/{scan_dir}: {describe_error(err)}"
+                    )
+                    outcomes.append(self._defer(request, self._outage))
+                    continue
                 except Exception as err:  # every failure is recorded, none stops the rest
                     prepare_error = (
                         f"{folder}: could not create the compute-side folders "
@@ -274,19 +335,40 @@ class Launcher:
             outcomes.append(self._submit(request))
         if prepare_error is not None:
             raise LaunchError(prepare_error)
-        if not self.stop_event.is_set():
+        if not self.stop_event.is_set() and not any(
+            outcome.action is ViewAction.DEFERRED for outcome in outcomes
+        ):
             self.ledger.scan_submitted(folder)
         return outcomes
 
+    def _defer(self, request: ViewRequest, reason: str) -> ViewOutcome:
+        """Leave a claimed view for the next pass: its row stays pending (submitting when
+        a start may have reached the backend), with ``reason`` shown by ``status``."""
+        key = (request.scan_folder, request.view_file)
+        record = self.ledger.get(*key)
+        status = record.status if record is not None else RunStatus.PENDING
+        if status not in (RunStatus.PENDING, RunStatus.SUBMITTING):
+            status = RunStatus.PENDING
+        text = f"{reason}; left {status.value}, tried again on the next pass"
+        self.ledger.update_progress(*key, RunProgress(status, error=text))
+        self.deferred[key] = text
+        log.warning("%s deferred: %s", request.label, text)
+        return ViewOutcome(
+            request.scan_folder, request.view_file, ViewAction.DEFERRED, status, error=text
+        )
+
     def _submit(self, request: ViewRequest) -> ViewOutcome:
         """Hand a claimed (pending) request to the backend and record the result."""
+        key = (request.scan_folder, request.view_file)
+        before = self.ledger.get(*key)
+        sent_before = before is not None and before.status is RunStatus.SUBMITTING
         self.ledger.mark_submitting(request.scan_folder, request.view_file)
         claimed = self.ledger.get(request.scan_folder, request.view_file)
         if claimed is not None and claimed.attempt != request.attempt:
             request = dataclasses.replace(request, attempt=claimed.attempt)  # tagged on the run
         adopted: list[StartedRun] = []
 
-        def look_before_retrying(_err: TransientBackendError) -> StartedRun | None:
+        def look(_err: TransientBackendError | None = None) -> StartedRun | None:
             # The request may have reached the backend before the error: look first.
             try:
                 existing = self.backend.find_run(request)
@@ -296,16 +378,24 @@ class Launcher:
                 adopted.append(existing)
             return existing
 
+        self.deferred.pop(key, None)
+        if sent_before:  # an earlier pass sent a start whose answer was lost
+            found = look()
+            if found is not None:
+                return self._record_started(request, found, ViewAction.ADOPTED)
         try:
             started = self._with_retry(
-                lambda: self.backend.start_view(request), request.label, look_before_retrying
+                lambda: self.backend.start_view(request),
+                request.label,
+                look,
+                policy=self.start_retry,
             )
         except TransientBackendError as err:
-            return self._fail(
-                request,
-                f"backend {self.backend.name} still unavailable after "
-                f"{self.retry.attempts} attempts: {describe_error(err)}",
+            self._outage = (
+                f"backend {self.backend.name} unavailable for {self.start_retry.attempts} "
+                f"attempts: {describe_error(err)}"
             )
+            return self._defer(request, self._outage)
         except Exception as err:  # recorded with its reason; other views go on
             return self._fail(request, describe_error(err))
         action = ViewAction.ADOPTED if adopted else ViewAction.STARTED
@@ -315,7 +405,7 @@ class Launcher:
         self, request: ViewRequest, started: StartedRun, action: ViewAction
     ) -> ViewOutcome:
         self.ledger.mark_started(request.scan_folder, request.view_file, started)
-        self.in_flight[(request.scan_folder, request.view_file)] = started.run_id
+        self._follow((request.scan_folder, request.view_file), started.run_id)
         log.info(
             "%s %s: run %s%s",
             request.label,
@@ -361,12 +451,15 @@ class Launcher:
         call: Callable[[], T],
         what: str,
         instead_of_retry: Callable[[TransientBackendError], T | None] | None = None,
+        *,
+        policy: RetryPolicy | None = None,
     ) -> T:
         """``call()``, retried with backoff on :class:`TransientBackendError` (the one retry
-        loop of the launcher). Before each retry ``instead_of_retry(err)`` may return a
-        value to use instead (e.g. a run found to exist after all). The last error is
-        raised when every attempt failed."""
-        delays = self.retry.delays()
+        loop of the launcher). Before and after each wait ``instead_of_retry(err)`` may
+        return a value to use instead (e.g. a run found to exist after all: one looked
+        for just after a timeout may not be listed yet). The last error is raised when
+        every attempt failed."""
+        delays = (policy or self.retry).delays()
         for attempt in range(len(delays) + 1):
             try:
                 return call()
@@ -384,13 +477,23 @@ class Launcher:
                     delays[attempt],
                 )
                 self._sleep(delays[attempt])
+                if instead_of_retry is not None:
+                    found = instead_of_retry(err)
+                    if found is not None:
+                        return found
         raise AssertionError("unreachable")
 
+    def slots_taken(self) -> int:
+        """Runs in flight that hold a concurrency slot: all but INACTIVE and unknown ones
+        (they use no compute while they wait for a person; see the module docstring)."""
+        idle = (RunStatus.INACTIVE, RunStatus.UNKNOWN)
+        return sum(1 for key in self.in_flight if self._last_status.get(key) not in idle)
+
     def _wait_for_slot(self) -> None:
-        """Block until fewer than ``config.concurrency`` runs are in flight."""
-        while len(self.in_flight) >= self.config.concurrency and not self.stop_event.is_set():
+        """Block until fewer than ``config.concurrency`` runs hold a slot."""
+        while self.slots_taken() >= self.config.concurrency and not self.stop_event.is_set():
             self.refresh()
-            if len(self.in_flight) >= self.config.concurrency:
+            if self.slots_taken() >= self.config.concurrency:
                 self._sleep(self.poll_interval_s)
 
     # -- following -----------------------------------------------------------------------------
@@ -410,21 +513,71 @@ class Launcher:
                 return False
             key = self._refresh_pass.popleft()
             run_id = self.in_flight.get(key)
-            if run_id is None:
+            if run_id is None or not self._due(key):
                 continue
-            progress = self._poll(*key, run_id)
-            if progress is None:
-                continue
-            record = self.ledger.update_progress(*key, progress)
-            if record.status.terminal:
-                del self.in_flight[key]
-                log.info(
-                    "%s %s%s",
-                    record.label,
-                    record.status.value,
-                    f": {record.error}" if record.error else "",
-                )
+            self._poll_and_record(key, run_id)
         return True
+
+    def _follow(self, key: tuple[str, str], run_id: str) -> None:
+        """Start following a run: first poll after the shortest interval."""
+        self.in_flight[key] = run_id
+        self._last_status[key] = RunStatus.ACTIVE
+        first = self.backend.poll_interval_range_s[0]
+        self._next_poll[key] = (self._clock() + first, first)
+
+    def _due(self, key: tuple[str, str]) -> bool:
+        """True when the run's next poll is due (always on backends with no schedule)."""
+        when = self._next_poll.get(key)
+        return when is None or self._clock() >= when[0]
+
+    def _schedule(self, key: tuple[str, str], changed: bool) -> None:
+        """The next poll: the shortest interval after a change, else twice the last one
+        (at most the longest)."""
+        shortest, longest = self.backend.poll_interval_range_s
+        _, interval = self._next_poll.get(key, (0.0, shortest))
+        interval = shortest if changed else min(longest, max(shortest, 2 * interval))
+        self._next_poll[key] = (self._clock() + interval, interval)
+
+    def _poll_and_record(self, key: tuple[str, str], run_id: str) -> RunRecord | None:
+        """Poll one run, record what changed, log the changes a person must see."""
+        before = self.ledger.get(*key)
+        progress = self._poll(*key, run_id)
+        if progress is None:
+            self._schedule(key, changed=False)
+            return None
+        record = self.ledger.update_progress(*key, progress)
+        previous = before.status if before is not None else None
+        changed = previous is not record.status or (
+            before is not None and before.stage != record.stage
+        )
+        self._last_status[key] = record.status
+        if record.status.terminal:
+            self.in_flight.pop(key, None)
+            self._next_poll.pop(key, None)
+            self._last_status.pop(key, None)
+            log.info(
+                "%s %s%s",
+                record.label,
+                record.status.value,
+                f": {record.error}" if record.error else "",
+            )
+            return record
+        if record.status is not previous and record.status in (
+            RunStatus.INACTIVE,
+            RunStatus.UNKNOWN,
+        ):
+            log.warning(
+                "%s is %s (run %s%s): %s",
+                record.label,
+                record.status.value,
+                run_id,
+                f", {record.web_url}" if record.web_url else "",
+                record.error,
+            )
+        elif previous in (RunStatus.INACTIVE, RunStatus.UNKNOWN) and record.status is not previous:
+            log.warning("%s is %s again (run %s)", record.label, record.status.value, run_id)
+        self._schedule(key, changed)
+        return record
 
     def _poll(self, scan_folder: str, view_file: str, run_id: str) -> RunProgress | None:
         try:
@@ -433,9 +586,13 @@ class Launcher:
             log.warning("%s/%s: poll of run %s failed (%s)", scan_folder, view_file, run_id, err)
             return None
         except Exception as err:
-            return RunProgress(
-                RunStatus.FAILED, error=f"cannot follow run {run_id}: {describe_error(err)}"
-            )
+            if self.backend.runs_die_with_owner:  # a local run that cannot be read is lost
+                return RunProgress(
+                    RunStatus.FAILED, error=f"cannot follow run {run_id}: {describe_error(err)}"
+                )
+            # The run lives at the service and may still be running there: never "failed",
+            # which a later run-flow would start again (twice).
+            return RunProgress(RunStatus.UNKNOWN, error=unknown_run_text(run_id, err))
 
     def wait(
         self,
@@ -461,26 +618,30 @@ class Launcher:
                 key = row.key
                 if (
                     shared
-                    and row.status in (RunStatus.ACTIVE, RunStatus.INACTIVE)
+                    and row.status in (RunStatus.ACTIVE, RunStatus.INACTIVE, RunStatus.UNKNOWN)
                     and row.run_id
                     and key not in self.in_flight
                     and row.backend == self.backend.name
+                    and self._due(key)
                 ):
-                    progress = self._poll(*key, row.run_id)
-                    if progress is not None:
-                        self.ledger.update_progress(*key, progress)
+                    self._poll_and_record(key, row.run_id)
             rows = self.ledger.runs(folder)
             if progress_callback is not None:
                 progress_callback(rows)
-            if all(row.status.terminal for row in rows) or self.stop_event.is_set():
+            if (
+                all(row.status.terminal or row.key in self.deferred for row in rows)
+                or self.stop_event.is_set()
+            ):
                 return rows
             if deadline is not None and time.monotonic() > deadline:
                 unfinished = [r.label for r in rows if not r.status.terminal]
                 raise TimeoutError(f"runs still unfinished after {timeout_s} s: {unfinished}")
             waiting_on = next(iter(self.in_flight.values()), None)
             if (
-                waiting_on is not None and self._sleep is time.sleep
-            ):  # not when a test injects sleep
+                waiting_on is not None
+                and self.backend.runs_die_with_owner  # told when a run ends; Globus polls
+                and self._sleep is time.sleep  # not when a test injects sleep
+            ):
                 # Returns as soon as that run ends on backends that are told (local).
                 try:
                     self.backend.wait(waiting_on, interval)
@@ -514,12 +675,13 @@ class Launcher:
                 record.attempt,
                 record.owner.pid,
             )
-            if record.status in (RunStatus.ACTIVE, RunStatus.INACTIVE):
+            if record.status in (RunStatus.ACTIVE, RunStatus.INACTIVE, RunStatus.UNKNOWN):
                 if self.backend.runs_die_with_owner:
                     self.ledger.restart(*record.key)
                 else:
                     assert record.run_id is not None
-                    self.in_flight[record.key] = record.run_id
+                    self._follow(record.key, record.run_id)
+                    self._last_status[record.key] = record.status
                     outcomes.append(self._outcome(request, ViewAction.ADOPTED))
                     continue
             elif record.status is RunStatus.SUBMITTING:
@@ -528,6 +690,15 @@ class Launcher:
                         functools.partial(self.backend.find_run, request),
                         f"{request.label}: find_run",
                     )
+                except TransientBackendError as err:  # an outage: look again next pass
+                    outcomes.append(
+                        self._defer(
+                            request,
+                            f"backend {self.backend.name} unavailable while looking for "
+                            f"its run: {describe_error(err)}",
+                        )
+                    )
+                    continue
                 except Exception as err:
                     outcomes.append(self._fail(request, describe_error(err)))
                     continue
@@ -543,6 +714,8 @@ class Launcher:
         (or failed as a whole) and every view file now in it has a ledger row. A view
         file that arrived after the scan was started makes it False again, so the
         watcher hands the scan over once more and just the new view starts."""
+        if any(key[0] == folder for key in self.deferred):
+            return False  # views left for the next pass (the backend was unavailable)
         record = self.ledger.scan(folder)
         if record is None or record.status is ScanState.SEEN:
             return False

@@ -75,7 +75,13 @@ T = TypeVar("T")
 SCHEMA_VERSION = 2
 
 #: States in which a run must not be started again (unless forced, for succeeded).
-_UNFINISHED = (RunStatus.PENDING, RunStatus.SUBMITTING, RunStatus.ACTIVE, RunStatus.INACTIVE)
+_UNFINISHED = (
+    RunStatus.PENDING,
+    RunStatus.SUBMITTING,
+    RunStatus.ACTIVE,
+    RunStatus.INACTIVE,
+    RunStatus.UNKNOWN,  # may still run at Globus: never claimed again by itself
+)
 
 #: The command that repairs a damaged or lost ledger (named in error messages).
 RECOVERY_HINT = (

@@ -1,9 +1,13 @@
 """The Globus Compute function the flow's Reconstruct state calls.
 
 Registered with Globus Compute and run on the endpoint's workers (Polaris, or
-the local engine). Globus Compute serializes the function itself, so the body
-is self-contained: every import is inside it and it reads no module globals.
-Paths and options in, a small JSON summary out; one call into ``recon``.
+the local engine). Globus Compute's default code serializer (``DillCode``) ships a
+module-level function *by reference*: the endpoint imports
+``functions.reconstruct.reconstruct_view`` from the ptychoflow installed in its own
+environment, so that installation must match this one (``ptychoflow deploy`` and
+``ptychoflow check`` compare the code hash). The body still imports inside itself and
+reads no module globals, so it also runs if shipped by value. Paths and options in, a
+small JSON summary out; one call into ``recon``.
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ def reconstruct_view(
         ``devices`` (device ordinals used), ``backend`` (``numpy``/``cupy``),
         ``host``, ``input``, ``gpus`` (GPU ids claimed on the node; empty on CPU),
         ``seconds`` ({``load``, ``solve``, ``write``, ``gpu_wait``, ``total``}),
-        ``ptychoflow_version`` and ``code_hash`` (:mod:`functions.code_identity`).
+        ``ptychoflow_version`` and ``code_hash`` (:mod:`functions.code_identity`), and
+        ``worker`` (:func:`functions.code_identity.worker_identity`: uid, the GPU the
+        worker was given in ``CUDA_VISIBLE_DEVICES``, CuPy and CUDA driver versions).
 
     Raises
     ------
@@ -79,7 +85,7 @@ def reconstruct_view(
     import time
 
     from functions.allowed_roots import allowed_roots, confined
-    from functions.code_identity import code_identity
+    from functions.code_identity import code_identity, worker_identity
     from functions.gpu_lock import DEFAULT_STATE_PATH, STATE_PATH_ENV, GpuPool, choose_gpu_count
     from recon.backend import is_cupy, resolve_backend
     from recon.cxi import peek_view_shape
@@ -151,6 +157,7 @@ def reconstruct_view(
     summary = dict(result)
     summary.update(host=socket.gethostname(), input=str(source), gpus=list(gpus))
     summary.update(code_identity())  # ptychoflow_version, code_hash: what ran on the endpoint
+    summary["worker"] = worker_identity()  # who ran it, on which GPU
     summary["seconds"] = {
         **dict(result.get("seconds") or {}),
         "gpu_wait": gpu_wait,

@@ -37,7 +37,7 @@ log = logging.getLogger("ptychoflow.portal")
 #: cancelled one (stopped by a signal; started again next time) as failed with its reason.
 STATES: dict[str, tuple[RunStatus, ...]] = {
     "queued": (RunStatus.PENDING, RunStatus.SUBMITTING),
-    "running": (RunStatus.ACTIVE, RunStatus.INACTIVE),
+    "running": (RunStatus.ACTIVE, RunStatus.INACTIVE, RunStatus.UNKNOWN),
     "succeeded": (RunStatus.SUCCEEDED,),
     "failed": (RunStatus.FAILED, RunStatus.CANCELLED),
 }
@@ -80,6 +80,9 @@ class ViewRow:
     updated_at: float
     recon: dict[str, Any]
     output: dict[str, Any] | None
+    status: str = ""
+    """The ledger status; ``inactive`` (waits for a person) and ``unknown`` (cannot be
+    followed, may still run at Globus) are shown beside the state with the reason."""
 
     @property
     def label(self) -> str:
@@ -157,6 +160,7 @@ def _view_row(record: RunRecord) -> ViewRow:
         updated_at=record.updated_at,
         recon=dict(record.recon or {}),
         output=record.output,
+        status=record.status.value,
     )
 
 

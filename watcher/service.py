@@ -386,6 +386,11 @@ class WatcherService:
                 continue
             for outcome in outcomes:
                 log.info("recovered %s: %s", outcome.label, outcome.action.value)
+                if outcome.action is ViewAction.DEFERRED:  # the backend is unavailable
+                    self._retry_later(
+                        self.config.acquisition_root / outcome.scan_folder,
+                        outcome.error or "backend unavailable",
+                    )
             return
 
     def _ledger_busy(self, err: BaseException) -> str:
@@ -575,6 +580,9 @@ class WatcherService:
         counts = {action: 0 for action in ViewAction}
         for outcome in outcomes:
             counts[outcome.action] += 1
+        if counts[ViewAction.DEFERRED]:  # the backend is unavailable: this scan again later
+            deferred = next(o for o in outcomes if o.action is ViewAction.DEFERRED)
+            self._retry_later(scan_path, deferred.error or "backend unavailable")
         log.info(
             "%s: %s",
             scan_path.name,

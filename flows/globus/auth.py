@@ -56,13 +56,17 @@ CONFIDENTIAL_CLIENT_VARIABLES = (
 )
 NATIVE_CLIENT_VARIABLE = "PTYCHOFLOW_NATIVE_CLIENT_ID"
 
-#: Flows scopes this project needs: create/update/validate its flow, read flows,
-#: and read run status and logs. Starting a run needs the flow's own scope.
+#: Flows scopes every identity needs: read flows, read run status and logs (and
+#: search runs). Starting a run needs the flow's own scope. Least privilege: the
+#: watcher's client asks for nothing more.
 FLOWS_APP_SCOPES: list[Scope] = [
-    FlowsScopes.manage_flows,
     FlowsScopes.view_flows,
     FlowsScopes.run_status,
 ]
+#: Asked for by people only (a ``UserApp``): ``deploy`` creates and updates the flow.
+FLOWS_DEPLOY_SCOPES: list[Scope] = [FlowsScopes.manage_flows]
+#: Asked for only by ``ptychoflow cancel`` (``POST /runs/{id}/cancel``).
+FLOWS_CANCEL_SCOPES: list[Scope] = [FlowsScopes.run_manage]
 
 
 def confidential_credentials(environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
@@ -173,11 +177,24 @@ def _client_auth(app: globus_sdk.GlobusApp | None, authorizer: Any) -> dict[str,
 
 
 def flows_client(
-    app: globus_sdk.GlobusApp | None = None, *, authorizer: Any = None
+    app: globus_sdk.GlobusApp | None = None,
+    *,
+    authorizer: Any = None,
+    manage_runs: bool = False,
 ) -> globus_sdk.FlowsClient:
-    """Flows service client (deploy, run status, run logs, run search)."""
+    """Flows service client (run status, run logs, run search; deploy for people).
+
+    Scopes: :data:`FLOWS_APP_SCOPES` for everyone; ``manage_flows`` only on a person's
+    ``UserApp`` (``deploy``), never on the watcher's ``ClientApp``; ``run_manage``
+    only with ``manage_runs`` (``ptychoflow cancel``).
+    """
     if app is not None and authorizer is None:
-        return globus_sdk.FlowsClient(app=app, app_scopes=list(FLOWS_APP_SCOPES))
+        scopes = list(FLOWS_APP_SCOPES)
+        if isinstance(app, globus_sdk.UserApp):
+            scopes += FLOWS_DEPLOY_SCOPES
+        if manage_runs:
+            scopes += FLOWS_CANCEL_SCOPES
+        return globus_sdk.FlowsClient(app=app, app_scopes=scopes)
     return globus_sdk.FlowsClient(**_client_auth(app, authorizer))
 
 
@@ -257,7 +274,7 @@ def make_clients(
 ) -> GlobusClients:
     """Build every client on ``app``, which registers every scope the project needs.
 
-    Flows (manage_flows, view_flows, run_status), Transfer (all, plus
+    Flows (view_flows, run_status; manage_flows for people), Transfer (all, plus
     ``data_access`` for the listed mapped collections), Compute (all) and, once
     a flow is deployed, the flow's own scope for starting runs. Call
     ``app.login()`` after this (``ptychoflow login``) and one login covers them all.

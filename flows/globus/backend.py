@@ -90,6 +90,9 @@ class GlobusBackend(Backend):
     """
 
     name = "globus"
+    #: Each run is polled at most every 15 s, backing off to 60 s while nothing changes
+    #: (a long compute); its log is read only when its status changed.
+    poll_interval_range_s = (15.0, 60.0)
 
     def __init__(
         self,
@@ -116,6 +119,8 @@ class GlobusBackend(Backend):
         self.stage_of_state = dict(stage_of_state)
         self._lock = threading.RLock()
         self._made_dirs: set[str] = set()
+        #: run id -> (status, stage seconds, stage) from its log, read when the status changed.
+        self._log_cache: dict[str, tuple[str, dict[str, float], str | None]] = {}
 
     @classmethod
     def from_app(
@@ -126,8 +131,10 @@ class GlobusBackend(Backend):
         input_builder: Callable[[ViewRequest], dict[str, Any]],
         flow_id: str | None = None,
         data_access_collections: Iterable[str] = (),
+        manage_runs: bool = False,
     ) -> GlobusBackend:
-        """Build the clients on ``app``; the flow id defaults to the deployment state's."""
+        """Build the clients on ``app``; the flow id defaults to the deployment state's.
+        ``manage_runs``: also ask for Flows' ``run_manage`` scope (``cancel`` only)."""
         flow_id = flow_id or load_state(config.state_dir).flow_id
         if not flow_id:
             raise ConfigError(
@@ -138,7 +145,7 @@ class GlobusBackend(Backend):
             config,
             flow_id=flow_id,
             input_builder=input_builder,
-            flows_client=auth.flows_client(app),
+            flows_client=auth.flows_client(app, manage_runs=manage_runs),
             run_client=auth.specific_flow_client(flow_id, app, data_access_collections=collections),
             transfer_client=auth.transfer_client(app, data_access_collections=collections),
         )
@@ -178,6 +185,43 @@ class GlobusBackend(Backend):
             raise translate(err, doing) from err
         self._made_dirs.add(path)
 
+    def remove_compute_copies(self, scan_dir: str, *, wait_s: float = 0.0) -> str | None:
+        """Remove ``input/<scan_dir>`` and ``recon/<scan_dir>`` on the compute collection
+        with one Transfer delete task (recursive; missing folders ignored). Never touches
+        the acquisition collection. Returns the task id, or, with ``wait_s``, None once it
+        succeeded (a sentence when it did not finish in time or failed)."""
+        collection = self.config.globus.compute_collection
+        delete = globus_sdk.DeleteData(
+            endpoint=collection,
+            label=f"ptychoflow remove {scan_dir}"[:128],
+            recursive=True,
+            ignore_missing=True,
+        )
+        for directory in self.compute_dirs(scan_dir):
+            delete.add_item(directory)
+        doing = f"removing input/{scan_dir} and recon/{scan_dir} on collection {collection}"
+        try:
+            with self._lock:
+                task_id = str(self.transfer_client.submit_delete(delete)["task_id"])
+        except _API_ERRORS as err:
+            raise translate(err, doing) from err
+        if wait_s <= 0:
+            return task_id
+        import time
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                with self._lock:
+                    status = str(self.transfer_client.get_task(task_id)["status"])
+            except _API_ERRORS as err:
+                raise translate(err, doing) from err
+            if status == "SUCCEEDED":
+                return None
+            if status == "FAILED" or time.monotonic() >= deadline:
+                return f"{doing}: delete task {task_id} is {status}"
+            time.sleep(2.0)
+
     # -- runs ------------------------------------------------------------------------------
 
     def start_view(self, request: ViewRequest) -> StartedRun:
@@ -208,15 +252,32 @@ class GlobusBackend(Backend):
         return StartedRun(run_id=str(run_id), web_url=run_web_url(str(run_id)))
 
     def poll(self, run_id: str) -> RunProgress:
-        """The run's status, current stage and per-stage seconds (two requests)."""
+        """The run's status, current stage and per-stage seconds.
+
+        One request (``GET /runs/{id}``) while the status stays the same; the run log
+        (per-stage times) is read again only when the status changed, and once more when
+        the run ended.
+        """
         doing = f"reading the status of run {run_id}"
         try:
             with self._lock:
                 run = self.flows_client.get_run(run_id).data
-                events = list(self._run_log_events(run_id))
+                status = str(run.get("status", "")).upper()
+                cached = self._log_cache.get(run_id)
+                if cached is None or cached[0] != status:
+                    events = list(self._run_log_events(run_id))
+                    seconds, running = stage_times(events, self.stage_of_state)
+                    self._log_cache[run_id] = (status, seconds, running)
+                _, seconds, running = self._log_cache[run_id]
         except _API_ERRORS as err:
             raise translate(err, doing) from err
-        return progress_from_run(run, events, self.stage_of_state)
+        progress = progress_from_run(run, (), self.stage_of_state)
+        progress.stage_seconds = dict(seconds)
+        if not progress.status.terminal:
+            progress.stage = _state_stage(run, self.stage_of_state) or running
+        else:
+            self._log_cache.pop(run_id, None)
+        return progress
 
     def _run_log_events(self, run_id: str) -> Iterator[dict[str, Any]]:
         pages = self.flows_client.paginated.get_run_logs(run_id, limit=100)
@@ -273,6 +334,17 @@ class GlobusBackend(Backend):
             raise translate(err, doing) from err
         return progress_from_run(run, (), self.stage_of_state)
 
+    def cancel(self, run_id: str) -> RunProgress:
+        """Cancel a run at Flows (``POST /runs/{id}/cancel``; needs ``run_manage``, so
+        build the backend with ``manage_runs``). Returns the run's status after it."""
+        doing = f"cancelling run {run_id}"
+        try:
+            with self._lock:
+                run = self.flows_client.cancel_run(run_id).data
+        except _API_ERRORS as err:
+            raise translate(err, doing) from err
+        return progress_from_run(run, (), self.stage_of_state)
+
     def close(self, *, cancel: bool = False) -> None:
         """Nothing to release: clients hold no threads; the app's token file stays. Runs
         go on at the service with or without ``cancel`` (they outlive this process)."""
@@ -322,6 +394,15 @@ def stage_times(
     return seconds, running
 
 
+def _state_stage(run: Mapping[str, Any], stage_of_state: Mapping[str, str]) -> str | None:
+    """The stage a run document names in its details (``details.details.state_name`` of
+    the last event, when Flows gives it), so the stage is known without the run log."""
+    details = run.get("details")
+    inner = details.get("details") if isinstance(details, dict) else None
+    name = inner.get("state_name") if isinstance(inner, dict) else None
+    return stage_of_state.get(str(name)) if name else None
+
+
 def run_attempt(tags: Iterable[str]) -> int:
     """The attempt number in a run's ``attempt:N`` tag; 1 when it has none."""
     for tag in tags:
@@ -333,9 +414,12 @@ def run_attempt(tags: Iterable[str]) -> int:
 
 #: What a person does about an INACTIVE run, by the code Flows gives in its details.
 #: Short, because ``status`` shows the first 160 characters: the fix comes first.
+#: ``--force``: without it the client app sees its stored tokens and skips the new
+#: consent the run waits for.
 INACTIVE_FIXES: Mapping[str, str] = {
     "ConsentRequired": (
-        "run `ptychoflow login` as the identity that started it, then `ptychoflow resume`"
+        "run `ptychoflow login --force` as the run's starter (the watcher: its "
+        "credentials in the environment), then `ptychoflow resume`"
     ),
 }
 DEFAULT_INACTIVE_FIX = "see the run in the web app, fix it, then `ptychoflow resume`"

@@ -23,6 +23,7 @@ deployment.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import posixpath
 import time
 import uuid
@@ -46,6 +47,18 @@ ENDPOINT_FIX = (
     "`globus-compute-endpoint start <name>`"
 )
 DEPLOY_FIX = "run `ptychoflow deploy`"
+#: Why a task stays queued on a Polaris endpoint, the likeliest first.
+QUEUED_TASK_CAUSES = (
+    "likely causes: (1) the batch job is still waiting in the PBS queue (`qstat -u $USER` "
+    "on the login node; `debug` allows one job, `prod` refuses jobs of fewer than 10 "
+    "nodes); (2) the job runs but its workers cannot reach the interchange on the login "
+    "node: the engine's `interface` (default hsn0; the compute nodes no longer reach the "
+    "login nodes over bond0) must be one the compute nodes reach (`ip -brief addr`; "
+    "the job's output in ~/.globus_compute/<endpoint>/submit_scripts/); (3) the job "
+    "failed at worker_init (same output file)"
+)
+
+log = logging.getLogger(__name__)
 
 _SERVICE_ERRORS = (globus_sdk.GlobusAPIError, globus_sdk.NetworkError, TokenValidationError)
 
@@ -96,6 +109,7 @@ def run_identity_task(
     poll_interval_s: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    kwargs: dict[str, str] | None = None,
 ) -> IdentityTaskResult:
     """Run :func:`~functions.code_identity.endpoint_identity` on the endpoint and wait for it.
 
@@ -104,7 +118,9 @@ def run_identity_task(
     """
     started = clock()
     try:
-        task_id = compute_client.run(endpoint_id=endpoint_id, function_id=function_id)
+        task_id = compute_client.run(
+            endpoint_id=endpoint_id, function_id=function_id, **(kwargs or {})
+        )
     except _SERVICE_ERRORS as err:
         hint = ""
         if isinstance(err, globus_sdk.GlobusAPIError) and err.http_status == 403:
@@ -127,8 +143,8 @@ def run_identity_task(
         if elapsed >= timeout_s:
             return IdentityTaskResult(
                 None,
-                f"task {task_id} still {task.get('status', 'pending')} after {timeout_s:g} s "
-                "(is the endpoint's batch job queued?)",
+                f"task {task_id} still {task.get('status', 'pending')} after {timeout_s:g} s; "
+                f"{QUEUED_TASK_CAUSES}",
                 elapsed,
             )
         sleep(poll_interval_s)
@@ -177,6 +193,239 @@ def endpoint_code_report(
         f"the endpoint runs this machine's code (ptychoflow {result.answer['ptychoflow_version']}, "
         f"{result.answer['code_hash']})"
     ]
+
+
+#: Flow roles that may start runs (Flows permissions: owners, administrators and
+#: starters may run a flow; run managers and viewers may not).
+STARTING_ROLES = frozenset({"flow_owner", "flow_administrator", "flow_starter"})
+#: Flow roles that are shown the flow's full ``flow_starters`` list.
+ADMIN_ROLES = frozenset({"flow_owner", "flow_administrator"})
+
+
+def watcher_starter_problem(flow: dict[str, Any], watcher_client_id: str) -> str | None:
+    """Why the watcher's client cannot start ``flow`` (a Flows ``GET /flows/{id}``
+    document), or None when nothing in the document says so.
+
+    The Flows API returns ``flow_starters`` only to the flow's owner and
+    administrators; everyone else, the watcher's client included, gets an empty list
+    and finds its own roles in ``user_roles`` (Flows OpenAPI, ``FlowResponse``:
+    ``flow_starters``, ``user_roles``; Globus Flows docs, "Flow permissions"). So the
+    list is read only when this identity is an administrator; otherwise the caller's
+    own roles are read, and ``validate_run`` has the last word.
+    """
+    roles = {str(role) for role in flow.get("user_roles") or []}
+    if not watcher_client_id:
+        return None
+    watcher_urn = f"urn:globus:auth:identity:{watcher_client_id}"
+    if roles & ADMIN_ROLES:
+        if watcher_urn not in (flow.get("flow_starters") or []):
+            return (
+                f"the watcher's client {watcher_urn} is not among the flow's starters; "
+                f"fix: {DEPLOY_FIX} (it sends [globus] watcher_client_id as a starter)"
+            )
+        return None
+    if roles and not roles & STARTING_ROLES:
+        return (
+            f"this identity's roles on the flow are {', '.join(sorted(roles))}, none of "
+            f"which may start runs (run managers cannot); fix: add it to [globus] "
+            f"flow_starters, or run check as the watcher, and {DEPLOY_FIX}"
+        )
+    return None
+
+
+SHARED_FOLDER_LINE = "Transfer and the workers share the compute folder"
+TWO_ACCOUNTS_FIX = (
+    "Transfer writes on the compute collection as the account behind it (a guest "
+    "collection's owner, or the mapped account); the endpoint's workers run as the "
+    "account that started the endpoint, with umask 077. Start the endpoint as the account "
+    "that owns the guest collection (simplest), or put both accounts in one group, make "
+    "the compute root group-owned and setgid (`chgrp -R G root; chmod -R g+rwXs root`) and "
+    "add `umask 007` to worker_init"
+)
+
+
+class SharedFolderProbe:
+    """The round trip that proves Transfer and the endpoint's workers share the compute
+    root with usable permissions (two accounts, one folder):
+
+    1. a file with a random token is written under the local acquisition root;
+    2. Transfer makes ``<compute_base>/.ptychoflow-check-<hex>`` on the compute
+       collection (as a run's ``input/<id>`` is made) and copies the file into it;
+    3. the identity task reads it there and writes ``out.txt``
+       (:func:`functions.code_identity.probe_shared_folder`), as a result is written;
+    4. Transfer copies ``out.txt`` back (as TransferOut does) and it is read locally;
+    5. both test folders are removed (a Transfer delete task on the compute side).
+    """
+
+    def __init__(self, checker: DeploymentChecker) -> None:
+        self.checker = checker
+        self.token = uuid.uuid4().hex
+        self.name = f".ptychoflow-check-{self.token[:12]}"
+        settings = checker.config.globus
+        self.local_dir = checker.config.acquisition_root / self.name
+        self.acquisition_dir = posixpath.join(settings.acquisition_base or "/", self.name)
+        self.compute_dir = posixpath.join(settings.compute_base or "/", self.name)
+        self.endpoint_dir = (
+            posixpath.join(settings.compute_root_on_endpoint, self.name)
+            if settings.compute_root_on_endpoint
+            else ""
+        )
+        self.sent = False
+        self.compute_dir_made = False
+
+    def task_kwargs(self) -> dict[str, str] | None:
+        """What the identity task is asked to probe (None when nothing was sent)."""
+        if not self.sent or not self.endpoint_dir:
+            return None
+        return {"probe_dir": self.endpoint_dir, "token": self.token}
+
+    def _transfer(self, source: str, destination: str, items: list[tuple[str, str]]) -> str:
+        data = globus_sdk.TransferData(source, destination, label="ptychoflow check")
+        for source_path, destination_path in items:
+            data.add_item(source_path, destination_path)
+        task_id = str(self.checker.transfer_client.submit_transfer(data)["task_id"])
+        return f"task {task_id} {self.checker._wait_transfer_task(task_id)}"
+
+    def send_in(self) -> CheckLine:
+        from functions.code_identity import PROBE_INPUT_NAME
+
+        settings = self.checker.config.globus
+        missing = [
+            key
+            for key in ("acquisition_collection", "compute_collection", "compute_root_on_endpoint")
+            if not getattr(settings, key)
+        ]
+        if missing:
+            return CheckLine(
+                SHARED_FOLDER_LINE, False, f"not checked: [globus] {', '.join(missing)} not set"
+            )
+        try:
+            self.local_dir.mkdir(parents=True)
+            (self.local_dir / PROBE_INPUT_NAME).write_text(self.token + "\n")
+        except OSError as err:
+            return CheckLine(
+                SHARED_FOLDER_LINE,
+                False,
+                f"cannot write a test file under the acquisition root "
+                f"{self.checker.config.acquisition_root}: {err}",
+            )
+        try:
+            self.checker.transfer_client.operation_mkdir(
+                settings.compute_collection, self.compute_dir
+            )
+            self.compute_dir_made = True
+            done = self._transfer(
+                settings.acquisition_collection,
+                settings.compute_collection,
+                [
+                    (
+                        posixpath.join(self.acquisition_dir, PROBE_INPUT_NAME),
+                        posixpath.join(self.compute_dir, PROBE_INPUT_NAME),
+                    )
+                ],
+            )
+        except _SERVICE_ERRORS as err:
+            return CheckLine(
+                SHARED_FOLDER_LINE, False, f"copying a test file in: {_error_text(err)}"
+            )
+        if not done.endswith("SUCCEEDED"):
+            return CheckLine(
+                SHARED_FOLDER_LINE,
+                False,
+                f"copying a test file to {self.compute_dir} on the compute collection: {done}",
+            )
+        self.sent = True
+        return CheckLine(SHARED_FOLDER_LINE, True, "sent")
+
+    def bring_back(self, answer: dict[str, Any] | None) -> CheckLine:
+        from functions.code_identity import PROBE_OUTPUT_NAME
+
+        name = SHARED_FOLDER_LINE
+        if answer is None:
+            return CheckLine(name, False, "not checked: the test task did not run (see above)")
+        probe = answer.get("probe")
+        if not isinstance(probe, dict):
+            return CheckLine(
+                name,
+                False,
+                "the endpoint's code does not probe folders (an older ptychoflow); install "
+                "this version in the endpoint's environment and restart the endpoint",
+            )
+        who = (
+            f"workers run as {probe.get('user')} (uid {probe.get('uid')}, "
+            f"umask {probe.get('umask')})"
+        )
+        owner = (
+            f"the folder Transfer made ({self.endpoint_dir}) belongs to uid "
+            f"{probe.get('folder_uid', '?')}, mode {probe.get('folder_mode', '?')}"
+        )
+        if probe.get("error") or not probe.get("wrote_output"):
+            seen = (
+                "read the test file but could not write beside it"
+                if probe.get("read_input")
+                else "could not read the file Transfer copied"
+            )
+            return CheckLine(
+                name,
+                False,
+                f"the workers {seen} ({probe.get('error')}); {who}; {owner}; fix: "
+                f"{TWO_ACCOUNTS_FIX}",
+            )
+        settings = self.checker.config.globus
+        try:
+            done = self._transfer(
+                settings.compute_collection,
+                settings.acquisition_collection,
+                [
+                    (
+                        posixpath.join(self.compute_dir, PROBE_OUTPUT_NAME),
+                        posixpath.join(self.acquisition_dir, PROBE_OUTPUT_NAME),
+                    )
+                ],
+            )
+        except _SERVICE_ERRORS as err:
+            return CheckLine(name, False, f"copying the workers' file back: {_error_text(err)}")
+        if not done.endswith("SUCCEEDED"):
+            return CheckLine(
+                name,
+                False,
+                f"Transfer could not copy back the file the workers wrote ({done}; its mode "
+                f"is {probe.get('output_mode')}); {who}; {owner}; fix: {TWO_ACCOUNTS_FIX}",
+            )
+        try:
+            back = (self.local_dir / PROBE_OUTPUT_NAME).read_text().strip()
+        except OSError as err:
+            back = f"unreadable ({err})"
+        if back != self.token:
+            return CheckLine(
+                name,
+                False,
+                f"the file copied back to {self.local_dir} does not hold the token: {back!r}",
+            )
+        return CheckLine(
+            name,
+            True,
+            f"a file went in by Transfer, the workers read it and wrote one, and it came "
+            f"back; {who}",
+        )
+
+    def clean_up(self) -> None:
+        """Remove both test folders; a failure is logged, never raised."""
+        import shutil
+
+        shutil.rmtree(self.local_dir, ignore_errors=True)
+        if not self.compute_dir_made:
+            return
+        delete = globus_sdk.DeleteData(
+            endpoint=self.checker.config.globus.compute_collection,
+            label="ptychoflow check",
+            recursive=True,
+        )
+        delete.add_item(self.compute_dir)
+        try:
+            self.checker.transfer_client.submit_delete(delete)
+        except _SERVICE_ERRORS as err:
+            log.warning("could not remove %s on the compute collection: %s", self.compute_dir, err)
 
 
 class DeploymentChecker:
@@ -239,11 +488,19 @@ class DeploymentChecker:
         )
         yield self._guarded("compute endpoint online", self.check_endpoint_online)
         answer: dict[str, Any] | None = None
+        probe = SharedFolderProbe(self)
+        inbound = self._guarded(SHARED_FOLDER_LINE, probe.send_in)
         try:
-            task_line, answer = self.check_identity_task()
+            task_line, answer = self.check_identity_task(probe.task_kwargs())
         except Exception as err:  # a checklist line, never a traceback
             task_line = CheckLine("functions runnable by this identity", False, _error_text(err))
         yield task_line
+        yield (
+            inbound
+            if not inbound.ok
+            else self._guarded(SHARED_FOLDER_LINE, lambda: probe.bring_back(answer))
+        )
+        probe.clean_up()
         yield self._guarded("same code on the endpoint", lambda: self.check_code(answer))
         yield self._guarded(
             "PTYCHOFLOW_ALLOWED_ROOTS covers the compute root",
@@ -324,7 +581,7 @@ class DeploymentChecker:
             )
         return CheckLine(name, True, f"made and deleted {test_dir} on {collection}")
 
-    def _wait_transfer_task(self, task_id: str, timeout_s: float = 120.0) -> str:
+    def _wait_transfer_task(self, task_id: str, timeout_s: float = 300.0) -> str:
         deadline = time.monotonic() + timeout_s
         while True:
             status = str(self.transfer_client.get_task(task_id)["status"])
@@ -346,7 +603,9 @@ class DeploymentChecker:
             return CheckLine(name, False, f"{endpoint} is {state}; fix: {ENDPOINT_FIX}")
         return CheckLine(name, True, f"{endpoint} is online")
 
-    def check_identity_task(self) -> tuple[CheckLine, dict[str, Any] | None]:
+    def check_identity_task(
+        self, task_kwargs: dict[str, str] | None = None
+    ) -> tuple[CheckLine, dict[str, Any] | None]:
         name = "functions runnable by this identity"
         if not self.state.function_id or not self.state.identity_function_id:
             return CheckLine(name, False, f"no functions deployed; fix: {DEPLOY_FIX}"), None
@@ -369,7 +628,19 @@ class DeploymentChecker:
             timeout_s=self.task_timeout_s,
             poll_interval_s=self.poll_interval_s,
             sleep=self._sleep,
+            kwargs=task_kwargs,
         )
+        if result.answer is None and task_kwargs and "unexpected keyword" in str(result.error):
+            # An older ptychoflow on the endpoint: ask again without the folder probe, so
+            # the code line can say what runs there.
+            result = run_identity_task(
+                self.compute_client,
+                self.config.globus.compute_endpoint,
+                self.state.identity_function_id,
+                timeout_s=self.task_timeout_s,
+                poll_interval_s=self.poll_interval_s,
+                sleep=self._sleep,
+            )
         if result.answer is None:
             return CheckLine(name, False, str(result.error)), None
         host = result.answer.get("host", "?")
@@ -424,16 +695,9 @@ class DeploymentChecker:
         name = "this identity may start the flow"
         if flow is None or self.run_client is None:
             return CheckLine(name, False, "not checked: no flow (see above)")
-        watcher = self.config.globus.watcher_client_id
-        if watcher:
-            watcher_urn = f"urn:globus:auth:identity:{watcher}"
-            if watcher_urn not in (flow.get("flow_starters") or []):
-                return CheckLine(
-                    name,
-                    False,
-                    f"the watcher's client {watcher_urn} is not among the flow's starters; "
-                    f"fix: {DEPLOY_FIX} (it sends [globus] watcher_client_id as a starter)",
-                )
+        problem = watcher_starter_problem(flow, self.config.globus.watcher_client_id)
+        if problem:
+            return CheckLine(name, False, problem)
         try:
             body = self._sample_input()
         except PtychoflowError as err:

@@ -46,11 +46,37 @@ def input_builder(config: Config, function_id: str) -> Callable[[ViewRequest], d
     )
 
 
-def open_globus_backend(config: Config) -> GlobusBackend:
-    """A ready :class:`flows.globus.backend.GlobusBackend` from the config and deployment state."""
-    from flows.globus.auth import make_app
+#: Why a person cannot start runs, and how to reprocess by hand (the chosen design).
+PEOPLE_START_RUNS_HINT = (
+    "runs on the globus backend are started as the watcher's confidential client: the "
+    "Compute endpoint is owned by that client and runs only its tasks, so a run started "
+    "as a person would end ReconstructFailed, and the watcher could not see it. "
+    "Reprocess on the beamline host, as the watcher's account, with its credentials in "
+    "the environment: `set -a; . /beamline/ptychoflow/credentials.env; set +a; "
+    'ptychoflow run-flow --scan 100` (see "Reprocessing by hand" in README.md)'
+)
+
+
+def open_globus_backend(
+    config: Config,
+    *,
+    manage_runs: bool = False,
+    login_on_demand: bool = False,
+    starts_runs: bool = False,
+) -> GlobusBackend:
+    """A ready :class:`flows.globus.backend.GlobusBackend` from the config and deployment state.
+
+    ``manage_runs``: ask for Flows' ``run_manage`` scope too (``ptychoflow cancel``);
+    ``login_on_demand``: a person at a terminal is asked to consent to what is missing;
+    ``starts_runs``: the caller starts runs (``run-flow``, the watcher, ``check
+    --sample-run``), which only the watcher's client may (:data:`PEOPLE_START_RUNS_HINT`).
+    """
+    from flows.globus.auth import confidential_credentials, make_app
     from flows.globus.backend import GlobusBackend
     from flows.globus.state import load_state
+
+    if starts_runs and confidential_credentials() is None:
+        raise ConfigError(PEOPLE_START_RUNS_HINT)
 
     _require_globus_settings(
         config,
@@ -65,9 +91,13 @@ def open_globus_backend(config: Config) -> GlobusBackend:
             f"nothing deployed yet (no flow/function id in {config.state_dir}): "
             "run `ptychoflow deploy` first"
         )
-    app = make_app(config)
+    app = make_app(config, login_on_demand=login_on_demand)
     return GlobusBackend.from_app(
-        config, app, input_builder=input_builder(config, state.function_id), flow_id=state.flow_id
+        config,
+        app,
+        input_builder=input_builder(config, state.function_id),
+        flow_id=state.flow_id,
+        manage_runs=manage_runs,
     )
 
 
@@ -96,6 +126,8 @@ def deploy_from_config(config: Config, *, identity_wait_s: float = 30.0) -> Any:
     endpoint is compared with this machine's (a tiny task, ``identity_wait_s``).
     """
     import dataclasses
+
+    import globus_sdk
 
     from flows.flow_input import load_definition, load_input_schema
     from flows.globus.auth import make_app, make_clients, specific_flow_client
@@ -141,7 +173,14 @@ def deploy_from_config(config: Config, *, identity_wait_s: float = 30.0) -> Any:
             "warning: no [globus] watcher_client_id: only you may start runs of this flow; "
             "set it to the watcher's client id and run `ptychoflow deploy` again"
         )
-    if identity_wait_s > 0:
+    if isinstance(app, globus_sdk.UserApp):
+        # The endpoint runs only its owner's (the watcher client's) tasks: a person's
+        # task would be refused, so the code is compared by `check`, run as the watcher.
+        messages.append(
+            "the endpoint's code is compared by `ptychoflow check`, run as the watcher "
+            "(the endpoint runs only the watcher client's tasks, not yours)"
+        )
+    elif identity_wait_s > 0:
         from flows.globus.check import endpoint_code_report
 
         messages.extend(
@@ -192,3 +231,47 @@ def check_from_config(config: Config, *, task_timeout_s: float = 600.0) -> list[
         task_timeout_s=task_timeout_s,
     )
     return checker.run()
+
+
+def sample_run_from_config(config: Config, *, timeout_s: float = 3600.0) -> list[Any]:
+    """``check --sample-run``: one tiny view through the configured backend's flow (see
+    :mod:`flows.globus.sample_run`). On Globus the worker must have used a GPU, and the
+    compute-side copies are removed by a Transfer delete task."""
+    import shutil
+
+    from flows.globus.sample_run import SampleRun
+    from flows.launcher import make_backend
+
+    backend = make_backend(config)
+    try:
+        if config.backend == "local":
+
+            def remove_local(scan_dir: str) -> str | None:
+                for side in ("input", "recon"):
+                    shutil.rmtree(config.compute_root / side / scan_dir, ignore_errors=True)
+                return None
+
+            sample = SampleRun(
+                config,
+                backend,
+                remove_compute_copies=remove_local,
+                require_gpu=False,
+                timeout_s=timeout_s,
+                poll_interval_s=1.0,
+            )
+        else:
+            from flows.globus.backend import GlobusBackend
+
+            assert isinstance(backend, GlobusBackend)
+            sample = SampleRun(
+                config,
+                backend,
+                remove_compute_copies=lambda scan_dir: backend.remove_compute_copies(
+                    scan_dir, wait_s=300.0
+                ),
+                require_gpu=True,
+                timeout_s=timeout_s,
+            )
+        return sample.run()
+    finally:
+        backend.close()

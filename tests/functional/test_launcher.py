@@ -194,13 +194,30 @@ def test_transient_errors_are_retried_with_backoff(config, ledger, tmp_path):
     assert len(backend.starts()) == 2
 
 
-def test_transient_errors_exhausted_fail_the_view_only(config, ledger, tmp_path):
+def test_an_outage_defers_views_and_the_next_pass_starts_them(config, ledger, tmp_path):
+    """An outage longer than the retries leaves the views pending (never failed): the
+    scan is not marked handed over, and the next pass starts them, looking first for a
+    run the lost start may have made."""
     write_scan(config.acquisition_root, 100, views=2)
     backend = RecordingBackend(tmp_path / "runs.jsonl", transient_errors=3)
     launcher = make_launcher(config, ledger, backend)  # 3 attempts
     outcomes = launcher.start_scan("scan100")
-    assert [o.action for o in outcomes] == [ViewAction.FAILED, ViewAction.STARTED]
-    assert "still unavailable after 3 attempts" in outcomes[0].error
+    assert [o.action for o in outcomes] == [ViewAction.DEFERRED, ViewAction.DEFERRED]
+    assert "unavailable for 3 attempts" in outcomes[0].error
+    rows = {row.view_file: row for row in ledger.runs("scan100")}
+    # view000's start was sent (its answer lost); view001 was never sent: no hammering.
+    assert rows["view000.cxi"].status is RunStatus.SUBMITTING
+    assert rows["view001.cxi"].status is RunStatus.PENDING
+    assert "tried again on the next pass" in rows["view001.cxi"].error
+    assert not launcher.scan_handed_over("scan100")
+    assert len(backend.starts()) == 0
+
+    outcomes = launcher.start_scan("scan100")
+    assert [o.action for o in outcomes] == [ViewAction.STARTED, ViewAction.STARTED]
+    assert len(backend.starts()) == 2
+    assert launcher.scan_handed_over("scan100")
+    assert all(row.attempt == 1 for row in ledger.runs("scan100")), "the same attempt"
+    assert launcher.deferred == {}
 
 
 def test_transient_error_after_the_run_was_created_adopts_it(config, ledger, tmp_path):

@@ -269,3 +269,26 @@ def test_a_file_name_that_is_not_utf8_fails_only_its_own_view(setup):
         stop(watcher)
         no_traceback(watcher)
     assert started(log_path).keys() >= {"scan650-view000", "scan650-view002"}
+
+
+def test_an_outage_leaves_views_pending_and_the_watcher_hands_them_over_again(setup):
+    """The backend refuses every start for longer than the launcher's retries (3 tries
+    here): the views stay pending, never failed, and the watcher hands the scan over
+    again on its own once the backend answers, each view started once."""
+    root, config, log_path, ledger_path = setup
+    with WatcherProcess(config, log_path, backend={"transient_errors": 4}) as watcher:
+        watcher.wait_for_line("watching")
+        write_scan(root, 600, views=2)
+        watcher.wait_for_line("deferred", timeout_s=10)
+        wait_until(lambda: len(started(log_path)) == 2, timeout_s=20, what="scan600 started")
+        stop(watcher)
+        no_traceback(watcher)
+    assert set(started(log_path).values()) == {1}
+    ledger = Ledger(ledger_path, read_only=True)
+    try:
+        rows = ledger.runs("scan600")
+        assert all(row.status.value not in ("failed", "cancelled") for row in rows), rows
+        assert ledger.scan("scan600").status is not ScanState.FAILED
+    finally:
+        ledger.close()
+    assert not any("failed to start" in line for line in watcher.lines)

@@ -67,7 +67,7 @@ def schema_of(folder: pathlib.Path) -> dict:
 
 @pytest.fixture
 def interfaces(monkeypatch):
-    """``address_by_interface`` runs at load time; this host has no bond0."""
+    """``address_by_interface`` runs at load time; this host has no hsn0."""
     asked = []
 
     def fake_address_by_interface(ifname: str) -> str:
@@ -112,7 +112,13 @@ def test_polaris_renders_a_gpu_engine_on_pbs(polaris, interfaces):
     engine = polaris.engine
     assert isinstance(engine, GlobusComputeEngine)
     assert engine.encrypted  # CurveZMQ between the login node and the compute nodes
-    assert interfaces == ["bond0"]
+    # Globus Compute's own Polaris example (docs/endpoints/configs/polaris.yaml) uses hsn0
+    # since January 2025: the compute nodes no longer reach the login nodes over bond0.
+    assert interfaces == ["hsn0"]
+    # Walltime ends and preemptions are system failures: retried, not failed for good.
+    assert engine.max_retries_on_system_failure == 2
+    # ALCF's GPU-to-NUMA map for Polaris: GPU 0 on NUMA 3 ... GPU 3 on NUMA 0.
+    assert engine.executor.cpu_affinity == "list:24-31,56-63:16-23,48-55:8-15,40-47:0-7,32-39"
     executor = engine.executor
     assert executor.address == "10.140.57.9"
     assert executor.max_workers_per_node == 4
@@ -163,17 +169,21 @@ def test_polaris_options_from_a_task_override_the_defaults(interfaces):
     options = {
         **POLARIS_OPTIONS,
         "queue": "prod",
+        "nodes_per_block": 10,
         "filesystems": "home:eagle:grand",
         "walltime": "06:00:00",
-        "max_nodes": 8,
-        "interface": "hsn0",
+        "max_nodes": 20,
+        "interface": "bond0",
+        "retries_on_system_failure": 0,
     }
     config = load_engine_config(POLARIS, options)
     try:
         provider = config.engine.executor.provider
-        assert (provider.queue, provider.walltime, provider.max_blocks) == ("prod", "06:00:00", 8)
+        assert (provider.queue, provider.walltime) == ("prod", "06:00:00")
+        assert (provider.nodes_per_block, provider.max_blocks) == (10, 2)
         assert "#PBS -l filesystems=home:eagle:grand" in provider.scheduler_options
-        assert interfaces == ["hsn0"]
+        assert interfaces == ["bond0"]
+        assert config.engine.max_retries_on_system_failure == 0
     finally:
         config.engine.shutdown()
 
@@ -187,12 +197,57 @@ def test_polaris_options_from_a_task_override_the_defaults(interfaces):
         {"max_nodes": 0},
         {"allowed_roots": "relative/path"},
         {"quue": "prod"},  # a typo is refused, not ignored
+        {"account": "APS\n"},  # Python's $ matches before a final newline; \Z does not
+        {"interface": "hsn0\n"},
+        {"queue": "prod"},  # ALCF Polaris queue table: prod takes jobs of >= 10 nodes
+        {"queue": "prod", "nodes_per_block": 9},
+        {"queue": "debug", "walltime": "01:00:01"},  # debug: at most 1 h
+        {"queue": "prod", "nodes_per_block": 10, "walltime": "24:00:01"},
+        {"queue": "preemptable", "walltime": "72:30:00"},
+        {"queue": "capacity", "walltime": "169:00:00"},
+        {"queue": "night"},
     ],
     ids=lambda option: next(iter(option)),
 )
 def test_polaris_schema_refuses_bad_options(option):
     with pytest.raises(jsonschema.ValidationError):
         render(POLARIS, {**POLARIS_OPTIONS, **option})
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"queue": "prod", "nodes_per_block": 10, "walltime": "24:00:00"},
+        {"queue": "preemptable", "walltime": "72:00:00", "max_nodes": 10},
+        {"queue": "capacity", "walltime": "168:00:00"},
+        {"queue": "debug-scaling", "nodes_per_block": 10, "walltime": "01:00:00"},
+    ],
+    ids=lambda option: option["queue"],
+)
+def test_polaris_schema_accepts_each_queue_up_to_its_limits(option, interfaces):
+    """The limits of ALCF's Polaris queue table ("Running Jobs" page) are accepted."""
+    config = load_engine_config(POLARIS, {**POLARIS_OPTIONS, **option})
+    try:
+        provider = config.engine.executor.provider
+        assert provider.queue == option["queue"]
+        assert provider.walltime == option["walltime"]
+    finally:
+        config.engine.shutdown()
+
+
+def test_polaris_template_refuses_prod_with_small_blocks_in_its_own_defaults(tmp_path):
+    """The schema sees only options sent with a task; a default edited to "prod" in the
+    template itself (the usual way to set a site's values) must fail to render too."""
+    import jinja2
+
+    folder = tmp_path / "polaris"
+    folder.mkdir()
+    for path in POLARIS.iterdir():
+        (folder / path.name).write_text(path.read_text())
+    template = folder / "user_config_template.yaml.j2"
+    template.write_text(template.read_text().replace('default("debug"', 'default("prod"'))
+    with pytest.raises(jinja2.UndefinedError, match="prod_queue_needs_nodes_per_block_of_10"):
+        render(folder, POLARIS_OPTIONS)
 
 
 def test_polaris_header_names_what_a_user_must_set():

@@ -75,3 +75,34 @@ def test_result_files_outside_the_roots_are_not_served(site, tmp_path):
     assert find_result(view, site.acquisition_root, roots) is None
     assert find_result(reader.view("scan100", "view002"), site.acquisition_root, roots) is None
     reader.close()
+
+
+def test_inactive_and_unknown_views_show_as_running_and_say_so(tmp_path):
+    """An INACTIVE run waits for a person; an unknown one cannot be followed. Both are
+    still running at Globus: the card says which, beside the state, with the reason."""
+    from flows.backend import RunProgress, RunStatus, StartedRun, ViewRequest
+    from flows.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    for view, status in (("view000.cxi", RunStatus.INACTIVE), ("view001.cxi", RunStatus.UNKNOWN)):
+        request = ViewRequest(scan_id=100, view_file=view, scan_folder="scan100", recon={})
+        ledger.claim(request, "globus")
+        ledger.mark_submitting("scan100", view)
+        ledger.mark_started("scan100", view, StartedRun("r-" + view))
+        ledger.update_progress("scan100", view, RunProgress(status, error=f"{status.value}: fix"))
+    ledger.close()
+    views = LedgerReader(tmp_path / "ledger.sqlite").views("scan100")
+    assert [(v.state, v.status) for v in views] == [
+        ("running", "inactive"),
+        ("running", "unknown"),
+    ]
+    import jinja2
+
+    from portal import app as portal_app
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(portal_app.__file__.rsplit("/", 1)[0] + "/templates"),
+        autoescape=True,
+    )
+    badge = env.get_template("macros.html").module.state_badge(views[0])
+    assert "inactive" in str(badge) and "running" in str(badge)

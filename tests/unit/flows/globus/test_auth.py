@@ -192,6 +192,29 @@ def test_make_clients_registers_every_scope_the_project_needs(config):
     }
 
 
+def test_the_watcher_client_asks_for_least_privilege(config):
+    """The watcher reads flows and runs and starts runs: no ``manage_flows`` (creating or
+    changing flows) and no ``run_manage`` (Flows scopes: manage_flows, view_flows,
+    run_status, run_manage are separate consents). Only ``cancel`` asks for run_manage."""
+    app = auth.make_app(
+        config,
+        environ={"PTYCHOFLOW_CLIENT_ID": CLIENT_ID, "PTYCHOFLOW_CLIENT_SECRET": "s3cret"},
+    )
+    auth.make_clients(app, flow_id="24bc4997-b483-4c25-a19c-64b0afc00743", do_version_check=False)
+    flows_scopes = {str(scope) for scope in app.scope_requirements["flows.globus.org"]}
+    assert not any(scope.endswith("/manage_flows") for scope in flows_scopes)
+    assert not any(scope.endswith("/run_manage") for scope in flows_scopes)
+    assert any(scope.endswith("/run_status") for scope in flows_scopes)
+
+    cancelling = auth.make_app(
+        Config(state_dir=config.state_dir / "other"),
+        environ={"PTYCHOFLOW_CLIENT_ID": CLIENT_ID, "PTYCHOFLOW_CLIENT_SECRET": "s3cret"},
+    )
+    auth.flows_client(cancelling, manage_runs=True)
+    flows_scopes = {str(scope) for scope in cancelling.scope_requirements["flows.globus.org"]}
+    assert any(scope.endswith("/run_manage") for scope in flows_scopes)
+
+
 def test_data_access_scope_for_mapped_collections(config):
     app = auth.make_app(config, environ={"PTYCHOFLOW_NATIVE_CLIENT_ID": NATIVE_ID})
     flow_id = "24bc4997-b483-4c25-a19c-64b0afc00743"

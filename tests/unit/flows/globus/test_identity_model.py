@@ -319,3 +319,26 @@ def test_login_asks_for_data_access_under_transfer_and_under_the_deployed_flow(
     assert f"transfer.api.globus.org:all{data_access}" in flow_scope
     (transfer_scope,) = [s for s in scopes if s.startswith("urn:globus:auth:scope:transfer")]
     assert data_access in transfer_scope
+
+
+def test_a_person_cannot_start_runs_and_is_told_how_to_reprocess(tmp_path, monkeypatch):
+    """A non-privileged Compute endpoint runs only its owner's tasks (Globus Compute
+    docs, "Endpoints": a single-user endpoint accepts tasks from its owner identity): a
+    run started as a person would end ReconstructFailed. run-flow refuses up front."""
+    from flows.errors import ConfigError
+    from flows.launcher import make_backend as make_configured_backend
+
+    for variable in (
+        "PTYCHOFLOW_CLIENT_ID",
+        "PTYCHOFLOW_CLIENT_SECRET",
+        "GLOBUS_COMPUTE_CLIENT_ID",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("GLOBUS_COMPUTE_CLIENT_SECRET", raising=False)
+    monkeypatch.delenv("GLOBUS_CLIENT_ID", raising=False)
+    monkeypatch.delenv("GLOBUS_CLIENT_SECRET", raising=False)
+    monkeypatch.setenv("PTYCHOFLOW_NATIVE_CLIENT_ID", "0f3c9b8e-2f4d-4c61-8d0a-6a1e5b7c9d20")
+    config = Config(backend="globus", state_dir=tmp_path / "state")
+    with pytest.raises(ConfigError, match="watcher's confidential client") as caught:
+        make_configured_backend(config)
+    assert "credentials.env" in str(caught.value) and "run-flow" in str(caught.value)
