@@ -29,7 +29,9 @@ def reconstruct_view(
 
     Both paths must resolve (symbolic links followed, ``..`` removed) into one of the
     folders named by ``PTYCHOFLOW_ALLOWED_ROOTS`` on the endpoint
-    (:mod:`functions.allowed_roots`); the result never replaces the input or a file
+    (:mod:`functions.allowed_roots`), and so must every file the input's HDF5 external
+    links and virtual datasets reach (external raw storage is refused;
+    :mod:`recon.hdf5_confined`); the result never replaces the input or a file
     that is not a ptychoflow result, and the output folder is checked to be writable
     before any GPU is claimed.
     recon
@@ -111,7 +113,7 @@ def reconstruct_view(
         confined(gpu_lock_path, "GPU lock file", roots)  # a caller may not pick any file
 
     # The view's size, cheaply: only the dataset's shape is read.
-    shape = peek_view_shape(source, label)
+    shape = peek_view_shape(source, label, allowed_roots=roots)
 
     # Never over the input or a stranger's file; a read-only folder fails now, not
     # after the reconstruction.
@@ -139,7 +141,9 @@ def reconstruct_view(
         from recon.api import reconstruct_file
 
         try:
-            result = reconstruct_file(str(source), str(output), options, device_ids=device_ids)
+            result = reconstruct_file(
+                str(source), str(output), options, device_ids=device_ids, allowed_roots=roots
+            )
         except InputError as err:
             if source.name in str(err):
                 raise

@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from recon.api import reconstruct_file
+    from recon.hdf5_confined import roots_from_environment
     from recon.memory import parse_bytes
     from recon.options import ReconOptions
 
@@ -166,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             preview_deramp=args.preview_deramp,
             memory_limit=memory_limit,
+            allowed_roots=roots_from_environment(),
         )
     finally:
         if in_main_thread:
