@@ -6,9 +6,13 @@ import os
 import pathlib
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from recon.options import ReconOptions
 from recon.ptycho import ProgressCallback, reconstruct
+
+if TYPE_CHECKING:
+    from recon.beamline import BeamlineSettings
 
 
 def reconstruct_file(
@@ -21,6 +25,7 @@ def reconstruct_file(
     preview_deramp: bool = True,
     memory_limit: int | None = None,
     allowed_roots: Sequence[os.PathLike[str]] | None = None,
+    beamline: BeamlineSettings | None = None,
 ) -> dict:
     """Load a view (CXI, or the npz test format), reconstruct it, write the result.
 
@@ -35,6 +40,9 @@ def reconstruct_file(
     ``allowed_roots``: when given, the input and every file its HDF5 links reach must lie
     under them (:mod:`recon.hdf5_confined`); the compute function passes its roots, and
     ``ptychoflow recon`` those of ``PTYCHOFLOW_ALLOWED_ROOTS`` when set.
+    ``beamline``: read ``input_path`` (a scan folder, or its diffraction file) through
+    the Ptychodus readers these settings name (:mod:`recon.beamline`); None reads a CXI
+    or npz file (:func:`recon.cxi.load_scan`).
 
     Returns a small JSON-ready summary: output and preview paths, iterations run, final
     cost, devices, backend and seconds per stage (load, solve, write), and with
@@ -58,7 +66,14 @@ def reconstruct_file(
 
     start = time.perf_counter()
     roots = None if allowed_roots is None else [pathlib.Path(root) for root in allowed_roots]
-    scan = load_scan(input_path, memory_limit=memory_limit, allowed_roots=roots)
+    if beamline is not None:
+        from recon.beamline import load_beamline_scan
+
+        scan = load_beamline_scan(
+            input_path, beamline, memory_limit=memory_limit, allowed_roots=roots
+        )
+    else:
+        scan = load_scan(input_path, memory_limit=memory_limit, allowed_roots=roots)
     if options.probe_modes > 1:  # the loader checked for one mode; each more costs memory
         extent = np.ptp(scan.positions, axis=0)
         check_memory(
@@ -76,6 +91,8 @@ def reconstruct_file(
 
     start = time.perf_counter()
     extra_attrs: dict = {"input": str(input_path)}
+    if beamline is not None:
+        extra_attrs["beamline"] = beamline.to_dict()
     if options.holdout_fraction > 0:
         from recon.holdout import reconstruct_with_holdout
 

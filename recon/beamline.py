@@ -62,6 +62,17 @@ PIXEL_MASK_PATHS = (
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".cxi")
 
 
+#: The usual file names of each reader's roles, (diffraction glob, positions glob), used
+#: when the settings leave them empty. An empty positions glob: the diffraction file.
+USUAL_FILES = {
+    "APS_Velociprobe": ("*_master.h5", "*.txt"),
+    "APS_ISN": ("*_00001.h5", "*_positions.h5"),
+    "MAX_IV_NanoMAX": ("*.h5", ""),
+}
+#: The diffraction glob of readers not in :data:`USUAL_FILES`.
+DEFAULT_DIFFRACTION_GLOB = "*.h5"
+
+
 class InteropMissingError(OptionsError):
     """A beamline reader is named but Ptychodus (the ``interop`` extra) is not installed."""
 
@@ -76,11 +87,13 @@ class BeamlineSettings:
     positions_reader: str = ""
     """Ptychodus position reader (``APS_Velociprobe_LI``); default: the same name as
     ``reader``."""
-    diffraction: str = "*.h5"
+    diffraction: str = ""
     """Glob of the file handed to the diffraction reader (the master file); the first
-    match in name order is the view."""
+    match in name order is the view. Empty: the reader's usual name
+    (:data:`USUAL_FILES`, e.g. ``*_master.h5`` for VelociProbe), else ``*.h5``."""
     positions: str = ""
-    """Glob of the positions file; empty: the diffraction file itself (NanoMAX)."""
+    """Glob of the positions file. Empty: the reader's usual name, else the diffraction
+    file itself (NanoMAX keeps both in one file)."""
     files: tuple[str, ...] = ()
     """More globs of files the reader opens by itself (a 19-ID series' other members);
     transferred with the view. External-link targets need no glob: they are found."""
@@ -184,6 +197,15 @@ class BeamlineSettings:
     def position_reader_name(self) -> str:
         return self.positions_reader or self.reader
 
+    @property
+    def diffraction_glob(self) -> str:
+        usual = USUAL_FILES.get(self.reader, (DEFAULT_DIFFRACTION_GLOB, ""))
+        return self.diffraction or usual[0]
+
+    @property
+    def positions_glob(self) -> str:
+        return self.positions or USUAL_FILES.get(self.reader, ("", ""))[1]
+
 
 def _positive(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -264,10 +286,10 @@ def beamline_files(location: str | os.PathLike[str], settings: BeamlineSettings)
     location = pathlib.Path(location)
     if location.is_dir():
         folder = location
-        found = _matches(folder, settings.diffraction)
+        found = _matches(folder, settings.diffraction_glob)
         if not found:
             raise InputFileNotFound(
-                f"{folder}: no diffraction file matching {settings.diffraction!r} "
+                f"{folder}: no diffraction file matching {settings.diffraction_glob!r} "
                 f"(found: {_listing(folder)})"
             )
         diffraction = found[0]
@@ -275,11 +297,11 @@ def beamline_files(location: str | os.PathLike[str], settings: BeamlineSettings)
         folder, diffraction = location.parent, location
     else:
         raise InputFileNotFound(f"{location}: no such file or folder")
-    if settings.positions:
-        candidates = _matches(folder, settings.positions)
+    if settings.positions_glob:
+        candidates = _matches(folder, settings.positions_glob)
         if not candidates:
             raise InputFileNotFound(
-                f"{folder}: no positions file matching {settings.positions!r} "
+                f"{folder}: no positions file matching {settings.positions_glob!r} "
                 f"(found: {_listing(folder)})"
             )
         positions = candidates[0]
@@ -331,7 +353,7 @@ def missing_parts(folder: pathlib.Path, settings: BeamlineSettings) -> str | Non
     a linked data file not there yet), or None when every needed file is present."""
     try:
         files = beamline_files(folder, settings)
-    except InputError as err:
+    except (InputError, InputFileNotFound) as err:
         return str(err)
     for path in (files.diffraction, files.positions, *files.extra):
         if not _is_hdf5(path):
