@@ -250,6 +250,19 @@ def available_readers() -> dict[str, list[tuple[str, str]]]:
     }
 
 
+def check_readers(settings: BeamlineSettings) -> None:
+    """Refuse settings naming a reader, position reader or zone plate that is not
+    registered (:class:`OptionsError` listing the names), or any when Ptychodus is
+    missing (:class:`InteropMissingError` saying what to install)."""
+    registry = plugin_registry()
+    _strategy(registry.diffraction_file_readers, settings.reader, "diffraction reader")
+    _strategy(
+        registry.probe_position_file_readers, settings.position_reader_name, "position reader"
+    )
+    if settings.probe_zone_plate:
+        _strategy(registry.fresnel_zone_plates, settings.probe_zone_plate, "zone plate")
+
+
 def _strategy(chooser: Any, name: str, what: str) -> Any:
     plugin = chooser.find_plugin(name)
     if plugin is None:
@@ -346,6 +359,47 @@ def needed_files(
         for item in reached:
             needed.setdefault(os.path.realpath(item), item)
     return list(needed.values())
+
+
+def transfer_files(view_path: str | os.PathLike[str], settings: BeamlineSettings) -> list[str]:
+    """The files besides the view (its diffraction file) that a transfer must copy, as
+    paths relative to the view's folder (``fly042_data_000001.h5``, ``fly042_0.txt``).
+
+    Raises :class:`InputError` naming the file when one lies outside the scan folder:
+    the flow copies the scan folder's files to the same place under ``input/<id>/``, so a
+    link from there to elsewhere would not resolve on the compute side.
+    """
+    view_path = pathlib.Path(view_path)
+    folder = pathlib.Path(os.path.abspath(view_path.parent))
+    relative: list[str] = []
+    for path in needed_files(view_path, settings):
+        absolute = pathlib.Path(os.path.abspath(path))
+        if absolute == pathlib.Path(os.path.abspath(view_path)):
+            continue
+        if not absolute.is_relative_to(folder):
+            raise InputError(
+                f"{view_path}: needs {path}, which is outside the scan folder {folder}; the "
+                "flow copies only the scan folder's files (keep linked data files in it)"
+            )
+        relative.append(absolute.relative_to(folder).as_posix())
+    return relative
+
+
+def peek_beamline_shape(
+    location: str | os.PathLike[str], settings: BeamlineSettings
+) -> tuple[int, int, int]:
+    """(N_POS, S, S): the pattern count the reader declares and the crop size, without
+    reading a pattern (for the GPU count)."""
+    registry = plugin_registry()
+    reader = _strategy(registry.diffraction_file_readers, settings.reader, "diffraction reader")
+    files = beamline_files(location, settings)
+    metadata = _call_reader(reader.read, files.diffraction, settings.reader).get_metadata()
+    count = int(sum(metadata.num_patterns_per_array))
+    side = settings.crop or min(
+        int(metadata.detector_extent.height_px), int(metadata.detector_extent.width_px)
+    )
+    side //= settings.binning
+    return count, side, side
 
 
 def missing_parts(folder: pathlib.Path, settings: BeamlineSettings) -> str | None:

@@ -235,3 +235,57 @@ SETTINGS = {
         "crop": 32,
     },
 }
+
+
+def simulated_zone_plate(
+    detector: int = 32,
+    n_positions: int = 64,
+    *,
+    preset: str = "APS_Velociprobe",
+    defocus_m: float = 400e-6,
+    photons: float = 1e5,
+    seed: int = 7,
+) -> SimulatedView:
+    """A view whose probe is the beam of one of Ptychodus's zone-plate presets at
+    ``defocus_m`` from its focus (``generate_fresnel_zone_plate_probe``): the beamline's
+    optics, which ``probe_zone_plate`` in the settings models as the probe guess."""
+    from ptychodus.api.plugins import PluginRegistry
+    from ptychodus.api.probe import ProbeGeometry
+    from ptychodus.api.simulate.probe import generate_fresnel_zone_plate_probe
+
+    from recon.cxi import validated_scan, wavelength_from_energy
+    from recon.simulate import (
+        OVERLAP,
+        POSITION_MARGIN,
+        far_field_intensity,
+        known_object,
+        raster_positions,
+    )
+
+    rng = np.random.default_rng([seed, 0])
+    wavelength = wavelength_from_energy(ENERGY_J)
+    pixel = wavelength * DISTANCE_M / (detector * DETECTOR_PIXEL_M)
+    zone_plate = PluginRegistry.load_plugins().fresnel_zone_plates.get_strategy_by_name(preset)
+    beam = generate_fresnel_zone_plate_probe(
+        ProbeGeometry(detector, detector, pixel, pixel),
+        zone_plate,
+        photon_wavelength_m=wavelength,
+        defocus_distance_m=defocus_m,
+    )
+    probe = np.asarray(beam.get_array() if hasattr(beam, "get_array") else beam.array)
+    while probe.ndim > 2:
+        probe = probe[0]
+    power = np.abs(probe) ** 2
+    rows = np.indices(power.shape)[0]
+    width = 2 * np.sqrt((power * ((rows - detector / 2) ** 2)).sum() / power.sum())
+    positions = raster_positions(n_positions, (1 - OVERLAP) * 2 * width, rng, 0.1)
+    shape = tuple(
+        int(np.ceil(float(extent))) + detector + POSITION_MARGIN for extent in positions.max(axis=0)
+    )
+    true_object = known_object(shape, 0)
+    intensity = far_field_intensity(true_object, probe, positions)
+    scale = photons / float(intensity.sum(axis=(1, 2)).mean())
+    counts = rng.poisson(intensity * scale).astype(np.float32)
+    probe = (probe * np.sqrt(scale)).astype(np.complex64)
+    scan = validated_scan(counts, positions, pixel_size=pixel, wavelength=wavelength)
+    return SimulatedView(scan=scan, true_object=true_object, true_probe=probe)

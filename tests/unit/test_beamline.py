@@ -247,3 +247,26 @@ def test_recon_command_reads_a_scan_folder_by_hand(tmp_path, view):
     assert formats.returncode == 0
     for name in ("APS_Velociprobe", "APS_Velociprobe_LI", "APS_ISN", "MAX_IV_NanoMAX", "CXI"):
         assert name in formats.stdout
+
+
+def test_compute_function_reads_a_beamline_scan_and_refuses_a_link_out(tmp_path, view, monkeypatch):
+    """reconstruct_view with the flow's ``beamline`` argument: reads through the layer
+    inside the roots, and refuses a data file that is a symbolic link out of them."""
+    from functions.reconstruct import reconstruct_view
+
+    root = tmp_path / "compute"
+    layout = write_velociprobe(root / "input" / "100", view)
+    monkeypatch.setenv("PTYCHOFLOW_ALLOWED_ROOTS", str(root))
+    master = str(layout.folder / "fly042_master.h5")
+    options = {"iterations": 1, "backend": "numpy"}
+    beamline = settings("velociprobe").to_dict()
+    summary = reconstruct_view(master, str(root / "recon" / "100"), options, beamline=beamline)
+    assert summary["output"].endswith("recon/100/fly042_master.h5")
+
+    elsewhere = tmp_path / "other_group"
+    elsewhere.mkdir()
+    data_file = layout.folder / "fly042_data_000002.h5"
+    data_file.rename(elsewhere / data_file.name)
+    data_file.symlink_to(elsewhere / data_file.name)
+    with pytest.raises(ExternalReferenceRefused, match="/entry/data/data_000002"):
+        reconstruct_view(master, str(root / "recon" / "100"), options, beamline=beamline)
