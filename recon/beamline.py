@@ -69,6 +69,9 @@ USUAL_FILES = {
     "APS_ISN": ("*_00001.h5", "*_positions.h5"),
     "MAX_IV_NanoMAX": ("*.h5", ""),
 }
+#: Globs of the files a reader opens by itself besides its two roles, when the settings
+#: name none: a 19-ID series' other members.
+EXTRA_FILES = {"APS_ISN": ("*_[0-9][0-9][0-9][0-9][0-9].h5",)}
 #: The diffraction glob of readers not in :data:`USUAL_FILES`.
 DEFAULT_DIFFRACTION_GLOB = "*.h5"
 
@@ -96,7 +99,8 @@ class BeamlineSettings:
     file itself (NanoMAX keeps both in one file)."""
     files: tuple[str, ...] = ()
     """More globs of files the reader opens by itself (a 19-ID series' other members);
-    transferred with the view. External-link targets need no glob: they are found."""
+    transferred with the view. External-link targets need no glob: they are found.
+    Empty: the reader's usual ones (:data:`EXTRA_FILES`)."""
     distance_m: float | None = None
     """Sample-detector distance; overrides the file's."""
     energy_ev: float | None = None
@@ -321,7 +325,7 @@ def beamline_files(location: str | os.PathLike[str], settings: BeamlineSettings)
     else:
         positions = diffraction
     extra: list[pathlib.Path] = []
-    for pattern in settings.files:
+    for pattern in settings.files or EXTRA_FILES.get(settings.reader, ()):
         extra.extend(p for p in _matches(folder, pattern) if p not in (diffraction, positions))
     return BeamlineFiles(diffraction, positions, tuple(dict.fromkeys(extra)))
 
@@ -465,6 +469,12 @@ def load_beamline_scan(
     )
     files = beamline_files(location, settings)
     needed_files(location, settings, allowed_roots)  # refuses links out of the roots
+    if allowed_roots is not None:
+        # A reader may open other files of the folder by itself (19-ID lists the folder
+        # for a series' members): every HDF5 file there is checked too.
+        for path in sorted(files.diffraction.parent.iterdir()):
+            if path.is_file() and _is_hdf5(path):
+                reachable_files(path, allowed_roots)
     source = str(files.diffraction)
 
     dataset = _call_reader(diffraction_reader.read, files.diffraction, settings.reader)
@@ -486,7 +496,7 @@ def load_beamline_scan(
     if center is None and metadata.beam_center is not None:
         center = (int(metadata.beam_center.y_px), int(metadata.beam_center.x_px))
     if center is None:
-        center = _find_center(dataset[0], dtype, settings.mask_max_value)
+        center = _find_center(dataset[0], metadata, dtype, settings.mask_max_value)
         log.info("%s: beam centre found at row %d, column %d", source, *center)
     if not (0 <= center[0] < height and 0 <= center[1] < width):
         raise InputError(
@@ -673,9 +683,34 @@ def _file_pixel_mask(
     return bad
 
 
-def _find_center(array: Any, dtype: np.dtype, mask_max: bool) -> tuple[int, int]:
-    """The centre of mass of the first (up to 16) patterns' valid pixels, (row, col)."""
-    patterns = np.asarray(array.get_patterns())[:16].astype(np.float64)
+#: Patterns the beam-centre search reads (from the first array only).
+CENTER_PATTERNS = 16
+#: Largest read the centre search makes through a reader that cannot read a few frames.
+CENTER_READ_LIMIT = 512 * 2**20
+
+
+def _find_center(array: Any, metadata: Any, dtype: np.dtype, mask_max: bool) -> tuple[int, int]:
+    """The centre of mass of the first :data:`CENTER_PATTERNS` patterns' valid pixels,
+    (row, col). An HDF5-backed array (Ptychodus's ``H5DiffractionPatternArray``) is read
+    for those frames only; another reader's whole first array only when it is small."""
+    file_path = getattr(array, "_file_path", None)
+    data_path = getattr(array, "_data_path", None)
+    if file_path is not None and data_path is not None:
+        try:
+            with h5py.File(file_path, "r") as handle:
+                patterns = np.asarray(handle[data_path][:CENTER_PATTERNS])
+        except (OSError, KeyError) as err:
+            raise InputError(f"{file_path}: cannot read {data_path}: {err}") from err
+    else:
+        count = int(metadata.num_patterns_per_array[0]) if metadata.num_patterns_per_array else 0
+        height, width = metadata.detector_extent.height_px, metadata.detector_extent.width_px
+        if count * height * width * dtype.itemsize > CENTER_READ_LIMIT:
+            raise InputError(
+                f"{array.get_label()}: finding the beam centre would read {count} full "
+                f"{height}x{width} frames; set center = [row, column] (or --center)"
+            )
+        patterns = np.asarray(array.get_patterns())
+    patterns = patterns.reshape(-1, *patterns.shape[-2:])[:CENTER_PATTERNS].astype(np.float64)
     if mask_max and np.issubdtype(dtype, np.integer):
         patterns[patterns >= np.iinfo(dtype).max] = 0
     total = np.clip(patterns, 0, None).sum(axis=0)

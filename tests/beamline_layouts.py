@@ -84,6 +84,16 @@ def frames(
     return full, bad, pixel_mask
 
 
+def eiger_compression() -> dict:
+    """bitshuffle/LZ4 (HDF5 filter 32008), what an Eiger writes, when hdf5plugin (in the
+    interop extra) is installed; gzip otherwise."""
+    try:
+        import hdf5plugin
+    except ImportError:
+        return {"compression": "gzip", "compression_opts": 1}
+    return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+
+
 def _units(item: h5py.Dataset, units: str) -> None:
     item.attrs["units"] = np.bytes_(units)  # the reader compares with b'...'
 
@@ -110,8 +120,7 @@ def write_velociprobe(
                     "entry/data/data",
                     data=full[start : start + frames_per_file],
                     chunks=(1, 64, 64),
-                    compression="gzip",
-                    compression_opts=1,
+                    **eiger_compression(),
                 )
             files.append(folder / name)
             master[f"entry/data/data_{number:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
@@ -221,7 +230,6 @@ SETTINGS = {
         "reader": "APS_ISN",
         "diffraction": "scan_*_00001.h5",
         "positions": "*_positions.h5",
-        "files": ["scan_*_[0-9][0-9][0-9][0-9][0-9].h5"],
         "distance_m": DISTANCE_M,
         "center": [300, 380],
         "crop": 32,

@@ -122,6 +122,11 @@ def test_needed_files_are_the_roles_and_the_link_targets_only(layouts):
     found = needed_files(layout.folder, settings("velociprobe"))
     assert found[0].name == "fly042_master.h5"
     assert sorted(p.name for p in found) == sorted(p.name for p in layout.files)
+    # 19-ID: the reader lists the folder for the series' other members; they are needed.
+    isn = layouts["isn"]
+    found = needed_files(isn.folder, settings("isn"))
+    assert found[0].name == "scan_0042_00001.h5"
+    assert sorted(p.name for p in found) == sorted(p.name for p in isn.files)
 
 
 def test_link_out_of_the_roots_is_refused_through_the_reader(tmp_path, view):
