@@ -205,6 +205,15 @@ def beamline_settings(args: argparse.Namespace) -> object | None:
     if given or is_folder or args.config:
         section = _config_beamline(args.config)
     if section is None and "reader" not in given:
+        if is_folder:
+            from recon.errors import OptionsError
+
+            raise OptionsError(
+                f"{args.input}: is a folder, not a CXI/HDF5 file; to read a beamline's scan "
+                "folder, name its reader "
+                "with --reader (`ptychoflow formats` lists them) or give a config with a "
+                "[beamline] section (--config)"
+            )
         if given:
             from recon.errors import OptionsError
 
