@@ -85,6 +85,13 @@ class ViewRequest:
     """Folder name under ``input/`` and ``recon/`` on both sides: the scan id (``100``),
     or the scan folder's name when another folder got that id first; ``""`` means
     ``str(scan_id)``."""
+    files: tuple[str, ...] = ()
+    """Beamline scans: the other files of the scan folder the reader needs (the data
+    files the master file links to, the positions file), relative to the folder; they
+    are copied beside the view and nothing else is (``recon.beamline.transfer_files``)."""
+    beamline: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    """Beamline scans: the ``[beamline]`` settings (``BeamlineSettings.to_dict()``) the
+    compute function reads the view with; empty for a CXI or npz view."""
 
     @property
     def view(self) -> str:

@@ -17,6 +17,8 @@ import uuid
 from typing import Any
 
 from flows.errors import ConfigError
+from recon.beamline import BeamlineSettings
+from recon.errors import OptionsError
 from recon.options import ReconOptions
 
 DEFAULT_CONFIG_NAME = "ptychoflow.toml"
@@ -102,6 +104,9 @@ class Config:
     """Default reconstruction options for every view."""
     globus: GlobusSettings = dataclasses.field(default_factory=GlobusSettings)
     portal: PortalSettings = dataclasses.field(default_factory=PortalSettings)
+    beamline: BeamlineSettings | None = None
+    """The ``[beamline]`` section: scan folders hold a beamline's own files, read through
+    Ptychodus's readers (``recon.beamline``); None: views are CXI/npz files."""
     source: pathlib.Path | None = None
     """The file this config came from (None for defaults)."""
 
@@ -189,10 +194,24 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
     globus_raw = raw.pop("globus", {}) or {}
     recon_raw = raw.pop("recon", {}) or {}
     portal_raw = raw.pop("portal", {}) or {}
-    for section, table in (("globus", globus_raw), ("recon", recon_raw), ("portal", portal_raw)):
+    beamline_raw = raw.pop("beamline", None)
+    sections: list[tuple[str, Any]] = [
+        ("globus", globus_raw),
+        ("recon", recon_raw),
+        ("portal", portal_raw),
+    ]
+    if beamline_raw is not None:
+        sections.append(("beamline", beamline_raw))
+    for section, table in sections:
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: {section} must be a table ([{section}]), not {table!r}")
-    known = {f.name for f in dataclasses.fields(Config)} - {"recon", "globus", "portal", "source"}
+    known = {f.name for f in dataclasses.fields(Config)} - {
+        "recon",
+        "globus",
+        "portal",
+        "beamline",
+        "source",
+    }
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
@@ -222,8 +241,17 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
         recon = ReconOptions.from_dict(recon_raw)
     except ValueError as err:
         raise ConfigError(f"{where}: [recon]: {err}") from err
+    beamline = None
+    if beamline_raw is not None:
+        try:
+            beamline = BeamlineSettings.from_dict(beamline_raw, where=f"{where}: [beamline]")
+        except OptionsError as err:
+            raise ConfigError(str(err)) from err
+        if "view_glob" not in raw:  # the view of a beamline scan is its diffraction file
+            raw["view_glob"] = beamline.diffraction_glob
     config = Config(
         **raw,
+        beamline=beamline,
         recon=recon,
         globus=GlobusSettings(**globus_raw),
         portal=PortalSettings(**portal_raw),

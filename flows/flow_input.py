@@ -91,9 +91,13 @@ def build_flow_input(
         )
     scan = request.compute_dir
     recon = ReconOptions.from_dict(request.recon).to_dict()
+    for name in request.files:
+        parts = PurePosixPath(name).parts
+        if not parts or name.startswith("/") or ".." in parts:
+            raise ConfigError(f"file {name!r} must be a relative path inside the scan folder")
     acquisition_recon = posixpath.join(acquisition_base, "recon", scan)
     compute_recon = posixpath.join(compute_base, "recon", scan)
-    flow_input = {
+    flow_input: dict[str, Any] = {
         "label": f"ptychoflow {request.label}",
         "acquisition": {
             "collection_id": acquisition_collection,
@@ -117,7 +121,24 @@ def build_flow_input(
             "view_name": view_name,
         },
         "recon": recon,
+        "beamline": dict(request.beamline),
     }
+    # The view, then the files a beamline reader needs beside it, each to the same place
+    # under input/<id>/ (so the master file's relative links resolve there too).
+    flow_input["transfer_in"] = [
+        {
+            "source_path": flow_input["acquisition"]["view_path"],
+            "destination_path": flow_input["compute_storage"]["view_path"],
+            "recursive": False,
+        }
+    ] + [
+        {
+            "source_path": posixpath.join(acquisition_base, request.scan_folder, name),
+            "destination_path": posixpath.join(compute_base, "input", scan, name),
+            "recursive": False,
+        }
+        for name in request.files
+    ]
     validate_flow_input(flow_input)
     return flow_input
 

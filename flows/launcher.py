@@ -62,7 +62,7 @@ from flows.scans import (
     view_key,
 )
 from recon.cxi import peek_view_shape
-from recon.errors import InputError, PtychoflowError
+from recon.errors import InputError, InputFileNotFound, OptionsError, PtychoflowError
 
 log = logging.getLogger("ptychoflow.launcher")
 
@@ -299,8 +299,9 @@ class Launcher:
                 )
                 continue
             try:
-                peek_view_shape(scan.path / file_name, f"{folder}/{file_name}")
-            except InputError as err:
+                label = f"{folder}/{file_name}"
+                request = self._inspect_view(request, scan.path / file_name, label)
+            except (InputError, InputFileNotFound, OptionsError) as err:
                 outcomes.append(self._fail(request, str(err)))
                 continue
             if not prepared and prepare_error is None:
@@ -356,6 +357,22 @@ class Launcher:
         return ViewOutcome(
             request.scan_folder, request.view_file, ViewAction.DEFERRED, status, error=text
         )
+
+    def _inspect_view(self, request: ViewRequest, path: pathlib.Path, label: str) -> ViewRequest:
+        """The cheap check before a run is spent on a view: a CXI view's dataset shape; for
+        a beamline scan (``[beamline]``), the files its reader needs, which the request
+        then names so that the flow copies them (and the settings the compute function
+        reads them with). On the local backend the reader must exist here too."""
+        settings = self.config.beamline
+        if settings is None:
+            peek_view_shape(path, label)
+            return request
+        from recon.beamline import check_readers, transfer_files
+
+        if self.backend.name == "local":
+            check_readers(settings)
+        files = tuple(transfer_files(path, settings))
+        return dataclasses.replace(request, files=files, beamline=settings.to_dict())
 
     def _submit(self, request: ViewRequest) -> ViewOutcome:
         """Hand a claimed (pending) request to the backend and record the result."""
@@ -704,6 +721,13 @@ class Launcher:
                     continue
                 if existing is not None:
                     outcomes.append(self._record_started(request, existing, ViewAction.ADOPTED))
+                    continue
+            if self.config.beamline is not None:  # the files to copy are not in the ledger
+                path = self.config.acquisition_root / record.scan_folder / record.view_file
+                try:
+                    request = self._inspect_view(request, path, record.label)
+                except (InputError, InputFileNotFound, OptionsError) as err:
+                    outcomes.append(self._fail(request, str(err)))
                     continue
             self._wait_for_slot()
             outcomes.append(self._submit(request))

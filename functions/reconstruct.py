@@ -21,6 +21,7 @@ def reconstruct_view(
     recon: dict[str, Any] | None = None,
     view_name: str | None = None,
     gpu_lock_path: str | None = None,
+    beamline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Reconstruct one view (a CXI file) into ``<output_dir>/<view name>.h5`` and a preview.
 
@@ -33,7 +34,9 @@ def reconstruct_view(
 
     Both paths must resolve (symbolic links followed, ``..`` removed) into one of the
     folders named by ``PTYCHOFLOW_ALLOWED_ROOTS`` on the endpoint
-    (:mod:`functions.allowed_roots`); the result never replaces the input or a file
+    (:mod:`functions.allowed_roots`), and so must every file the input's HDF5 external
+    links and virtual datasets reach (external raw storage is refused;
+    :mod:`recon.hdf5_confined`); the result never replaces the input or a file
     that is not a ptychoflow result, and the output folder is checked to be writable
     before any GPU is claimed.
     recon
@@ -41,6 +44,11 @@ def reconstruct_view(
         (:class:`recon.options.ReconOptions` fields); None for the defaults.
     view_name
         Stem of the result file; default the input file's stem (``view003``).
+    beamline
+        For a beamline's scan: the ``[beamline]`` settings
+        (:class:`recon.beamline.BeamlineSettings` as a dict); ``input_path`` is then its
+        diffraction (master) file, read through the Ptychodus reader they name, with the
+        files it needs beside it. None or empty for a CXI or npz view.
     gpu_lock_path
         The node-local GPU lock file; default ``$PTYCHOFLOW_GPU_LOCK`` or
         ``/dev/shm/availgpus``. Another path must lie under the allowed roots.
@@ -116,8 +124,20 @@ def reconstruct_view(
     ):
         confined(gpu_lock_path, "GPU lock file", roots)  # a caller may not pick any file
 
-    # The view's size, cheaply: only the dataset's shape is read.
-    shape = peek_view_shape(source, label)
+    # The view's size, cheaply: only the dataset's shape is read (for a beamline scan, the
+    # reader's metadata, after every file its links reach is checked against the roots).
+    settings = None
+    if beamline:
+        from recon.beamline import BeamlineSettings, needed_files, peek_beamline_shape
+
+        try:
+            settings = BeamlineSettings.from_dict(beamline, where=f"{label}: beamline")
+        except OptionsError as err:
+            raise OptionsError(str(err)) from err
+        needed_files(source, settings, roots)
+        shape = peek_beamline_shape(source, settings)
+    else:
+        shape = peek_view_shape(source, label, allowed_roots=roots)
 
     # Never over the input or a stranger's file; a read-only folder fails now, not
     # after the reconstruction.
@@ -145,7 +165,14 @@ def reconstruct_view(
         from recon.api import reconstruct_file
 
         try:
-            result = reconstruct_file(str(source), str(output), options, device_ids=device_ids)
+            result = reconstruct_file(
+                str(source),
+                str(output),
+                options,
+                device_ids=device_ids,
+                allowed_roots=roots,
+                beamline=settings,
+            )
         except InputError as err:
             if source.name in str(err):
                 raise

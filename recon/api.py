@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from recon.options import ReconOptions
 from recon.ptycho import ProgressCallback, reconstruct
+
+if TYPE_CHECKING:
+    from recon.beamline import BeamlineSettings
 
 
 def reconstruct_file(
@@ -19,6 +24,8 @@ def reconstruct_file(
     *,
     preview_deramp: bool = True,
     memory_limit: int | None = None,
+    allowed_roots: Sequence[os.PathLike[str]] | None = None,
+    beamline: BeamlineSettings | None = None,
 ) -> dict:
     """Load a view (CXI, or the npz test format), reconstruct it, write the result.
 
@@ -30,6 +37,12 @@ def reconstruct_file(
     object's linear phase ramp removed unless ``preview_deramp`` is False), with the
     input's permission bits limited by the umask (:func:`result_mode`).
     ``memory_limit``: bytes the reconstruction may use (default ``recon.memory``'s).
+    ``allowed_roots``: when given, the input and every file its HDF5 links reach must lie
+    under them (:mod:`recon.hdf5_confined`); the compute function passes its roots, and
+    ``ptychoflow recon`` those of ``PTYCHOFLOW_ALLOWED_ROOTS`` when set.
+    ``beamline``: read ``input_path`` (a scan folder, or its diffraction file) through
+    the Ptychodus readers these settings name (:mod:`recon.beamline`); None reads a CXI
+    or npz file (:func:`recon.cxi.load_scan`).
 
     Returns a small JSON-ready summary: output and preview paths, iterations run, final
     cost, devices, backend and seconds per stage (load, solve, write), and with
@@ -52,7 +65,15 @@ def reconstruct_file(
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    scan = load_scan(input_path, memory_limit=memory_limit)
+    roots = None if allowed_roots is None else [pathlib.Path(root) for root in allowed_roots]
+    if beamline is not None:
+        from recon.beamline import load_beamline_scan
+
+        scan = load_beamline_scan(
+            input_path, beamline, memory_limit=memory_limit, allowed_roots=roots
+        )
+    else:
+        scan = load_scan(input_path, memory_limit=memory_limit, allowed_roots=roots)
     if options.probe_modes > 1:  # the loader checked for one mode; each more costs memory
         extent = np.ptp(scan.positions, axis=0)
         check_memory(
@@ -70,6 +91,8 @@ def reconstruct_file(
 
     start = time.perf_counter()
     extra_attrs: dict = {"input": str(input_path)}
+    if beamline is not None:
+        extra_attrs["beamline"] = beamline.to_dict()
     if options.holdout_fraction > 0:
         from recon.holdout import reconstruct_with_holdout
 

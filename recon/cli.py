@@ -12,7 +12,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Reconstruct one ptychography view and write OUTPUT.h5 with a PNG "
         "preview (phase and amplitude) beside it.",
     )
-    parser.add_argument("input", help="view file: .cxi/.h5, or .npz/.npz.bz2 (test data format)")
+    parser.add_argument(
+        "input",
+        help="view file: .cxi/.h5, or .npz/.npz.bz2 (test data format); with --reader, a "
+        "beamline's scan folder (or its diffraction file)",
+    )
     parser.add_argument(
         "-o",
         "--output",
@@ -112,7 +116,149 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "$PTYCHOFLOW_MEMORY_LIMIT, else the memory available)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    beamline = parser.add_argument_group(
+        "beamline files (read through Ptychodus's readers: the interop extra)",
+        "Without --reader, the [beamline] section of --config (when it has one) applies to "
+        "a folder; flags override it. `ptychoflow formats` lists the readers.",
+    )
+    beamline.add_argument(
+        "--reader", default=None, help="diffraction reader's simple name, e.g. APS_Velociprobe"
+    )
+    beamline.add_argument(
+        "--positions-reader",
+        default=None,
+        help="position reader's simple name, e.g. APS_Velociprobe_LI (default: --reader)",
+    )
+    beamline.add_argument(
+        "--diffraction", default=None, metavar="GLOB", help="the diffraction (master) file's glob"
+    )
+    beamline.add_argument("--positions", default=None, metavar="GLOB", help="positions file's glob")
+    beamline.add_argument(
+        "--crop", type=int, default=None, help="square crop around the beam centre, in pixels"
+    )
+    beamline.add_argument(
+        "--center",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("ROW", "COL"),
+        help="beam centre in detector pixels (default: the file's, else found)",
+    )
+    beamline.add_argument("--binning", type=int, default=None, help="sum N x N pixels")
+    beamline.add_argument("--distance", type=float, default=None, help="detector distance (m)")
+    beamline.add_argument("--energy", type=float, default=None, help="photon energy (eV)")
+    beamline.add_argument("--pixel-size", type=float, default=None, help="detector pixel pitch (m)")
+    beamline.add_argument(
+        "--photon-threshold", type=float, default=None, help="counts below this become zero"
+    )
+    beamline.add_argument(
+        "--probe-zone-plate",
+        default=None,
+        metavar="PRESET",
+        help="probe guess from a Ptychodus zone-plate preset (e.g. APS_Velociprobe)",
+    )
+    beamline.add_argument(
+        "--probe-defocus", type=float, default=None, help="defocus for --probe-zone-plate (m)"
+    )
+    beamline.add_argument(
+        "--config",
+        default=None,
+        help="config file whose [beamline] section to use (default ./ptychoflow.toml)",
+    )
     parser.set_defaults(handler=run)
+
+    formats = subparsers.add_parser(
+        "formats",
+        help="list the beamline file readers (Ptychodus's plugins, the interop extra)",
+        description="List the diffraction and position readers, and the zone-plate presets, "
+        "that the [beamline] section and `ptychoflow recon --reader` can name. CXI and npz "
+        "files are read without them.",
+    )
+    formats.set_defaults(handler=list_formats)
+
+
+def list_formats(args: argparse.Namespace) -> int:
+    from recon.beamline import describe_readers
+
+    print("built in (no extra needed): CXI (.cxi, .h5, .hdf5), npz (.npz, .npz.bz2)")
+    print(describe_readers())
+    return 0
+
+
+def beamline_settings(args: argparse.Namespace) -> object | None:
+    """The beamline settings for this command: the config's [beamline] section (for a
+    folder, or whenever a beamline flag is given) with the flags over it; None to read
+    a CXI/npz file."""
+    import pathlib
+
+    from recon.beamline import BeamlineSettings
+
+    flags = {
+        "reader": args.reader,
+        "positions_reader": args.positions_reader,
+        "diffraction": args.diffraction,
+        "positions": args.positions,
+        "crop": args.crop,
+        "center": args.center,
+        "binning": args.binning,
+        "distance_m": args.distance,
+        "energy_ev": args.energy,
+        "pixel_size_m": args.pixel_size,
+        "photon_threshold": args.photon_threshold,
+        "probe_zone_plate": args.probe_zone_plate,
+        "probe_defocus_m": args.probe_defocus,
+    }
+    given = {key: value for key, value in flags.items() if value is not None}
+    section = None
+    is_folder = pathlib.Path(args.input).is_dir()
+    if given or is_folder or args.config:
+        section = _config_beamline(args.config)
+    if section is None and "reader" not in given:
+        if is_folder:
+            from recon.errors import OptionsError
+
+            raise OptionsError(
+                f"{args.input}: is a folder, not a CXI/HDF5 file; to read a beamline's scan "
+                "folder, name its reader "
+                "with --reader (`ptychoflow formats` lists them) or give a config with a "
+                "[beamline] section (--config)"
+            )
+        if given:
+            from recon.errors import OptionsError
+
+            raise OptionsError(
+                f"beamline settings ({', '.join(sorted(given))}) need --reader, or a "
+                "[beamline] section in the config"
+            )
+        return None
+    if section is None:
+        return BeamlineSettings.from_dict(given, where="ptychoflow recon")
+    return section.replace(**given)
+
+
+def _config_beamline(path: str | None) -> object | None:
+    """The [beamline] section of ``path`` (or ./ptychoflow.toml when present), or None."""
+    import pathlib
+    import tomllib
+
+    from recon.beamline import BeamlineSettings
+    from recon.errors import OptionsError
+
+    file = pathlib.Path(path) if path else pathlib.Path("ptychoflow.toml")
+    if not file.is_file():
+        if path:
+            raise OptionsError(f"{file}: config file not found")
+        return None
+    try:
+        raw = tomllib.loads(file.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise OptionsError(f"{file}: cannot read the config: {err}") from err
+    section = raw.get("beamline")
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise OptionsError(f"{file}: beamline must be a table ([beamline])")
+    return BeamlineSettings.from_dict(section, where=f"{file}: [beamline]")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from recon.api import reconstruct_file
+    from recon.hdf5_confined import roots_from_environment
     from recon.memory import parse_bytes
     from recon.options import ReconOptions
 
@@ -145,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
         "dark_floor": args.dark_floor,
     }
     options = ReconOptions.from_dict({k: v for k, v in changes.items() if v is not None})
+    beamline = beamline_settings(args)
     if args.no_probe:
         options = options.replace(refine_probe=False)
 
@@ -176,6 +324,8 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             preview_deramp=args.preview_deramp,
             memory_limit=memory_limit,
+            allowed_roots=roots_from_environment(),
+            beamline=beamline,  # type: ignore[arg-type]
         )
     finally:
         if in_main_thread:

@@ -31,6 +31,7 @@ import numpy as np
 
 from recon.backend import COMPLEX, REAL
 from recon.errors import InputError, InputFileNotFound
+from recon.hdf5_confined import ExternalReferenceRefused, Roots, check_hdf5, confine_path
 from recon.memory import check_memory
 from recon.scan import ScanData
 
@@ -66,21 +67,29 @@ def wavelength_from_energy(energy_j: float) -> float:
     return PLANCK_TIMES_LIGHT_SPEED / energy_j
 
 
-def load_scan(path: str | os.PathLike[str], *, memory_limit: int | None = None) -> ScanData:
+def load_scan(
+    path: str | os.PathLike[str],
+    *,
+    memory_limit: int | None = None,
+    allowed_roots: Roots = None,
+) -> ScanData:
     """Load one view from a CXI/HDF5 file (``.cxi``, ``.h5``, ``.hdf5``) or an
     ``.npz`` / ``.npz.bz2`` file, chosen by the file name's suffix.
 
     ``memory_limit``: bytes the reconstruction may use (default: ``recon.memory``'s
     limit); a view estimated to need more is refused before its patterns are read.
+    ``allowed_roots``: when given, the file and everything it links to must lie under
+    them (:mod:`recon.hdf5_confined`); None reads as h5py would.
     """
     path = pathlib.Path(path)
+    confine_path(path, allowed_roots)
     problem = describe_non_file(path)
     if problem is not None and problem != "does not exist":
         raise InputError(f"{path}: {problem}")  # a folder named view.cxi, a FIFO, ...
     name = path.name.lower()
     if name.endswith(HDF5_SUFFIXES):
-        return load_cxi(path, memory_limit=memory_limit)
-    if name.endswith(NPZ_SUFFIXES):
+        return load_cxi(path, memory_limit=memory_limit, allowed_roots=allowed_roots)
+    if name.endswith(NPZ_SUFFIXES):  # a zip of arrays: it cannot name other files
         return load_npz(path, memory_limit=memory_limit)
     raise InputError(
         f"{path}: unknown input format; expected one of {', '.join(HDF5_SUFFIXES + NPZ_SUFFIXES)}"
@@ -90,17 +99,26 @@ def load_scan(path: str | os.PathLike[str], *, memory_limit: int | None = None) 
 # --------------------------------------------------------------------------- CXI
 
 
-def load_cxi(path: str | os.PathLike[str], *, memory_limit: int | None = None) -> ScanData:
+def load_cxi(
+    path: str | os.PathLike[str],
+    *,
+    memory_limit: int | None = None,
+    allowed_roots: Roots = None,
+) -> ScanData:
     """Load one view from a CXI file (see the module docstring for the layout).
 
     Returns a ScanData with ``pixel_size`` (object pixel size in metres), ``wavelength``
     and ``distance`` filled. Raises :class:`InputFileNotFound` or :class:`InputError`
     (:class:`~recon.errors.InputTooLargeError` when the view would need more than
     ``memory_limit`` bytes: checked from the dataset's shape and the positions'
-    extent before the patterns are read).
+    extent before the patterns are read). With ``allowed_roots``, a file that links
+    (external links, virtual datasets) outside them, or keeps data in external raw
+    storage, is refused before anything is read
+    (:class:`~recon.hdf5_confined.ExternalReferenceRefused`).
     """
     path = pathlib.Path(path)
     _check_is_file(path)
+    check_hdf5(path, allowed_roots)
     try:
         handle = h5py.File(path, "r")
     except OSError as err:
@@ -239,8 +257,11 @@ def describe_non_file(path: pathlib.Path) -> str | None:
     return "is not a regular file"
 
 
-def peek_view_shape(path: str | os.PathLike[str], label: str | None = None) -> tuple[int, int, int]:
-    """(N_POS, DET_H, DET_W) of a view's patterns, reading only the dataset's shape.
+def peek_view_shape(
+    path: str | os.PathLike[str], label: str | None = None, *, allowed_roots: Roots = None
+) -> tuple[int, int, int]:
+    """(N_POS, DET_H, DET_W) of a view's patterns, reading only the dataset's shape
+    (with ``allowed_roots``, after checking the file's links: :func:`load_cxi`).
 
     The cheap check run before a run is spent on a view (launcher, replay) and before
     the compute function claims GPUs. Raises :class:`InputFileNotFound` when the path
@@ -254,6 +275,13 @@ def peek_view_shape(path: str | os.PathLike[str], label: str | None = None) -> t
         raise InputFileNotFound(f"{where}: input file not found ({path})")
     if problem is not None:
         raise InputError(f"{where}: {problem}")
+    confine_path(path, allowed_roots)
+    try:
+        check_hdf5(path, allowed_roots)
+    except ExternalReferenceRefused:
+        raise
+    except InputError as err:  # the file itself, or a file it links to, is not HDF5
+        raise InputError(f"{where}: not a readable HDF5/CXI file ({err})") from err
     try:
         with h5py.File(path, "r") as file:
             data = file.get(DATA_PATH)

@@ -283,10 +283,18 @@ def probe_power_fractions(probe: np.ndarray) -> np.ndarray:
 
 def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a result file: the datasets as NumPy arrays and the attributes, with the
-    JSON ones decoded and a NaN ``pixel_size`` returned as None."""
+    JSON ones decoded and a NaN ``pixel_size`` returned as None.
+
+    A result file is self-contained (we never write a link): one with an external link,
+    a virtual dataset or external raw storage is refused before anything is read
+    (:class:`recon.hdf5_confined.ExternalReferenceRefused`), so the portal never shows
+    another file's data."""
+    from recon.hdf5_confined import check_hdf5
+
     path = pathlib.Path(path)
     if not path.is_file():
         raise InputFileNotFound(f"{path}: no such result file")
+    check_hdf5(path, ())
     try:
         with h5py.File(path, "r") as handle:
             missing = [name for name in DATASETS if name not in handle]

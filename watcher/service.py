@@ -35,6 +35,7 @@ busy (another process holds its lock) the scan is kept and tried again later.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import pathlib
@@ -141,7 +142,12 @@ class WatcherService:
         self.max_observer_restarts = max_observer_restarts
         self.stop_event = threading.Event()
         self.events: queue.Queue[pathlib.Path] = queue.Queue()
-        self.tracker = SettleTracker(config.marker, config.settle_seconds)
+        missing = None
+        if config.beamline is not None:
+            from recon.beamline import missing_parts
+
+            missing = functools.partial(missing_parts, settings=config.beamline)
+        self.tracker = SettleTracker(config.marker, config.settle_seconds, missing=missing)
         self.failed: BaseException | None = None
         self._observer: BaseObserver | None = None
         self._observer_restarts: list[float] = []

@@ -6,7 +6,9 @@ Two rules, chosen by the config:
   ``<scan>/<marker>`` exists. Nothing else counts, so a pause in acquisition
   longer than any settle time never starts half a scan.
 - **settle** (``marker`` empty/None): the scan is complete when nothing in it
-  changed for ``settle_seconds`` and every file in it opens (HDF5 files with
+  changed for ``settle_seconds``, every file in it opens, and for a beamline scan
+  (``[beamline]``) its own files are all there (the master file, the positions file,
+  every data file the master links to) (HDF5 files with
   h5py: a file still open for writing is locked by the HDF5 library and does not
   open). A folder whose files still do not open ``give_up_seconds`` after the last
   change is reported anyway, so the launcher records the broken file as a failure
@@ -107,8 +109,13 @@ class SettleTracker:
         *,
         clock: Callable[[], float] = time.monotonic,
         give_up_seconds: float | None = None,
+        missing: Callable[[pathlib.Path], str | None] | None = None,
     ):
         self.marker = marker or None
+        #: Settle rule, beamline scans: what the beamline's files still lack (no master
+        #: file, no positions file, a linked data file not written yet), None when
+        #: complete (``recon.beamline.missing_parts``). The marker overrides it.
+        self.missing = missing
         self.settle_seconds = float(settle_seconds)
         self.give_up_seconds = (
             max(60.0, 10 * self.settle_seconds) if give_up_seconds is None else give_up_seconds
@@ -216,12 +223,20 @@ class SettleTracker:
         )
         return True
 
-    @staticmethod
-    def _files_settled(scan_path: pathlib.Path) -> bool:
-        """The folder's own files exist and each opens (subfolders are not looked into)."""
+    def _files_settled(self, scan_path: pathlib.Path) -> bool:
+        """The folder's own files exist and each opens (subfolders are not looked into);
+        for a beamline scan, its master and positions files and the data files the master
+        links to are all there."""
         try:
             with os.scandir(scan_path) as listing:
                 files = [pathlib.Path(item.path) for item in listing if item.is_file()]
         except OSError:
             return False
-        return bool(files) and all(file_opens(p) for p in files)
+        if not (files and all(file_opens(p) for p in files)):
+            return False
+        if self.missing is not None:
+            reason = self.missing(scan_path)
+            if reason is not None:
+                log.debug("%s: not complete yet: %s", scan_path.name, reason)
+                return False
+        return True

@@ -26,7 +26,7 @@ SCAN_ID = 100
 FUNCTION_ID = "00000000-0000-0000-0000-00000000f00d"
 
 
-def summarise_view(input_path, output_dir, view_name, recon):
+def summarise_view(input_path, output_dir, view_name, recon, beamline=None):
     """Write ``<view>.h5`` (sha256 of the input) and ``<view>.png`` into output_dir."""
     data = Path(input_path).read_bytes()
     out = Path(output_dir)
@@ -35,14 +35,14 @@ def summarise_view(input_path, output_dir, view_name, recon):
     return {"view": view_name, "input_bytes": len(data), "iterations": recon["iterations"]}
 
 
-def reject_view(input_path, output_dir, view_name, recon):
+def reject_view(input_path, output_dir, view_name, recon, beamline=None):
     raise ValueError(f"{Path(input_path).name}: /entry_1/data_1/data is missing")
 
 
 GATE = threading.Event()
 
 
-def wait_for_gate(input_path, output_dir, view_name, recon):
+def wait_for_gate(input_path, output_dir, view_name, recon, beamline=None):
     if not GATE.wait(20):
         raise TimeoutError("test gate was never opened")
     return summarise_view(input_path, output_dir, view_name, recon)

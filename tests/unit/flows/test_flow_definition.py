@@ -148,7 +148,13 @@ def test_every_parameter_path_exists_in_the_schema_or_an_earlier_result():
 def test_compute_task_passes_the_view_paths_and_options_as_keyword_arguments():
     (task,) = load_definition()["States"]["Reconstruct"]["Parameters"]["tasks"]
     assert task["args"] == []
-    assert set(task["kwargs"]) == {"input_path.$", "output_dir.$", "view_name.$", "recon.$"}
+    assert set(task["kwargs"]) == {
+        "input_path.$",
+        "output_dir.$",
+        "view_name.$",
+        "recon.$",
+        "beamline.$",
+    }
     assert task["kwargs"]["recon.$"] == "$.recon"
 
 

@@ -139,7 +139,17 @@ class RecordingSolver:
     def __init__(self, pool: GpuPool, fail: Exception | None = None):
         self.pool, self.fail, self.calls, self.holders_during = pool, fail, [], None
 
-    def __call__(self, input_path, output_path, options, device_ids=None, progress=None):
+    def __call__(
+        self,
+        input_path,
+        output_path,
+        options,
+        device_ids=None,
+        progress=None,
+        allowed_roots=None,
+        beamline=None,
+    ):
+        assert allowed_roots, "the compute function hands its roots to the loader"
         self.calls.append((input_path, output_path, options, device_ids))
         self.holders_during = self.pool.holders()
         if self.fail is not None:

@@ -198,3 +198,38 @@ def test_a_folder_that_cannot_be_listed_is_handed_over_after_the_give_up_time(tm
         assert tracker.ready() == [scan]  # the launcher records why it cannot be listed
     finally:
         scan.chmod(0o755)
+
+
+def test_beamline_scan_is_complete_when_its_own_files_are_all_there(tmp_path):
+    """Settle rule with [beamline]: the master file, the positions file and every data
+    file the master links to must be present (no Ptychodus needed for this)."""
+    import functools
+
+    from recon.beamline import BeamlineSettings, missing_parts
+
+    settings = BeamlineSettings.from_dict({"reader": "APS_Velociprobe"})
+    clock = Clock()
+    scan = tmp_path / "fly042"
+    scan.mkdir()
+    with h5py.File(scan / "fly042_master.h5", "w") as master:
+        master["entry/data/data_000001"] = h5py.ExternalLink("fly042_data_000001.h5", "/d")
+    tracker = SettleTracker(
+        None,
+        settle_seconds=1.0,
+        clock=clock,
+        give_up_seconds=1e6,
+        missing=functools.partial(missing_parts, settings=settings),
+    )
+    tracker.touch(scan)
+    clock.now += 2
+    assert tracker.ready() == []  # no positions file, no data file: quiet is not enough
+    (scan / "fly042_0.txt").write_text("0,0,0,0,0,0,0,0\n")
+    tracker.touch(scan)
+    clock.now += 2
+    assert tracker.ready() == []
+    assert "fly042_data_000001.h5" in missing_parts(scan, settings)
+    with h5py.File(scan / "fly042_data_000001.h5", "w") as data:
+        data["d"] = np.zeros((1, 8, 8), np.uint32)
+    tracker.touch(scan)
+    clock.now += 2
+    assert tracker.ready() == [scan]
