@@ -139,7 +139,15 @@ def reconstruct_view(
         from recon.api import reconstruct_file
 
         try:
-            result = reconstruct_file(str(source), str(output), options, device_ids=device_ids)
+            # Progress (iteration, cost, time left, an intermediate phase image) beside
+            # the result while the solver runs; the local backend and the portal read it.
+            result = reconstruct_file(
+                str(source),
+                str(output),
+                options,
+                device_ids=device_ids,
+                progress_folder=str(output_folder),
+            )
         except InputError as err:
             if source.name in str(err):
                 raise

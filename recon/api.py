@@ -19,6 +19,7 @@ def reconstruct_file(
     *,
     preview_deramp: bool = True,
     memory_limit: int | None = None,
+    progress_folder: str | os.PathLike[str] | None = None,
 ) -> dict:
     """Load a view (CXI, or the npz test format), reconstruct it, write the result.
 
@@ -30,6 +31,10 @@ def reconstruct_file(
     object's linear phase ramp removed unless ``preview_deramp`` is False), with the
     input's permission bits limited by the umask (:func:`result_mode`).
     ``memory_limit``: bytes the reconstruction may use (default ``recon.memory``'s).
+    ``progress_folder``: while the solver runs, keep its progress (iteration, cost,
+    elapsed and estimated remaining seconds) and an intermediate phase image there
+    (:class:`recon.progress.ProgressFiles`, named after the result file; removed at the
+    end): what the local backend and the portal show while a view computes.
 
     Returns a small JSON-ready summary: output and preview paths, iterations run, final
     cost, devices, backend and seconds per stage (load, solve, write), and with
@@ -70,15 +75,29 @@ def reconstruct_file(
 
     start = time.perf_counter()
     extra_attrs: dict = {"input": str(input_path)}
-    if options.holdout_fraction > 0:
-        from recon.holdout import reconstruct_with_holdout
+    files = None
+    monitor = None
+    if progress_folder is not None:
+        from recon.progress import ProgressFiles
 
-        result, report = reconstruct_with_holdout(
-            scan, options, device_ids=device_ids, progress=progress
-        )
-        extra_attrs["holdout"] = report.to_dict()
-    else:
-        result = reconstruct(scan, options, device_ids=device_ids, progress=progress)
+        files = ProgressFiles(progress_folder, output_path.stem, options.iterations)
+        monitor = files.monitor
+        progress = _chained(files.progress, progress)
+    try:
+        if options.holdout_fraction > 0:
+            from recon.holdout import reconstruct_with_holdout
+
+            result, report = reconstruct_with_holdout(
+                scan, options, device_ids=device_ids, progress=progress, watch=monitor
+            )
+            extra_attrs["holdout"] = report.to_dict()
+        else:
+            result = reconstruct(
+                scan, options, device_ids=device_ids, progress=progress, monitor=monitor
+            )
+    finally:
+        if files is not None:
+            files.close()
     iterations = len(result.cost) - 1
     seconds["solve"] = time.perf_counter() - start
 
@@ -126,3 +145,14 @@ def reconstruct_file(
         holdout = extra_attrs["holdout"]
         summary["holdout"] = {k: holdout[k] for k in ("patterns", "best_iteration")}
     return summary
+
+
+def _chained(first: ProgressCallback, then: ProgressCallback | None) -> ProgressCallback:
+    """A progress callback that calls ``first``, then ``then`` (when given)."""
+
+    def both(iteration: int, cost: float, seconds: float) -> None:
+        first(iteration, cost, seconds)
+        if then is not None:
+            then(iteration, cost, seconds)
+
+    return both
