@@ -47,6 +47,7 @@ def reconstruct_view(
         ``output``, ``preview`` (paths), ``iterations`` (int), ``final_cost`` (float),
         ``devices`` (device ordinals used), ``backend`` (``numpy``/``cupy``),
         ``host``, ``input``, ``gpus`` (GPU ids claimed on the node; empty on CPU),
+        ``angle_deg`` (the view's rotation angle, when the input records one),
         ``seconds`` ({``load``, ``solve``, ``write``, ``gpu_wait``, ``total``}),
         ``ptychoflow_version`` and ``code_hash`` (:mod:`functions.code_identity`).
 
@@ -158,6 +159,11 @@ def reconstruct_view(
 
     summary = dict(result)
     summary.update(host=socket.gethostname(), input=str(source), gpus=list(gpus))
+    from recon.cxi import read_rotation_angle
+
+    angle = read_rotation_angle(source)  # a tomographic view's angle, when recorded
+    if angle is not None:
+        summary["angle_deg"] = angle
     summary.update(code_identity())  # ptychoflow_version, code_hash: what ran on the endpoint
     summary["seconds"] = {
         **dict(result.get("seconds") or {}),

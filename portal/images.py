@@ -11,8 +11,8 @@ by a hash of the file's resolved path, modification time and size, with:
   :data:`THUMB_SIZE` pixels on the longer side;
 - ``probe-<i>.png``, ``probe-phase-<i>.png``: the amplitude (grey) and phase (cyclic
   colour map) of each probe mode;
-- ``preview.png``: the same picture as the PNG beside the result file (one drawing
-  code, :mod:`recon.preview`);
+- ``preview.png`` (made when first asked for): the same picture as the PNG beside the
+  result file (one drawing code, :mod:`recon.preview`);
 - ``phase.f32``, ``amplitude.f32``: the values of the full-size images (float32), for
   the view page's viewer;
 - ``summary.json``: cost curve, probe-mode power fractions, positions, options,
@@ -49,6 +49,9 @@ MAX_COST_POINTS = 400
 MAX_POSITIONS = 4000
 #: Grey scale of each panel spans these percentiles inside the illuminated region.
 PERCENTILES = (1.0, 99.0)
+#: Height of the sinogram-like strip (pixels) and the width of each view's column.
+STRIP_HEIGHT = 128
+STRIP_COLUMN = 4
 #: Summaries kept in memory.
 MEMORY_ENTRIES = 2048
 #: Image names a view may be asked for; probe modes are ``probe-0``, ``probe-1``, ...
@@ -149,6 +152,46 @@ class ResultImages:
             self._key_locks.pop(key, None)
         return summary
 
+    def cached_summary(self, result_path: pathlib.Path) -> ResultSummary | None:
+        """The summary of ``result_path`` if its images were already made (in memory or
+        on disk), else None; never makes them."""
+        key = cache_key(result_path)
+        with self._lock:
+            cached = self._memory.get(key)
+        if cached is not None:
+            return cached
+        if not (self.folder / key / "summary.json").is_file():
+            return None
+        return self.summary(result_path)
+
+    def strip(self, result_paths: list[pathlib.Path]) -> pathlib.Path:
+        """A PNG with one column per result (in the given order): the central row of its
+        deramped phase image, resampled to :data:`STRIP_HEIGHT` pixels, :data:`STRIP_COLUMN`
+        pixels wide, all columns on one grey scale (1st..99th percentile). In a
+        tomography scan this is a sinogram of the middle slice: a view that failed to
+        converge, or was shifted, stands out as a column unlike its neighbours.
+        Makes missing images first; cached under a name from the results' keys."""
+        summaries = [self.summary(path) for path in result_paths]
+        key = hashlib.sha256("\0".join(s.key for s in summaries).encode()).hexdigest()[:32]
+        path = self.folder / "strips" / f"{key}.png"
+        if path.is_file():
+            return path
+        columns = []
+        for summary in summaries:
+            rows, cols = summary.image_shape
+            raw = (self.folder / summary.key / "phase.f32").read_bytes()
+            phase = np.frombuffer(raw, dtype="<f4").reshape(rows, cols)
+            line = phase[rows // 2].astype(np.float64)
+            columns.append(np.interp(np.linspace(0, cols - 1, STRIP_HEIGHT), np.arange(cols), line))
+        values = np.stack(columns, axis=1)
+        grey, _, _ = grey_levels(values)
+        image = Image.fromarray(np.repeat(grey, STRIP_COLUMN, axis=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        image.save(temporary, format="PNG")
+        os.replace(temporary, path)
+        return path
+
     def image(self, result_path: pathlib.Path, name: str) -> pathlib.Path | None:
         """The cached PNG ``name`` (one of IMAGE_NAMES or ``probe-<i>``) of a result file,
         or None when there is no such image."""
@@ -159,7 +202,29 @@ class ResultImages:
         if name not in allowed:
             return None
         path = self.folder / summary.key / f"{name}.png"
+        if name == "preview" and not path.is_file():
+            self._make_preview(result_path, path)
         return path if path.is_file() else None
+
+    def _make_preview(self, result_path: pathlib.Path, path: pathlib.Path) -> None:
+        """The preview PNG, made when first asked for (the code that draws the PNG
+        beside the result file), written under a temporary name and renamed."""
+        result = read_result(result_path)
+        object_ = np.asarray(result["object"])
+        object_ = object_.reshape(-1, *object_.shape[-2:])[0]
+        positions = result.get("refined_positions")
+        if positions is None:
+            positions = result["positions"]
+        raw_pixel_size = result.get("pixel_size")
+        image = draw_preview(
+            object_,
+            np.asarray(positions, dtype=np.float64).reshape(-1, 2),
+            probe_modes(result["probe"]),
+            pixel_size=float(raw_pixel_size) if isinstance(raw_pixel_size, int | float) else None,
+        )
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        image.save(temporary, format="PNG")
+        os.replace(temporary, path)
 
     def data(self, result_path: pathlib.Path, name: str) -> pathlib.Path | None:
         """The cached float32 values ``name`` (one of DATA_NAMES) of a result file: the
@@ -241,9 +306,6 @@ def _render(
     # With position refinement the plot shows the refined positions over the reported ones.
     refined = result.get("refined_positions")
     refined = np.asarray(refined, dtype=np.float64) if refined is not None else None
-    draw_preview(
-        object_, refined if refined is not None else positions, modes, pixel_size=pixel_size
-    ).save(folder / "preview.png")
 
     cost = np.asarray(result["cost"], dtype=np.float64).reshape(-1)
     kept = _subsample(len(cost), MAX_COST_POINTS)

@@ -56,6 +56,9 @@ MASK_PATH = f"{DETECTOR_PATH}/mask"
 SOURCE_PATH = "/entry_1/instrument_1/source_1"
 ENERGY_PATH = f"{SOURCE_PATH}/energy"
 PROBE_PATHS = (f"{SOURCE_PATH}/probe", f"{SOURCE_PATH}/illumination")
+#: Optional: the sample's rotation angle of this view in degrees (a tomographic series),
+#: a scalar. Not used by the reconstruction; the portal sorts a scan's views by it.
+ROTATION_ANGLE_PATH = "/entry_1/sample_1/geometry_1/rotation_angle"
 
 HDF5_SUFFIXES = (".cxi", ".h5", ".hdf5")
 NPZ_SUFFIXES = (".npz", ".npz.bz2")
@@ -64,6 +67,23 @@ NPZ_SUFFIXES = (".npz", ".npz.bz2")
 def wavelength_from_energy(energy_j: float) -> float:
     """Photon wavelength in metres for a photon energy in joules (lambda = h c / E)."""
     return PLANCK_TIMES_LIGHT_SPEED / energy_j
+
+
+def read_rotation_angle(path: str | os.PathLike[str]) -> float | None:
+    """The view's rotation angle in degrees (:data:`ROTATION_ANGLE_PATH`), or None when
+    the file does not record one or it is not one finite number."""
+    import math
+
+    try:
+        with h5py.File(path, "r") as handle:
+            if ROTATION_ANGLE_PATH not in handle:
+                return None
+            value = np.asarray(handle[ROTATION_ANGLE_PATH][()], dtype=np.float64)
+    except (OSError, TypeError, ValueError):
+        return None
+    if value.size != 1 or not math.isfinite(float(value.reshape(-1)[0])):
+        return None
+    return float(value.reshape(-1)[0])
 
 
 def load_scan(path: str | os.PathLike[str], *, memory_limit: int | None = None) -> ScanData:

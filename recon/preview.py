@@ -155,20 +155,18 @@ def coloured(levels: np.ndarray, name: str = "grey") -> Image.Image:
 
 
 def scale_bar(pixel_size: float | None, width_px: int) -> tuple[float, str] | None:
-    """A round length near a fifth of an image ``width_px`` object pixels wide:
-    (length in object pixels, label such as "2 µm"); None without a pixel size."""
-    if not pixel_size or not math.isfinite(pixel_size) or pixel_size <= 0 or width_px <= 0:
+    """A round length (1, 2 or 5 x 10^k m, the nearest) to a fifth of an image
+    ``width_px`` object pixels wide: (length in object pixels, label such as "2 µm");
+    None without a pixel size."""
+    if not pixel_size or not math.isfinite(pixel_size) or pixel_size <= 0 or width_px < 1:
         return None
     target = pixel_size * width_px / 5
     exponent = math.floor(math.log10(target))
-    length = max(
-        (m * 10.0**exponent for m in (1, 2, 5) if m * 10.0**exponent <= target),
-        default=10.0**exponent,
-    )
+    length = min((m * 10.0**exponent for m in (1, 2, 5, 10)), key=lambda v: abs(v - target))
     for unit, factor in (("m", 1.0), ("mm", 1e-3), ("µm", 1e-6), ("nm", 1e-9), ("pm", 1e-12)):
-        if length >= factor * 0.999:
-            return length / pixel_size, f"{length / factor:.3g} {unit}"
-    return length / pixel_size, f"{length:.3g} m"
+        if length >= factor * 0.999 or unit == "pm":
+            return length / pixel_size, f"{round(length / factor, 6):g} {unit}"
+    raise AssertionError("unreachable")
 
 
 def draw_preview(

@@ -6,7 +6,7 @@ A :class:`ProgressFiles` turns them into
 
 - ``.<view>.progress.json``: ``iteration``, ``iterations`` (planned), ``cost``,
   ``elapsed`` and ``eta`` (seconds), ``updated`` (epoch seconds) and, once one exists,
-  ``image`` (the path of the PNG below); written at most once per
+  ``image`` (the path of the PNG below) and ``image_iteration``; written at most once per
   :data:`JSON_INTERVAL_S`;
 - ``.<view>.progress.png``: the current object's phase (global phase removed, grey
   between robust percentiles, at most :data:`IMAGE_SIZE` pixels on its longer side);
@@ -87,6 +87,7 @@ class ProgressFiles:
         self._last_json = -math.inf
         self._last_image = -math.inf
         self._has_image = False
+        self._image_iteration = 0
         self._latest: dict[str, Any] | None = None
 
     # -- the solver's callbacks ---------------------------------------------------------
@@ -119,6 +120,7 @@ class ProgressFiles:
 
         write_phase_image(self.image_path, to_host(object_))
         self._has_image = True
+        self._image_iteration = int(iteration)
         if self._latest is not None:
             self._write_json()  # so a reader learns of the image at once
         return False
@@ -132,6 +134,7 @@ class ProgressFiles:
         record = dict(self._latest, updated=self._wall())
         if self._has_image:
             record["image"] = str(self.image_path)
+            record["image_iteration"] = self._image_iteration
         _write_atomically(self.json_path, json.dumps(record).encode())
 
     def close(self) -> None:

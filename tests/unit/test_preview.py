@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from portal import plots
 from recon.preview import (
     COLOUR_MAPS,
     GAP,
@@ -19,13 +20,14 @@ from recon.preview import (
 
 @pytest.mark.parametrize(
     ("pixel_size", "width", "length_m", "label"),
-    [(10e-9, 200, 200e-9, "200 nm"), (10e-9, 1000, 2e-6, "2 µm"), (1e-6, 60, 10e-6, "10 µm")],
+    [(10e-9, 200, 500e-9, "500 nm"), (10e-9, 1000, 2e-6, "2 µm"), (1e-6, 60, 10e-6, "10 µm")],
 )
 def test_scale_bar_is_a_round_length_near_a_fifth_of_the_width(pixel_size, width, length_m, label):
     pixels, text = scale_bar(pixel_size, width)
     assert text == label
     assert pixels * pixel_size == pytest.approx(length_m)
     assert width / 10 <= pixels <= width / 2
+    assert pixels == pytest.approx(plots.scale_bar(pixel_size, width).fraction * width)
 
 
 def test_scale_bar_needs_a_pixel_size():
