@@ -274,14 +274,13 @@ def using_the_results() -> str:
     import importlib.metadata
 
     source = pathlib.Path(__file__).resolve().parents[1] / "README.md"  # a source checkout
-    readme: Any = ""
+    readme = ""
     if source.is_file():
         readme = source.read_text(encoding="utf-8")
     else:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            readme = importlib.metadata.metadata("ptychoflow").get_payload() or ""
-    if not isinstance(readme, str):
-        readme = ""
+            description = importlib.metadata.metadata("ptychoflow")["Description"]
+            readme = description if isinstance(description, str) else ""
     start = readme.find("## Using the results")
     if start < 0:
         return "See the section 'Using the results' of README.md in the ptychoflow sources."

@@ -137,15 +137,19 @@ def grey_levels(
     percentiles: tuple[float, float] = PERCENTILES,
 ) -> tuple[np.ndarray, float, float]:
     """uint8 levels of ``values`` stretched between percentiles of the finite values
-    inside the mask (everywhere without one); returns (levels, low, high)."""
+    inside the mask (everywhere without one), mid-grey when they are flat (within a
+    millionth); returns (levels, low, high)."""
     values = np.asarray(values, dtype=np.float64)
     sample = values[inside] if inside is not None else values.reshape(-1)
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return np.zeros(values.shape, dtype=np.uint8), 0.0, 0.0
     low, high = (float(v) for v in np.percentile(sample, percentiles))
-    span = high - low if high > low else 1e-12
-    scaled = np.clip((np.nan_to_num(values, nan=low) - low) / span, 0.0, 1.0)
+    if high - low <= 1e-6 * max(abs(low), abs(high), 1e-30):
+        # A flat image (a start value, a constant amplitude): mid-grey, not rounding noise
+        # stretched to full contrast.
+        return np.full(values.shape, 128, dtype=np.uint8), low, high
+    scaled = np.clip((np.nan_to_num(values, nan=low) - low) / (high - low), 0.0, 1.0)
     return (scaled * 255 + 0.5).astype(np.uint8), low, high
 
 
