@@ -170,7 +170,8 @@ def test_the_viewer_zooms_stretches_contrast_and_draws_a_profile(tmp_path):
         # colour map: twilight has colour
         viewer.locator("[data-cmap]").select_option("twilight")
         coloured = page.evaluate(
-            "() => { const c = document.querySelector('[data-viewer][data-name=phase] canvas[data-canvas]');"
+            "() => { const c = document.querySelector("
+            "'[data-viewer][data-name=phase] canvas[data-canvas]');"
             " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
             " let m = 0;"
             " for (let i = 0; i < d.length; i += 4) m = Math.max(m, Math.abs(d[i] - d[i + 2]));"

@@ -91,5 +91,5 @@ def test_preview_has_colour_bars_scale_bars_and_probe_phase():
 
 def test_a_flat_image_is_mid_grey_not_stretched_rounding_noise():
     values = 1.0 + np.random.default_rng(1).normal(scale=1e-8, size=(20, 20))
-    levels, low, high = grey_levels(values)
+    levels, low, _ = grey_levels(values)
     assert (levels == 128).all() and low == pytest.approx(1.0)
