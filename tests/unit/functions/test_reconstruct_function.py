@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import pathlib
 import types
 
 import h5py
@@ -139,8 +140,12 @@ class RecordingSolver:
     def __init__(self, pool: GpuPool, fail: Exception | None = None):
         self.pool, self.fail, self.calls, self.holders_during = pool, fail, [], None
 
-    def __call__(self, input_path, output_path, options, device_ids=None, progress=None):
+    def __call__(
+        self, input_path, output_path, options, device_ids=None, progress=None, **keywords
+    ):
         self.calls.append((input_path, output_path, options, device_ids))
+        # progress goes beside the result while it is made (recon.progress)
+        assert keywords == {"progress_folder": str(pathlib.Path(output_path).parent)}
         self.holders_during = self.pool.holders()
         if self.fail is not None:
             raise self.fail
