@@ -8,6 +8,7 @@ backends. Heavy imports happen inside the handlers so ``--help`` is fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -641,6 +642,11 @@ def init_command(args: argparse.Namespace) -> int:
     return 0
 
 
+#: PATH as the user's shell gave it (the local backend later puts the environment's bin/
+#: on this process's PATH for the Compute engine's helpers).
+_STARTUP_PATH = os.environ.get("PATH", "")
+
+
 def command_name(name: str = "ptychoflow") -> str:
     """How to type ``name`` (``ptychoflow`` or ``run-flow``) so it runs: the plain name when
     it is on PATH, else its path beside the running interpreter (``.venv/bin/ptychoflow``)."""
@@ -648,7 +654,7 @@ def command_name(name: str = "ptychoflow") -> str:
     import shutil
 
     beside = os.path.join(os.path.dirname(sys.executable), name)
-    found = shutil.which(name)
+    found = shutil.which(name, path=_STARTUP_PATH)
     if found and os.path.exists(beside) and os.path.samefile(found, beside):
         return name
     if os.path.exists(beside):

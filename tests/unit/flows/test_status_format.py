@@ -63,3 +63,20 @@ def test_a_skipped_view_says_why_and_what_to_do():
     assert _describe_outcome(succeeded) == "already succeeded; use --force to run again"
     running = ViewOutcome("scan100", "view000.cxi", ViewAction.SKIPPED, RunStatus.ACTIVE)
     assert _describe_outcome(running) == "already active; not started again"
+
+
+def test_printed_commands_run_as_printed_without_the_venv_on_path(monkeypatch, tmp_path):
+    """Outside the venv the commands are printed with their path; the PATH the local
+    backend changes later (for the Compute engine) does not count."""
+    import os
+    import sys
+
+    import flows.commands
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(flows.commands, "_STARTUP_PATH", "/nonexistent")
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + "/usr/bin")
+    name = flows.commands.command_name("ptychoflow")
+    assert name == os.path.join(os.path.dirname(sys.executable), "ptychoflow")
+    monkeypatch.setattr(flows.commands, "_STARTUP_PATH", os.path.dirname(sys.executable))
+    assert flows.commands.command_name("ptychoflow") == "ptychoflow"
