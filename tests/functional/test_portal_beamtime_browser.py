@@ -104,10 +104,12 @@ def test_waiting_page_turns_live_progress_appears_and_the_badge_says_disconnecte
                 timeout=30000,
             )
             page.wait_for_selector(".progress-image img", timeout=30000)
+            # a later image than the first (a flat start): written every 3 s at most
             page.wait_for_function(
                 "() => { const i = document.querySelector('.progress-image img');"
-                " return i && i.complete && i.naturalWidth > 0; }",
-                timeout=10000,
+                " return i && i.complete && i.naturalWidth > 0"
+                " && parseInt(new URL(i.src).searchParams.get('i'), 10) > 1; }",
+                timeout=30000,
             )
             page.screenshot(path=ARTEFACTS / "portal-progress.png", full_page=True)
             out, err = run.communicate(timeout=300)
