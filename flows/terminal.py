@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+from logging.handlers import RotatingFileHandler
 
 #: Unicode format characters that reorder or hide text (bidirectional overrides,
 #: isolates, marks). Escaped like control characters.
@@ -66,6 +67,10 @@ LIBRARY_LOGGERS = (
 )
 
 
+#: Size at which the libraries' log file is rotated (bytes).
+DEBUG_FILE_BYTES = 10 * 1024 * 1024
+
+
 def is_library_record(record: logging.LogRecord) -> bool:
     """True for a record of one of :data:`LIBRARY_LOGGERS` (or a logger below one)."""
     return record.name.partition(".")[0] in LIBRARY_LOGGERS
@@ -85,8 +90,9 @@ def configure_logging(
 ) -> None:
     """One line per event on stderr through :class:`PrintableFormatter` (what a
     systemd journal or a terminal shows): our own lines, and only the warnings and
-    errors of the libraries in :data:`LIBRARY_LOGGERS`. With ``debug_file``, every line
-    of those libraries (DEBUG and up) goes there instead (its folder is created)."""
+    errors of the libraries in :data:`LIBRARY_LOGGERS`. With ``debug_file``, their
+    lines from INFO up go there instead (its folder is created; rotated at
+    :data:`DEBUG_FILE_BYTES`, three old files kept)."""
     handler = logging.StreamHandler()
     handler.setFormatter(PrintableFormatter(fmt))
     handler.addFilter(OwnLinesFilter())
@@ -95,10 +101,12 @@ def configure_logging(
     root.setLevel(level)
     if debug_file is not None:
         debug_file.parent.mkdir(parents=True, exist_ok=True)
-        library = logging.FileHandler(debug_file, encoding="utf-8")
+        # Rotated: a beamtime of days must not fill the disk (at most 4 x 10 MB).
+        library = RotatingFileHandler(
+            debug_file, maxBytes=DEBUG_FILE_BYTES, backupCount=3, encoding="utf-8"
+        )
         library.setFormatter(PrintableFormatter(fmt))
         library.addFilter(is_library_record)
+        library.setLevel(logging.INFO)
         root.addHandler(library)
-        for name in LIBRARY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.DEBUG)
         handler.setLevel(level)
