@@ -335,6 +335,7 @@ class ViewCard:
             "state": view.state,
             "stage": view.stage,
             "stage_seconds": view.stage_seconds,
+            "progress": view.progress,
             "error": view.error,
             "backend": view.backend,
             "run_id": view.run_id,

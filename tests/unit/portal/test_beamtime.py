@@ -85,6 +85,8 @@ def test_progress_and_the_intermediate_image_of_a_computing_view(site):
         assert '<progress max="100" value="40">' in card
         view = client.get("/scans/scan200/views/view000").text
         assert 'src="/scans/scan200/views/view000/progress.png?i=39"' in view
+        detail = client.get("/api/scans/scan200/views/view000").json()
+        assert detail["progress"]["iteration"] == 40 and detail["progress"]["eta"] == 30.0
         served = client.get("/scans/scan200/views/view000/progress.png")
         assert served.status_code == 200 and served.content == image.read_bytes()
 
