@@ -8,6 +8,7 @@ backends. Heavy imports happen inside the handlers so ``--help`` is fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "status", help="table of runs: state, stage, per-stage seconds, errors, links"
     )
     status.add_argument("--scan", help="only these scans: 100, 100-103 or flyscan100")
+    status.add_argument(
+        "--wide",
+        action="store_true",
+        help="also the run id of every view (local runs: the table otherwise fits 80 columns)",
+    )
     _common(status)
     status.set_defaults(handler=status_command)
 
@@ -81,6 +87,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument("dir", nargs="?", default="ptychoflow-demo", help="working folder")
     demo.add_argument("--views", type=int, default=3, help="number of views (default 3)")
     demo.add_argument("--iterations", type=int, default=60, help="solver iterations per view")
+    demo.add_argument(
+        "--scan-only",
+        action="store_true",
+        help="only write the simulated scan folder (then run it with run-flow)",
+    )
+    demo.add_argument(
+        "--config",
+        help="put the scan under this config's acquisition root instead of DIR's own",
+    )
     demo.set_defaults(handler=demo_command)
 
     deploy = subparsers.add_parser(
@@ -303,16 +318,21 @@ def run_command(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 failed = True
+        waits = args.wait or backend.runs_die_with_owner
         # Local runs execute inside this process: wait for them, or they would die with it.
-        if args.wait or backend.runs_die_with_owner:
-            for name in started:
-                if stop.event.is_set():
-                    break
+        for name in started:
+            if waits and not stop.event.is_set():
                 rows = launcher.wait(name, progress_callback=_TransitionPrinter())
                 if stop.event.is_set():
                     break
                 print(format_status(rows))
                 failed |= any(row.status is RunStatus.FAILED for row in rows)
+            else:
+                rows = ledger.runs(name)
+            scan_dirs = sorted({row.scan_dir for row in rows})
+            for scan_dir in scan_dirs:
+                where = printable(results_folder(config, scan_dir))
+                print(f"{printable(name)}: results {'in' if waits else 'arrive in'} {where}")
     finally:
         try:
             if stop.signum is not None:
@@ -332,29 +352,85 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _describe_outcome(outcome: Any) -> str:
+    from flows.backend import RunStatus
+    from flows.launcher import ViewAction
+
+    if outcome.action is ViewAction.SKIPPED:
+        if outcome.status is RunStatus.SUCCEEDED:
+            return "already succeeded; use --force to run again"
+        text = f"already {outcome.status.value if outcome.status else 'recorded'}"
+        if outcome.web_url:
+            text += f" {outcome.web_url}"
+        return text + (f": {outcome.error}" if outcome.error else "") + "; not started again"
     text = str(outcome.action.value)
     if outcome.web_url:
         text += f" {outcome.web_url}"
-    elif outcome.run_id:
+    elif outcome.run_id and outcome.action is not ViewAction.STARTED:
         text += f" (run {outcome.run_id})"
     if outcome.error:
         text += f": {outcome.error}"
     return text
 
 
-class _TransitionPrinter:
-    """Prints a line to stderr whenever a view changes state or stage."""
+def results_folder(config: Config, scan_dir: str) -> str:
+    """Where a scan's results land on the acquisition side: ``<root>/recon/<scan_dir>/``."""
+    return f"{config.acquisition_root / 'recon' / scan_dir}/"
 
-    def __init__(self) -> None:
+
+def describe_progress(row: Any, now: float | None = None) -> str:
+    """What a view is doing now: the stage, how long it has been in it, and on the local
+    backend the solver's iteration, cost and estimated time left
+    ("compute 2.3 s: iteration 40/100, cost 1.23e-03, about 12 s left")."""
+    import time
+
+    from flows.terminal import printable
+
+    if row.status.terminal or not row.stage:
+        return ""
+    now = time.time() if now is None else now
+    begun = row.submitted_at or row.created_at
+    in_stage = max(0.0, now - begun - sum((row.stage_seconds or {}).values()))
+    text = f"{row.stage} {_duration(in_stage)}"
+    progress = (row.output or {}).get("progress") if isinstance(row.output, dict) else None
+    if isinstance(progress, dict) and row.stage == "compute":
+        text += f": iteration {progress.get('iteration')}/{progress.get('iterations')}"
+        if isinstance(progress.get("cost"), int | float):
+            text += f", cost {progress['cost']:.3g}"
+        if isinstance(progress.get("eta"), int | float):
+            text += f", about {_duration(progress['eta'])} left"
+    return printable(text)
+
+
+def _duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class _TransitionPrinter:
+    """Prints a line to stderr whenever a view changes state or stage, and while a view
+    computes its progress (iteration, cost, time left) at most every ``every_s`` seconds."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
         self.seen: dict[tuple[str, str], tuple[str, str | None]] = {}
+        self.every_s = every_s
+        self.last_progress: dict[tuple[str, str], tuple[float, object]] = {}
 
     def __call__(self, rows: list[Any]) -> None:
+        import time
+
         from flows.terminal import printable
 
+        now = time.monotonic()
         for row in rows:
-            now = (row.status.value, row.stage)
-            if self.seen.get(row.key) != now:
-                self.seen[row.key] = now
+            state = (row.status.value, row.stage)
+            if self.seen.get(row.key) != state:
+                self.seen[row.key] = state
                 stage = f" ({row.stage})" if row.stage and not row.status.terminal else ""
                 # An INACTIVE run waits for a person: say why and what to do.
                 reason = (
@@ -367,46 +443,74 @@ class _TransitionPrinter:
                     file=sys.stderr,
                     flush=True,
                 )
+                continue
+            progress = (row.output or {}).get("progress") if not row.status.terminal else None
+            if not progress:
+                continue
+            last_time, last_iteration = self.last_progress.get(row.key, (-1e9, None))
+            if now - last_time < self.every_s or progress.get("iteration") == last_iteration:
+                continue
+            self.last_progress[row.key] = (now, progress.get("iteration"))
+            line = f"  {printable(row.label)}: {describe_progress(row)}"
+            print(line, file=sys.stderr, flush=True)
 
 
 # -- status ----------------------------------------------------------------------------
 
 
-def format_status(rows: list[Any]) -> str:
-    """A plain-text table of ledger rows (one per view), control characters escaped."""
+def format_status(rows: list[Any], wide: bool = False) -> str:
+    """A plain-text table of ledger rows (one per view), control characters escaped.
+
+    Columns: scan, view, state, stage, seconds in each stage (``in`` transfer in,
+    ``compute``, ``out`` transfer out, ``other``), total. Under a row, indented: what a
+    running view is doing (:func:`describe_progress`), the error of a failed one, the
+    web link of a Globus run. Local runs' ids mean nothing outside the process that ran
+    them, so they are shown only with ``wide`` (a RUN ID column); with short folder
+    names the table then fits 80 columns.
+    """
     from flows.backend import STAGES
     from flows.terminal import printable
 
-    header = ["SCAN", "VIEW", "STATE", "STAGE", *(s.upper() for s in STAGES), "OTHER", "TOTAL"]
-    header.append("DETAIL")
+    short = {"transfer_in": "in", "compute": "compute", "transfer_out": "out"}
+    header = ["SCAN", "VIEW", "STATE", "STAGE", *(short[s].upper() for s in STAGES), "OTHER"]
+    header.append("TOTAL")
+    if wide:
+        header.append("RUN ID")
     lines = [header]
+    notes: list[list[str]] = [[]]
     for row in rows:
         seconds = row.stage_seconds or {}
         stages = [f"{seconds[s]:.1f}s" if s in seconds else "-" for s in (*STAGES, "other")]
         total = "-"
         if row.finished_at and row.submitted_at:
             total = f"{row.finished_at - row.submitted_at:.1f}s"
-        detail = printable(row.error or row.web_url or (row.run_id or ""))
-        if len(detail) > 160:
-            detail = detail[:157] + "..."
-        lines.append(
-            [
-                printable(row.scan_folder),
-                printable(row.view_file),
-                row.status.value,
-                row.stage or "-",
-                *stages,
-                total,
-                detail,
-            ]
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))
-        + "  "
-        + line[-1]
-        for line in lines
-    )
+        line = [
+            printable(row.scan_folder),
+            printable(row.view_file),
+            row.status.value,
+            short.get(row.stage, row.stage) if row.stage else "-",
+            *stages,
+            total,
+        ]
+        if wide:
+            line.append(printable(row.run_id or "-"))
+        lines.append(line)
+        below = []
+        if progress := describe_progress(row):
+            below.append(progress)
+        if row.error:
+            error = printable(row.error)
+            below.append(error if wide or len(error) <= 300 else error[:297] + "...")
+        if row.web_url:
+            below.append(printable(row.web_url))
+        notes.append(below)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for line, below in zip(lines, notes, strict=True):
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=True)]
+        out.append("  ".join(cells).rstrip())
+        out.extend(f"    {note}" for note in below)
+    return "\n".join(out)
 
 
 def status_command(args: argparse.Namespace) -> int:
@@ -438,7 +542,7 @@ def status_command(args: argparse.Namespace) -> int:
         print("no runs recorded" + (f" for scan(s) {printable(args.scan)}" if args.scan else ""))
         return 0
     if rows:
-        print(format_status(rows))
+        print(format_status(rows, wide=args.wide))
     for scan in scans:
         if scan.scan_dir and scan.scan_id is not None and scan.scan_dir != str(scan.scan_id):
             print(
@@ -571,18 +675,58 @@ compute_retention_days = 7
 def init_command(args: argparse.Namespace) -> int:
     import pathlib
 
+    from flows.config import load_config
     from flows.errors import ConfigError
+    from flows.terminal import printable
 
     path = pathlib.Path(args.path)
     if path.exists() and not args.force:
         raise ConfigError(f"{path} exists; use --force to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(GLOBUS_TEMPLATE if args.backend == "globus" else LOCAL_TEMPLATE)
+    config = load_config(path)
+    print(f"wrote {printable(path)} ({args.backend} backend)")
+    if args.backend == "globus":
+        print("fill in its [globus] section, then run `ptychoflow deploy`")
+        return 0
+    config.acquisition_root.mkdir(parents=True, exist_ok=True)
+    root = printable(config.acquisition_root)
+    option = (
+        "" if path.resolve() == pathlib.Path("ptychoflow.toml").resolve() else f" --config {path}"
+    )
+    command = command_name()
     print(
-        f"wrote {path} ({args.backend} backend); edit it, then "
-        + ("run `ptychoflow deploy`" if args.backend == "globus" else "`ptychoflow run --scan N`")
+        f"created {root}/: the instrument writes scan folders there (scan100/view000.cxi ...)\n"
+        "to get a first scan there, simulate one, or copy one you have:\n"
+        f"  {command} demo --scan-only --config {printable(path)}\n"
+        f"  {command} replay SCAN_FOLDER --to {root} --scans 100\n"
+        "then reconstruct it and look at it:\n"
+        f"  {command_name('run-flow')} --scan 100{option}\n"
+        f"  {command} status{option}\n"
+        f"  {command} serve{option}     # then open http://127.0.0.1:8008/"
     )
     return 0
+
+
+#: PATH as the user's shell gave it (the local backend later puts the environment's bin/
+#: on this process's PATH for the Compute engine's helpers).
+_STARTUP_PATH = os.environ.get("PATH", "")
+
+
+def command_name(name: str = "ptychoflow") -> str:
+    """How to type ``name`` (``ptychoflow`` or ``run-flow``) so it runs: the plain name when
+    it is on PATH, else its path beside the running interpreter (``.venv/bin/ptychoflow``)."""
+    import os
+    import shutil
+
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    found = shutil.which(name, path=_STARTUP_PATH)
+    if found and os.path.exists(beside) and os.path.samefile(found, beside):
+        return name
+    if os.path.exists(beside):
+        relative = os.path.relpath(beside)
+        return relative if not relative.startswith("..") else beside
+    return name
 
 
 # -- demo ------------------------------------------------------------------------------
@@ -590,6 +734,7 @@ def init_command(args: argparse.Namespace) -> int:
 
 def demo_command(args: argparse.Namespace) -> int:
     import pathlib
+    import shlex
     import time
 
     import numpy as np
@@ -598,23 +743,27 @@ def demo_command(args: argparse.Namespace) -> int:
     from flows.config import load_config
     from flows.launcher import Launcher, make_backend
     from flows.ledger import open_ledger
+    from flows.terminal import printable
     from recon.metrics import compare_objects, illuminated_region
     from recon.result import read_result
     from recon.simulate import write_simulated_scan
 
-    root = pathlib.Path(args.dir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    config_path = root / "ptychoflow.toml"
-    if not config_path.exists():
-        config_path.write_text(
-            LOCAL_TEMPLATE.replace("iterations = 100", f"iterations = {args.iterations}")
-        )
+    if args.config:
+        config_path = pathlib.Path(args.config).resolve()
+    else:
+        root = pathlib.Path(args.dir).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        config_path = root / "ptychoflow.toml"
+        if not config_path.exists():
+            config_path.write_text(
+                LOCAL_TEMPLATE.replace("iterations = 100", f"iterations = {args.iterations}")
+            )
     config = load_config(config_path)
     scan_id = 100
     while (config.acquisition_root / f"scan{scan_id}").exists():
         scan_id += 1
     scan_folder = config.acquisition_root / f"scan{scan_id}"
-    print(f"simulating {args.views} views into {scan_folder} ...", flush=True)
+    print(f"simulating {args.views} views into {printable(scan_folder)} ...", flush=True)
     write_simulated_scan(
         scan_folder,
         n_views=args.views,
@@ -624,6 +773,10 @@ def demo_command(args: argparse.Namespace) -> int:
         seed=scan_id,
         marker=config.marker or None,
     )
+    option = f"--config {shlex.quote(str(config_path))}"
+    if args.scan_only:
+        print(f"next: {command_name('run-flow')} --scan {scan_id} {option}")
+        return 0
     start = time.perf_counter()
     ledger = open_ledger(config)
     backend = make_backend(config)
@@ -636,7 +789,8 @@ def demo_command(args: argparse.Namespace) -> int:
         ledger.close()
     print(format_status(rows))
     print(f"\nscan {scan_id}: {len(rows)} views in {time.perf_counter() - start:.1f} s")
-    results = config.acquisition_root / "recon" / (rows[0].scan_dir if rows else str(scan_id))
+    scan_dir = rows[0].scan_dir if rows else str(scan_id)
+    results = config.acquisition_root / "recon" / scan_dir
     failed = [r for r in rows if r.status.value != "succeeded"]
     for row in rows:
         if row.status.value != "succeeded":
@@ -648,11 +802,17 @@ def demo_command(args: argparse.Namespace) -> int:
         region = illuminated_region(truth["positions"], truth["probe"], true_object.shape)
         h, w = true_object.shape
         score = compare_objects(result["object"][:h, :w], true_object, region)
-        print(
-            f"  {results / (stem + '.h5')}  preview {results / (stem + '.png')}  "
-            f"phase SSIM vs truth {score['phase_ssim']:.3f}"
-        )
-    print(f"\nledger: {config.ledger}   (see `ptychoflow status --config {config_path}`)")
+        print(f"  {stem}: phase SSIM vs truth {score['phase_ssim']:.3f}")
+    command = command_name()
+    print(
+        f"\nresults: {printable(results_folder(config, scan_dir))}  "
+        "(view000.h5 and its preview view000.png, ...)\n"
+        f"ledger:  {printable(config.ledger)}\n"
+        "next:\n"
+        f"  {command} status {option}\n"
+        f"  {command} serve {option}     # then open http://127.0.0.1:8008/\n"
+        f"  {command_name('run-flow')} --scan {scan_id} --force {option}     # run it again"
+    )
     return 1 if failed else 0
 
 

@@ -11,6 +11,8 @@ and :class:`PrintableFormatter` for logging).
 from __future__ import annotations
 
 import logging
+import pathlib
+from logging.handlers import RotatingFileHandler
 
 #: Unicode format characters that reorder or hide text (bidirectional overrides,
 #: isolates, marks). Escaped like control characters.
@@ -54,14 +56,57 @@ class PrintableFormatter(logging.Formatter):
         return "\n".join(printable(line) for line in stack_info.split("\n"))
 
 
+#: Libraries whose INFO lines describe their own machinery (Parsl's "Scaling out by 1
+#: blocks", "Closing ZMQ pipes"; the Compute engine's): kept out of our log. Their
+#: warnings and errors still show; everything of theirs goes to the debug file, if any.
+LIBRARY_LOGGERS = (
+    "parsl",
+    "globus_compute_endpoint",
+    "globus_compute_sdk",
+    "globus_compute_common",
+)
+
+
+#: Size at which the libraries' log file is rotated (bytes).
+DEBUG_FILE_BYTES = 10 * 1024 * 1024
+
+
+def is_library_record(record: logging.LogRecord) -> bool:
+    """True for a record of one of :data:`LIBRARY_LOGGERS` (or a logger below one)."""
+    return record.name.partition(".")[0] in LIBRARY_LOGGERS
+
+
+class OwnLinesFilter(logging.Filter):
+    """Passes our own records, and the libraries' warnings and errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not is_library_record(record)
+
+
 def configure_logging(
     level: int = logging.INFO,
     fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    debug_file: pathlib.Path | None = None,
 ) -> None:
     """One line per event on stderr through :class:`PrintableFormatter` (what a
-    systemd journal or a terminal shows)."""
+    systemd journal or a terminal shows): our own lines, and only the warnings and
+    errors of the libraries in :data:`LIBRARY_LOGGERS`. With ``debug_file``, their
+    lines from INFO up go there instead (its folder is created; rotated at
+    :data:`DEBUG_FILE_BYTES`, three old files kept)."""
     handler = logging.StreamHandler()
     handler.setFormatter(PrintableFormatter(fmt))
+    handler.addFilter(OwnLinesFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    if debug_file is not None:
+        debug_file.parent.mkdir(parents=True, exist_ok=True)
+        # Rotated: a beamtime of days must not fill the disk (at most 4 x 10 MB).
+        library = RotatingFileHandler(
+            debug_file, maxBytes=DEBUG_FILE_BYTES, backupCount=3, encoding="utf-8"
+        )
+        library.setFormatter(PrintableFormatter(fmt))
+        library.addFilter(is_library_record)
+        library.setLevel(logging.INFO)
+        root.addHandler(library)
+        handler.setLevel(level)

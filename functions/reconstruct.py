@@ -59,6 +59,7 @@ def reconstruct_view(
         ``output``, ``preview`` (paths), ``iterations`` (int), ``final_cost`` (float),
         ``devices`` (device ordinals used), ``backend`` (``numpy``/``cupy``),
         ``host``, ``input``, ``gpus`` (GPU ids claimed on the node; empty on CPU),
+        ``angle_deg`` (the view's rotation angle, when the input records one),
         ``seconds`` ({``load``, ``solve``, ``write``, ``gpu_wait``, ``total``}),
         ``ptychoflow_version`` and ``code_hash`` (:mod:`functions.code_identity`), and
         ``worker`` (:func:`functions.code_identity.worker_identity`: uid, the GPU the
@@ -165,6 +166,8 @@ def reconstruct_view(
         from recon.api import reconstruct_file
 
         try:
+            # Progress (iteration, cost, time left, an intermediate phase image) beside
+            # the result while the solver runs; the local backend and the portal read it.
             result = reconstruct_file(
                 str(source),
                 str(output),
@@ -172,6 +175,7 @@ def reconstruct_view(
                 device_ids=device_ids,
                 allowed_roots=roots,
                 beamline=settings,
+                progress_folder=str(output_folder),
             )
         except InputError as err:
             if source.name in str(err):
@@ -183,6 +187,12 @@ def reconstruct_view(
 
     summary = dict(result)
     summary.update(host=socket.gethostname(), input=str(source), gpus=list(gpus))
+    from recon.cxi import read_rotation_angle
+
+    # A tomographic view's angle, when recorded (read confined, like the view itself).
+    angle = read_rotation_angle(source, roots)
+    if angle is not None:
+        summary["angle_deg"] = angle
     summary.update(code_identity())  # ptychoflow_version, code_hash: what ran on the endpoint
     summary["worker"] = worker_identity()  # who ran it, on which GPU
     summary["seconds"] = {

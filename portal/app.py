@@ -7,6 +7,15 @@ Routes (GET and HEAD only; anything else is 405):
 - ``/scans/<folder>/views/<view>``: one view in full.
 - ``/scans/<folder>/views/<view>/result.h5``: the result file (download).
 - ``/scans/<folder>/views/<view>/images/<name>.png``: cached images of the result.
+- ``/scans/<folder>/views/<view>/data/<phase|amplitude>.f32``: the values behind the
+  view page's viewer (float32, little-endian, row-major).
+- ``/scans/<folder>/views/<view>/progress.png``: the latest intermediate phase image of a
+  view that is computing (local backend).
+- ``/scans/<folder>/strip.png``: every succeeded view's central phase row side by side
+  (a sinogram-like overview of a tomography scan).
+
+A scan or view page asked for before the ledger knows it says "waiting for ..." and
+turns into the page once it appears (its live part polls like any other).
 - ``/api/scans``, ``/api/scans/<folder>``, ``/api/scans/<folder>/views/<view>``: JSON.
 - ``/login``, ``/login/callback``, ``/logout``: Globus Auth login (when configured).
 
@@ -16,6 +25,7 @@ when the ledger does; ``static/live.js`` polls it every second and swaps it in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import html
@@ -72,6 +82,10 @@ SECURITY_HEADERS = (
 _SUSPICIOUS_RAW = re.compile(rb"%(2e|2f|5c|25|00)", re.IGNORECASE)
 #: How often a live page asks for changes, milliseconds (shown in the page for live.js).
 POLL_MILLISECONDS = 1000
+#: Scans with more views than this open only result files whose images are cached when
+#: their page renders (the 168 views of a tomography scan); their thumbnails load lazily
+#: and make the rest one by one.
+FULL_CARDS_MAX = 24
 #: Longest scan-range filter accepted (characters).
 MAX_FILTER_LENGTH = 200
 
@@ -219,12 +233,59 @@ def _template_environment() -> jinja2.Environment:
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
     )
     environment.filters["percent"] = lambda f: f"{100 * f:.1f} %"
+    environment.filters["clock"] = lambda t: (
+        time.strftime("%H:%M:%S %Z", time.localtime(t)) if t else "-"
+    )
+    environment.filters["zoned"] = lambda t: (
+        time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t)) if t else "-"
+    )
+    environment.globals["backend_text"] = backend_text
+    environment.globals["COLOUR_MAPS_JSON"] = _colour_maps_json()
     environment.globals["scan_url"] = scan_url
     environment.globals["view_url"] = view_url
     environment.globals["STATES"] = list(STATES)
     environment.globals["STAGES"] = STAGE_COLUMNS
     environment.globals["POLL_MILLISECONDS"] = POLL_MILLISECONDS
     return environment
+
+
+def _colour_maps_json() -> str:
+    """The colour maps of :mod:`recon.preview` as JSON ({name: [r, g, b, r, g, b, ...]}),
+    for the view page's viewer: the same colours as the preview PNGs."""
+    from recon.preview import COLOUR_MAPS, colour_map
+
+    return json.dumps({name: colour_map(name).reshape(-1).tolist() for name in COLOUR_MAPS})
+
+
+def backend_text(backend: str | None, devices: list[Any]) -> str:
+    """What actually ran: "numpy (2 partitions)", "cupy on GPU 0, 1", "numpy-gpu-path"."""
+    if not backend:
+        return "-"
+    ids = ", ".join(str(d) for d in devices)
+    if backend == "cupy":
+        return f"cupy on GPU {ids}" if ids else "cupy"
+    if len(devices) > 1:
+        return f"{backend} ({len(devices)} partitions)"
+    return backend
+
+
+def using_the_results() -> str:
+    """The "Using the results" section of the README shipped with the package."""
+    import importlib.metadata
+
+    source = pathlib.Path(__file__).resolve().parents[1] / "README.md"  # a source checkout
+    readme = ""
+    if source.is_file():
+        readme = source.read_text(encoding="utf-8")
+    else:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            description = importlib.metadata.metadata("ptychoflow")["Description"]
+            readme = description if isinstance(description, str) else ""
+    start = readme.find("## Using the results")
+    if start < 0:
+        return "See the section 'Using the results' of README.md in the ptychoflow sources."
+    end = readme.find("\n## ", start + 3)
+    return readme[start : end if end > 0 else len(readme)].strip()
 
 
 def scan_url(folder: str) -> str:
@@ -274,6 +335,7 @@ class ViewCard:
             "state": view.state,
             "stage": view.stage,
             "stage_seconds": view.stage_seconds,
+            "progress": view.progress,
             "error": view.error,
             "backend": view.backend,
             "run_id": view.run_id,
@@ -323,7 +385,10 @@ class Portal:
         text = self.templates.get_template(name).render(**context)
         return HTMLResponse(text, status_code=status)
 
-    def card(self, view: ViewRow) -> ViewCard:
+    def card(self, view: ViewRow, cached_only: bool = False) -> ViewCard:
+        """The view's card. ``cached_only``: use the result's summary only when its
+        images were made before (a scan page of hundreds of views must not open every
+        result file; its lazy thumbnails make the images one by one)."""
         result = find_result(view, self.settings.acquisition_root, self.roots)
         summary = None
         problem = None
@@ -332,7 +397,10 @@ class Portal:
                 problem = "result file not found under the acquisition root"
             else:
                 try:
-                    summary = self.images.summary(result)
+                    if cached_only:
+                        summary = self.images.cached_summary(result)
+                    else:
+                        summary = self.images.summary(result)
                 except (PtychoflowError, OSError, ValueError, KeyError) as err:
                     problem = f"result file unreadable: {err}"
         cost = plots.cost_plot(summary.cost_iterations, summary.cost) if summary else None
@@ -437,12 +505,31 @@ class Portal:
         etag = self.etag(self.reader.signature(folder), folder)
         if fragment and (unchanged := self.not_modified(request, etag)):
             return unchanged
-        scan = self.scan_or_404(folder)
-        cards = [self.card(view) for view in self.reader.views(folder)]
+        scan = self.reader.scan(folder)
+        if scan is None:
+            return self.waiting(folder, None, fragment, etag)
+        views = self.reader.views(folder)
+        cached_only = len(views) > FULL_CARDS_MAX
+        cards = [self.card(view, cached_only=cached_only) for view in views]
         response = self.render(
             "_cards.html" if fragment else "scan.html",
             scan=scan,
             cards=cards,
+            now=time.time(),
+            etag=etag,
+        )
+        response.headers["etag"] = etag
+        return response
+
+    def waiting(self, folder: str, view: str | None, fragment: bool, etag: str) -> Response:
+        """The page of a scan or view the ledger does not know yet: "waiting for ...",
+        live, so it turns into the real page when the ledger has it. The full page is a
+        404 (nothing is there yet); its live part answers 200 while it waits."""
+        response = self.render(
+            "_waiting.html" if fragment else "waiting.html",
+            status=200 if fragment else 404,
+            folder=folder,
+            view_name=view,
             now=time.time(),
             etag=etag,
         )
@@ -477,7 +564,10 @@ class Portal:
         etag = self.etag(self.reader.signature(folder), folder, name)
         if fragment and (unchanged := self.not_modified(request, etag)):
             return unchanged
-        card = self.card(self.view_or_404(folder, name))
+        found = self.reader.view(folder, name)
+        if found is None:
+            return self.waiting(folder, name, fragment, etag)
+        card = self.card(found)
         summary = card.summary
         context: dict[str, Any] = {
             "card": card,
@@ -492,6 +582,11 @@ class Portal:
             "scale": plots.scale_bar(summary.pixel_size, summary.image_shape[1])
             if summary
             else None,
+            "positions_extent": plots.positions_extent(
+                summary.positions, summary.initial_positions, summary.pixel_size
+            )
+            if summary
+            else "",
             "now": time.time(),
             "etag": etag,
             "options_json": json.dumps(
@@ -537,6 +632,75 @@ class Portal:
         return FileResponse(
             image, media_type="image/png", headers={"cache-control": "private, max-age=3600"}
         )
+
+    def result_data(self, request: Request) -> Response:
+        """The float32 values behind the viewer (phase or amplitude of the result)."""
+        folder, name = request.path_params["folder"], request.path_params["view"]
+        view = self.view_or_404(folder, name)
+        result = find_result(view, self.settings.acquisition_root, self.roots)
+        if result is None:
+            raise HTTPException(404, "no result file for this view")
+        try:
+            data = self.images.data(result, request.path_params["name"])
+        except (PtychoflowError, OSError, ValueError, KeyError) as err:
+            raise HTTPException(404, f"result file unreadable: {err}") from err
+        if data is None:
+            raise HTTPException(404, "no such data")
+        return FileResponse(
+            data,
+            media_type="application/octet-stream",
+            headers={"cache-control": "private, max-age=3600"},
+        )
+
+    def progress_image(self, request: Request) -> Response:
+        """The latest intermediate phase image of a computing view (local backend): the
+        file the ledger row names, served only inside the roots."""
+        folder, name = request.path_params["folder"], request.path_params["view"]
+        view = self.view_or_404(folder, name)
+        progress = view.progress or {}
+        image = progress.get("image")
+        if not isinstance(image, str) or not image.endswith(".progress.png"):
+            raise HTTPException(404, "no intermediate image for this view now")
+        path = pathlib.Path(image)
+        try:
+            if not (path.is_file() and self.roots.contains(path)):
+                raise HTTPException(404, "no intermediate image for this view now")
+            body = path.read_bytes()
+        except OSError as err:
+            raise HTTPException(404, "no intermediate image for this view now") from err
+        return Response(body, media_type="image/png")
+
+    def scan_strip(self, request: Request) -> Response:
+        """Every succeeded view's central phase row, side by side (a sinogram-like strip)."""
+        folder = request.path_params["folder"]
+        self.scan_or_404(folder)
+        results = []
+        for view in self.reader.views(folder):
+            result = find_result(view, self.settings.acquisition_root, self.roots)
+            if result is not None:
+                results.append(result)
+        if not results:
+            raise HTTPException(404, "no results in this scan yet")
+        try:
+            strip = self.images.strip(results)
+        except (PtychoflowError, OSError, ValueError, KeyError) as err:
+            raise HTTPException(404, f"a result file is unreadable: {err}") from err
+        return FileResponse(
+            strip, media_type="image/png", headers={"cache-control": "private, max-age=3600"}
+        )
+
+    def help_results(self, request: Request) -> Response:
+        """The README's "Using the results" section (from the installed package's
+        metadata), so the view page can link to it on a machine without the sources."""
+        text = using_the_results()
+        body = (
+            "<!doctype html><html lang=en><meta charset=utf-8>"
+            "<meta name=viewport content='width=device-width, initial-scale=1'>"
+            "<title>Using the results</title><link rel=stylesheet href=/static/portal.css>"
+            f"<main class=help><pre>{html.escape(text)}</pre>"
+            "<p><a href=/>all scans</a></p></main></html>"
+        )
+        return HTMLResponse(body)
 
     # -- login (Globus Auth) -------------------------------------------------------------------
 
@@ -605,9 +769,13 @@ def create_app(settings: PortalSettings) -> ASGIApp:
         Route(view, portal.view_page),
         Route(view + "/result.h5", portal.result_file),
         Route(view + "/images/{image}.png", portal.result_image),
+        Route(view + "/data/{name}.f32", portal.result_data),
+        Route(view + "/progress.png", portal.progress_image),
+        Route("/scans/{folder}/strip.png", portal.scan_strip),
         Route("/api/scans", portal.scans_api),
         Route("/api/scans/{folder}", portal.scan_api),
         Route("/api" + view, portal.view_api),
+        Route("/help/using-the-results", portal.help_results),
         Route("/login", portal.login),
         Route("/login/callback", portal.login_callback),
         Route("/favicon.ico", lambda request: PlainTextResponse("", status_code=404)),

@@ -88,6 +88,27 @@ class ViewRow:
     def label(self) -> str:
         return f"{self.scan_folder}/{self.view_name}"
 
+    @property
+    def progress(self) -> dict[str, Any] | None:
+        """What the solver reported last while this view computes on the local backend
+        (``iteration``, ``iterations``, ``cost``, ``elapsed``, ``eta`` in seconds,
+        ``image`` and ``image_iteration`` when an intermediate phase image exists; see
+        ``recon.progress``), or None."""
+        if self.state != "running" or self.stage != "compute":
+            return None
+        progress = (self.output or {}).get("progress")
+        if not isinstance(progress, dict) or not isinstance(progress.get("iteration"), int):
+            return None
+        return progress
+
+    def in_stage(self, now: float) -> float | None:
+        """Seconds in the current stage so far (while it runs): the time since submission
+        less the finished stages."""
+        if self.stage is None or self.finished_at is not None:
+            return None
+        start = self.submitted_at or self.created_at
+        return max(0.0, now - start - sum(self.stage_seconds.values()))
+
     def elapsed(self, now: float) -> float | None:
         """Seconds from submission to completion (or to now while it runs)."""
         start = self.submitted_at or self.created_at
@@ -110,6 +131,8 @@ class ScanRow:
     """Median seconds per stage over the scan's finished views (stages seen only)."""
     error: str | None
     """Why the scan as a whole failed (no views, unreadable folder), if it did."""
+    newest_result: ViewRow | None = None
+    """The succeeded view that finished last (its thumbnail shows in the scans list)."""
 
     @property
     def total(self) -> int:
@@ -264,6 +287,8 @@ class LedgerReader:
             ]
             if values:
                 medians[stage] = float(statistics.median(values))
+        succeeded = [v for v in views if v.state == "succeeded"]
+        newest = max(succeeded, key=lambda v: v.finished_at or 0.0) if succeeded else None
         return ScanRow(
             folder=folder,
             scan_id=scan_id,
@@ -272,6 +297,7 @@ class LedgerReader:
             finished=finished,
             median_stage_seconds=medians,
             error=error,
+            newest_result=newest,
         )
 
     # -- change detection ----------------------------------------------------------------------

@@ -9,7 +9,12 @@ by a hash of the file's resolved path, modification time and size, with:
   percentile inside the illuminated region;
 - ``phase-thumb.png``, ``amplitude-thumb.png``: the same, at most
   :data:`THUMB_SIZE` pixels on the longer side;
-- ``probe-<i>.png``: the amplitude of each probe mode;
+- ``probe-<i>.png``, ``probe-phase-<i>.png``: the amplitude (grey) and phase (cyclic
+  colour map) of each probe mode;
+- ``preview.png`` (made when first asked for): the same picture as the PNG beside the
+  result file (one drawing code, :mod:`recon.preview`);
+- ``phase.f32``, ``amplitude.f32``: the values of the full-size images (float32), for
+  the view page's viewer;
 - ``summary.json``: cost curve, probe-mode power fractions, positions, options,
   timings, pixel size and the grey-scale ranges.
 
@@ -34,7 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from recon.metrics import illuminated_region, remove_phase_ramp
+from recon.preview import coloured, display_region, draw_preview, grey_levels
 from recon.result import read_result
 
 #: Longest side of a card thumbnail, pixels.
@@ -44,10 +49,15 @@ MAX_COST_POINTS = 400
 MAX_POSITIONS = 4000
 #: Grey scale of each panel spans these percentiles inside the illuminated region.
 PERCENTILES = (1.0, 99.0)
+#: Height of the sinogram-like strip (pixels) and the width of each view's column.
+STRIP_HEIGHT = 128
+STRIP_COLUMN = 4
 #: Summaries kept in memory.
 MEMORY_ENTRIES = 2048
 #: Image names a view may be asked for; probe modes are ``probe-0``, ``probe-1``, ...
-IMAGE_NAMES = ("phase", "amplitude", "phase-thumb", "amplitude-thumb")
+IMAGE_NAMES = ("phase", "amplitude", "phase-thumb", "amplitude-thumb", "preview")
+#: Raw data a view may be asked for (float32, little-endian, ``image_shape``).
+DATA_NAMES = ("phase", "amplitude")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,14 +152,87 @@ class ResultImages:
             self._key_locks.pop(key, None)
         return summary
 
+    def cached_summary(self, result_path: pathlib.Path) -> ResultSummary | None:
+        """The summary of ``result_path`` if its images were already made (in memory or
+        on disk), else None; never makes them."""
+        key = cache_key(result_path)
+        with self._lock:
+            cached = self._memory.get(key)
+        if cached is not None:
+            return cached
+        if not (self.folder / key / "summary.json").is_file():
+            return None
+        return self.summary(result_path)
+
+    def strip(self, result_paths: list[pathlib.Path]) -> pathlib.Path:
+        """A PNG with one column per result (in the given order): the central row of its
+        deramped phase image, resampled to :data:`STRIP_HEIGHT` pixels, :data:`STRIP_COLUMN`
+        pixels wide, all columns on one grey scale (1st..99th percentile). In a
+        tomography scan this is a sinogram of the middle slice: a view that failed to
+        converge, or was shifted, stands out as a column unlike its neighbours.
+        Makes missing images first; cached under a name from the results' keys."""
+        summaries = [self.summary(path) for path in result_paths]
+        key = hashlib.sha256("\0".join(s.key for s in summaries).encode()).hexdigest()[:32]
+        path = self.folder / "strips" / f"{key}.png"
+        if path.is_file():
+            return path
+        columns = []
+        for summary in summaries:
+            rows, cols = summary.image_shape
+            raw = (self.folder / summary.key / "phase.f32").read_bytes()
+            phase = np.frombuffer(raw, dtype="<f4").reshape(rows, cols)
+            line = phase[rows // 2].astype(np.float64)
+            columns.append(np.interp(np.linspace(0, cols - 1, STRIP_HEIGHT), np.arange(cols), line))
+        values = np.stack(columns, axis=1)
+        grey, _, _ = grey_levels(values)
+        image = Image.fromarray(np.repeat(grey, STRIP_COLUMN, axis=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        image.save(temporary, format="PNG")
+        os.replace(temporary, path)
+        return path
+
     def image(self, result_path: pathlib.Path, name: str) -> pathlib.Path | None:
         """The cached PNG ``name`` (one of IMAGE_NAMES or ``probe-<i>``) of a result file,
         or None when there is no such image."""
         summary = self.summary(result_path)
-        allowed = set(IMAGE_NAMES) | {f"probe-{i}" for i in range(len(summary.probe_fractions))}
+        modes = range(len(summary.probe_fractions))
+        allowed = set(IMAGE_NAMES) | {f"probe-{i}" for i in modes}
+        allowed |= {f"probe-phase-{i}" for i in modes}
         if name not in allowed:
             return None
         path = self.folder / summary.key / f"{name}.png"
+        if name == "preview" and not path.is_file():
+            self._make_preview(result_path, path)
+        return path if path.is_file() else None
+
+    def _make_preview(self, result_path: pathlib.Path, path: pathlib.Path) -> None:
+        """The preview PNG, made when first asked for (the code that draws the PNG
+        beside the result file), written under a temporary name and renamed."""
+        result = read_result(result_path)
+        object_ = np.asarray(result["object"])
+        object_ = object_.reshape(-1, *object_.shape[-2:])[0]
+        positions = result.get("refined_positions")
+        if positions is None:
+            positions = result["positions"]
+        raw_pixel_size = result.get("pixel_size")
+        image = draw_preview(
+            object_,
+            np.asarray(positions, dtype=np.float64).reshape(-1, 2),
+            probe_modes(result["probe"]),
+            pixel_size=float(raw_pixel_size) if isinstance(raw_pixel_size, int | float) else None,
+        )
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        image.save(temporary, format="PNG")
+        os.replace(temporary, path)
+
+    def data(self, result_path: pathlib.Path, name: str) -> pathlib.Path | None:
+        """The cached float32 values ``name`` (one of DATA_NAMES) of a result file: the
+        cropped, deramped image, row-major (``image_shape``), or None."""
+        summary = self.summary(result_path)
+        if name not in DATA_NAMES:
+            return None
+        path = self.folder / summary.key / f"{name}.f32"
         return path if path.is_file() else None
 
     # -- making ----------------------------------------------------------------------------
@@ -197,36 +280,35 @@ def _render(
     modes = probe_modes(result["probe"])
     fractions = mode_fractions(modes)
     positions = np.asarray(result["positions"], dtype=np.float64).reshape(-1, 2)
-    dominant = modes[int(np.argmax(fractions))] if len(fractions) else modes[0]
-    region = illuminated_region(positions, dominant, object_.shape)
-    if not region.any():
-        region = np.ones(object_.shape, dtype=bool)
-    deramped, _, _ = remove_phase_ramp(object_, region)
-    rows = np.flatnonzero(region.any(axis=1))
-    cols = np.flatnonzero(region.any(axis=0))
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    cropped, inside = deramped[box], region[box]
+    # The same crop, deramp and contrast stretch as the preview beside the result file.
+    cropped, inside = display_region(object_, positions, modes)
 
     ranges = {}
     for name, values in (("phase", np.angle(cropped)), ("amplitude", np.abs(cropped))):
-        grey, low, high = _grey(values, inside)
+        grey, low, high = grey_levels(values, inside, PERCENTILES)
         image = Image.fromarray(grey)
         image.save(folder / f"{name}.png", optimize=False)
         thumb = image.copy()
         if max(thumb.size) > THUMB_SIZE:
             thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
         thumb.save(folder / f"{name}-thumb.png")
+        # The values themselves, for the view page's viewer (colour maps, contrast,
+        # value under the cursor, line profiles): float32, row-major, little-endian.
+        (folder / f"{name}.f32").write_bytes(values.astype("<f4").tobytes())
         ranges[name] = (low, high)
     for index, mode in enumerate(modes):
-        grey, _, _ = _grey(np.abs(mode), None, percentiles=(0.0, 100.0))
+        grey, _, _ = grey_levels(np.abs(mode), None, percentiles=(0.0, 100.0))
         Image.fromarray(grey).save(folder / f"probe-{index}.png")
-
-    cost = np.asarray(result["cost"], dtype=np.float64).reshape(-1)
-    kept = _subsample(len(cost), MAX_COST_POINTS)
+        phase_levels = ((np.angle(mode) + np.pi) / (2 * np.pi) * 255 + 0.5).astype(np.uint8)
+        coloured(phase_levels, "twilight").save(folder / f"probe-phase-{index}.png")
+    raw_pixel_size = result.get("pixel_size")
+    pixel_size = float(raw_pixel_size) if isinstance(raw_pixel_size, int | float) else None
     # With position refinement the plot shows the refined positions over the reported ones.
     refined = result.get("refined_positions")
     refined = np.asarray(refined, dtype=np.float64) if refined is not None else None
-    pixel_size = result.get("pixel_size")
+
+    cost = np.asarray(result["cost"], dtype=np.float64).reshape(-1)
+    kept = _subsample(len(cost), MAX_COST_POINTS)
     timings = result.get("timings") or {}
     options = result.get("options") or {}
     devices = result.get("devices") or []
@@ -234,7 +316,7 @@ def _render(
         key=key,
         image_shape=(int(cropped.shape[0]), int(cropped.shape[1])),
         object_shape=(int(object_.shape[0]), int(object_.shape[1])),
-        pixel_size=float(pixel_size) if isinstance(pixel_size, int | float) else None,
+        pixel_size=pixel_size,
         iterations=int(result["iterations"]) if "iterations" in result else None,
         cost=[float(cost[i]) for i in kept],
         cost_iterations=[int(i) for i in kept],
@@ -250,20 +332,6 @@ def _render(
         backend=str(result["backend"]) if "backend" in result else None,
         created=str(result["created"]) if "created" in result else None,
     )
-
-
-def _grey(
-    values: np.ndarray, inside: np.ndarray | None, percentiles: tuple[float, float] = PERCENTILES
-) -> tuple[np.ndarray, float, float]:
-    """uint8 image scaled between percentiles of the values inside the mask; (image, low, high)."""
-    sample = values[inside] if inside is not None else values.reshape(-1)
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        return np.zeros(values.shape, dtype=np.uint8), 0.0, 0.0
-    low, high = (float(v) for v in np.percentile(sample, percentiles))
-    span = high - low if high > low else 1e-12
-    scaled = np.clip((np.nan_to_num(values, nan=low) - low) / span, 0.0, 1.0)
-    return (scaled * 255 + 0.5).astype(np.uint8), low, high
 
 
 def _subsample(count: int, most: int) -> list[int]:

@@ -80,6 +80,24 @@ def positions_plot(
     return ScatterPlot(size, size, place(positions), place(initial), radius)
 
 
+def positions_extent(
+    positions: Sequence[tuple[float, float]],
+    initial: Sequence[tuple[float, float]] = (),
+    pixel_size: float | None = None,
+) -> str:
+    """The span the positions plot's box stands for: "3.2 µm" (or "41 px" without a
+    pixel size), the same span :func:`positions_plot` scales to its box."""
+    everything = [*positions, *initial]
+    if not everything:
+        return ""
+    rows = [p[0] for p in everything]
+    cols = [p[1] for p in everything]
+    span = max(max(rows) - min(rows), max(cols) - min(cols)) or 1.0
+    if pixel_size and math.isfinite(pixel_size) and pixel_size > 0:
+        return f"{span * pixel_size * 1e6:.3g} µm"
+    return f"{span:.3g} px"
+
+
 @dataclasses.dataclass(frozen=True)
 class ScaleBar:
     fraction: float
@@ -87,20 +105,16 @@ class ScaleBar:
     label: str
 
 
-_UNITS = ((1e-3, "mm"), (1e-6, "µm"), (1e-9, "nm"), (1e-12, "pm"))
-
-
 def scale_bar(pixel_size: float | None, image_width: int) -> ScaleBar | None:
-    """A round length (1, 2 or 5 x 10^k m) about a fifth of the image wide."""
-    if not pixel_size or pixel_size <= 0 or not math.isfinite(pixel_size) or image_width < 1:
+    """A round length (1, 2 or 5 x 10^k m) about a fifth of the image wide: the same bar
+    as the preview beside the result file (:func:`recon.preview.scale_bar`)."""
+    from recon.preview import scale_bar as preview_scale_bar
+
+    bar = preview_scale_bar(pixel_size, image_width)
+    if bar is None:
         return None
-    target = pixel_size * image_width / 5
-    exponent = math.floor(math.log10(target))
-    length = min((m * 10.0**exponent for m in (1, 2, 5, 10)), key=lambda v: abs(v - target))
-    unit, name = next(((u, n) for u, n in _UNITS if length >= u), _UNITS[-1])
-    value = round(length / unit, 6)
-    label = f"{value:g} {name}"
-    return ScaleBar(fraction=min(1.0, length / (pixel_size * image_width)), label=label)
+    pixels, label = bar
+    return ScaleBar(fraction=min(1.0, pixels / image_width), label=label)
 
 
 def seconds(value: float | None) -> str:

@@ -26,6 +26,7 @@ def reconstruct_file(
     memory_limit: int | None = None,
     allowed_roots: Sequence[os.PathLike[str]] | None = None,
     beamline: BeamlineSettings | None = None,
+    progress_folder: str | os.PathLike[str] | None = None,
 ) -> dict:
     """Load a view (CXI, or the npz test format), reconstruct it, write the result.
 
@@ -43,6 +44,10 @@ def reconstruct_file(
     ``beamline``: read ``input_path`` (a scan folder, or its diffraction file) through
     the Ptychodus readers these settings name (:mod:`recon.beamline`); None reads a CXI
     or npz file (:func:`recon.cxi.load_scan`).
+    ``progress_folder``: while the solver runs, keep its progress (iteration, cost,
+    elapsed and estimated remaining seconds) and an intermediate phase image there
+    (:class:`recon.progress.ProgressFiles`, named after the result file; removed at the
+    end): what the local backend and the portal show while a view computes.
 
     Returns a small JSON-ready summary: output and preview paths, iterations run, final
     cost, devices, backend and seconds per stage (load, solve, write), and with
@@ -93,15 +98,29 @@ def reconstruct_file(
     extra_attrs: dict = {"input": str(input_path)}
     if beamline is not None:
         extra_attrs["beamline"] = beamline.to_dict()
-    if options.holdout_fraction > 0:
-        from recon.holdout import reconstruct_with_holdout
+    files = None
+    monitor = None
+    if progress_folder is not None:
+        from recon.progress import ProgressFiles
 
-        result, report = reconstruct_with_holdout(
-            scan, options, device_ids=device_ids, progress=progress
-        )
-        extra_attrs["holdout"] = report.to_dict()
-    else:
-        result = reconstruct(scan, options, device_ids=device_ids, progress=progress)
+        files = ProgressFiles(progress_folder, output_path.stem, options.iterations)
+        monitor = files.monitor
+        progress = _chained(files.progress, progress)
+    try:
+        if options.holdout_fraction > 0:
+            from recon.holdout import reconstruct_with_holdout
+
+            result, report = reconstruct_with_holdout(
+                scan, options, device_ids=device_ids, progress=progress, watch=monitor
+            )
+            extra_attrs["holdout"] = report.to_dict()
+        else:
+            result = reconstruct(
+                scan, options, device_ids=device_ids, progress=progress, monitor=monitor
+            )
+    finally:
+        if files is not None:
+            files.close()
     iterations = len(result.cost) - 1
     seconds["solve"] = time.perf_counter() - start
 
@@ -152,3 +171,14 @@ def reconstruct_file(
         holdout = extra_attrs["holdout"]
         summary["holdout"] = {k: holdout[k] for k in ("patterns", "best_iteration")}
     return summary
+
+
+def _chained(first: ProgressCallback, then: ProgressCallback | None) -> ProgressCallback:
+    """A progress callback that calls ``first``, then ``then`` (when given)."""
+
+    def both(iteration: int, cost: float, seconds: float) -> None:
+        first(iteration, cost, seconds)
+        if then is not None:
+            then(iteration, cost, seconds)
+
+    return both

@@ -31,7 +31,13 @@ import numpy as np
 
 from recon.backend import COMPLEX, REAL
 from recon.errors import InputError, InputFileNotFound
-from recon.hdf5_confined import ExternalReferenceRefused, Roots, check_hdf5, confine_path
+from recon.hdf5_confined import (
+    ExternalReferenceRefused,
+    Roots,
+    check_hdf5,
+    confine_path,
+    open_hdf5,
+)
 from recon.memory import check_memory
 from recon.scan import ScanData
 
@@ -57,6 +63,9 @@ MASK_PATH = f"{DETECTOR_PATH}/mask"
 SOURCE_PATH = "/entry_1/instrument_1/source_1"
 ENERGY_PATH = f"{SOURCE_PATH}/energy"
 PROBE_PATHS = (f"{SOURCE_PATH}/probe", f"{SOURCE_PATH}/illumination")
+#: Optional: the sample's rotation angle of this view in degrees (a tomographic series),
+#: a scalar. Not used by the reconstruction; the portal sorts a scan's views by it.
+ROTATION_ANGLE_PATH = "/entry_1/sample_1/geometry_1/rotation_angle"
 
 HDF5_SUFFIXES = (".cxi", ".h5", ".hdf5")
 NPZ_SUFFIXES = (".npz", ".npz.bz2")
@@ -65,6 +74,24 @@ NPZ_SUFFIXES = (".npz", ".npz.bz2")
 def wavelength_from_energy(energy_j: float) -> float:
     """Photon wavelength in metres for a photon energy in joules (lambda = h c / E)."""
     return PLANCK_TIMES_LIGHT_SPEED / energy_j
+
+
+def read_rotation_angle(path: str | os.PathLike[str], allowed_roots: Roots = None) -> float | None:
+    """The view's rotation angle in degrees (:data:`ROTATION_ANGLE_PATH`), or None when
+    the file does not record one or it is not one finite number. With ``allowed_roots``
+    the file is opened confined (:mod:`recon.hdf5_confined`): a link out is not followed."""
+    import math
+
+    try:
+        with open_hdf5(path, allowed_roots) as handle:
+            if ROTATION_ANGLE_PATH not in handle:
+                return None
+            value = np.asarray(handle[ROTATION_ANGLE_PATH][()], dtype=np.float64)
+    except (OSError, TypeError, ValueError, InputError):
+        return None
+    if value.size != 1 or not math.isfinite(float(value.reshape(-1)[0])):
+        return None
+    return float(value.reshape(-1)[0])
 
 
 def load_scan(

@@ -30,7 +30,7 @@ from recon.cost import make_cost
 from recon.errors import InputError
 from recon.operators import Ptycho
 from recon.options import ReconOptions
-from recon.ptycho import ProgressCallback, ReconResult, reconstruct
+from recon.ptycho import IterationMonitor, ProgressCallback, ReconResult, reconstruct
 from recon.scan import ScanData
 
 #: Seed of the random choice of held-out patterns.
@@ -129,12 +129,15 @@ def reconstruct_with_holdout(
     *,
     device_ids: Sequence[int] | None = None,
     progress: ProgressCallback | None = None,
+    watch: IterationMonitor | None = None,
 ) -> tuple[ReconResult, HoldoutReport]:
     """Reconstruct with ``options.holdout_fraction`` of the patterns held out, stopping
     on their cost; returns the best iterate (object and probe) and a report.
 
     The result's ``positions`` are the full scan's (the image is on the same grid as
     without holding out); its ``cost`` is the fitted patterns' history up to the stop.
+    ``watch(iteration, object, probe)`` sees every iterate first (its answer is ignored:
+    only the held-out cost stops the fit), e.g. for progress images.
     """
     from recon.ptycho import initial_probe, object_shape_for, staged_start_end
 
@@ -152,6 +155,8 @@ def reconstruct_with_holdout(
     staged = staged_start_end(options)
 
     def monitor(iteration: int, object_: Any, probe: Any) -> bool:
+        if watch is not None:
+            watch(iteration, object_, probe)
         value = judge(object_, probe)
         history.append(value)
         if iteration <= staged:

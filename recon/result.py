@@ -41,22 +41,15 @@ from typing import Any
 
 import h5py
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from recon.backend import COMPLEX, REAL
 from recon.cxi import write_hdf5_atomically
 from recon.errors import InputError, InputFileNotFound
+from recon.preview import GAP, LABEL_HEIGHT
 
-#: Panels are enlarged (nearest neighbour) to at least this many pixels tall ...
-PREVIEW_MIN_SIZE = 256
-#: ... and reduced to at most this many pixels on their longer side.
-PREVIEW_MAX_SIZE = 1024
-#: White space between and around the panels, pixels.
-PREVIEW_GAP = 8
-#: Height of the label strip above each panel, pixels.
-PREVIEW_LABEL_HEIGHT = 22
-#: Percentiles that set each panel's grey scale (robust against a few hot pixels).
-PREVIEW_PERCENTILES = (1.0, 99.0)
+#: The preview's geometry (it lives with the drawing code, shared with the portal).
+PREVIEW_GAP = GAP
+PREVIEW_LABEL_HEIGHT = LABEL_HEIGHT
 
 DATASETS = ("object", "probe", "cost", "positions")
 OPTIONAL_DATASETS = ("refined_positions",)
@@ -211,6 +204,7 @@ def write_result(
         deramp=preview_deramp,
         probe=probe,
         mode=mode,
+        pixel_size=pixel_size if pixel_size and math.isfinite(pixel_size) else None,
     )
     return path, png_path
 
@@ -341,69 +335,35 @@ def save_preview(
     deramp: bool = True,
     probe: np.ndarray | None = None,
     mode: int | None = None,
+    pixel_size: float | None = None,
 ) -> pathlib.Path:
-    """Save a PNG with the object's phase (left) and amplitude (right), and with ``probe``
-    ((H, W) or (MODES, H, W)) one panel per probe mode: its amplitude, labelled with its
-    share of the total power ("probe 1  81.2 %").
+    """Save the preview PNG of a result (drawn by :func:`recon.preview.draw_preview`, the
+    code the portal's images come from too): the phase (global phase and, with
+    ``deramp``, the fitted linear ramp removed) and the amplitude of the illuminated
+    region, each stretched between its 1st and 99th percentile, with a colour bar with
+    its range and unit and a scale bar from ``pixel_size`` (metres); with ``probe``
+    ((H, W) or (MODES, H, W)) each mode's amplitude and phase, titled with its share of
+    the power ("probe 1 (81.2 %) amplitude").
 
-    object : (OBJ_H, OBJ_W) complex. With ``positions`` ((N_POS, 2) row, col) and
-    ``probe_shape`` the image is cropped to the scanned region. The global phase is
-    removed first and, with ``deramp`` (the default), the fitted linear phase ramp
-    (:func:`recon.metrics.deramp_phase`): a ramp is an ambiguity of the data, and it would
-    wrap the phase display. Each panel's grey scale spans its 1st..99th percentile,
-    written in the label above it ("phase -1.2 to 1.3 rad", "amplitude 0.61 to 1.02").
-    Written to a temporary file beside it (removed on any failure) and renamed into
-    place; ``mode``: its permission bits (default: what the umask allows, 0644 usually).
+    object : (OBJ_H, OBJ_W) complex. ``positions`` ((N_POS, 2) row, col) with ``probe``
+    crop to where the scan lit the object; with only ``probe_shape``, to the box the
+    positions span. Written to a temporary file beside it (removed on any failure) and
+    renamed into place; ``mode``: its permission bits (default: what the umask allows).
     """
-    from recon.metrics import deramp_phase
+    from recon.preview import draw_preview
 
     png_path = pathlib.Path(png_path)
     object_ = np.asarray(object)
     if object_.ndim != 2:
         raise ValueError(f"object has shape {object_.shape}; expected (OBJ_H, OBJ_W)")
-    if positions is not None and probe_shape is not None and len(positions):
-        positions = np.asarray(positions, dtype=np.float64)
-        top, left = np.floor(positions.min(axis=0)).astype(int)
-        bottom, right = np.ceil(positions.max(axis=0)).astype(int) + np.asarray(probe_shape)
-        top, left = max(top, 0), max(left, 0)
-        bottom, right = min(bottom, object_.shape[0]), min(right, object_.shape[1])
-        if bottom > top and right > left:
-            object_ = object_[top:bottom, left:right]
-    if deramp:
-        object_, _, _ = deramp_phase(object_)
-    else:
-        total = complex(np.sum(object_))
-        if total != 0:
-            object_ = object_ * np.exp(-1j * np.angle(total))
-    panels = []
-    for name, values, unit in (
-        ("phase", np.angle(object_), " rad"),
-        ("amplitude", np.abs(object_), ""),
-    ):
-        grey, low, high = _to_grey(values)
-        panels.append((f"{name}  {low:.3g} to {high:.3g}{unit}", _resize_panel(grey)))
-    if probe is not None:
-        modes = np.asarray(probe).reshape(-1, *np.asarray(probe).shape[-2:])
-        fractions = probe_power_fractions(modes)
-        height = panels[0][1].height
-        for index, (probe_mode, fraction) in enumerate(zip(modes, fractions, strict=True)):
-            amplitude = np.abs(probe_mode)
-            peak = float(amplitude.max())
-            grey = np.clip(amplitude / peak if peak > 0 else amplitude, 0, 1) * 255 + 0.5
-            image = Image.fromarray(grey.astype(np.uint8))
-            side = max(1, round(image.width * height / image.height))
-            image = image.resize((side, height), Image.NEAREST)
-            panels.append((f"probe {index + 1}  {100 * fraction:.1f} %", image))
-    font = _font()
-    width = PREVIEW_GAP + sum(image.width + PREVIEW_GAP for _, image in panels)
-    height = PREVIEW_LABEL_HEIGHT + max(image.height for _, image in panels) + 2 * PREVIEW_GAP
-    canvas = Image.new("L", (width, height), color=255)
-    draw = ImageDraw.Draw(canvas)
-    x = PREVIEW_GAP
-    for label, image in panels:
-        draw.text((x, PREVIEW_GAP // 2), label, fill=0, font=font)
-        canvas.paste(image, (x, PREVIEW_GAP + PREVIEW_LABEL_HEIGHT))
-        x += image.width + PREVIEW_GAP
+    canvas = draw_preview(
+        object_,
+        positions,
+        probe,
+        probe_shape=probe_shape,
+        pixel_size=pixel_size,
+        deramp=deramp,
+    )
     png_path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp_name = tempfile.mkstemp(
         dir=png_path.parent, prefix=f".{png_path.name}.", suffix=".tmp"
@@ -425,36 +385,3 @@ def _default_file_mode() -> int:
     from recon.output_path import current_umask
 
     return 0o666 & ~current_umask()
-
-
-def _to_grey(values: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Scale to uint8 between robust percentiles; returns (image, low, high)."""
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return np.zeros(values.shape, dtype=np.uint8), 0.0, 0.0
-    low, high = (float(v) for v in np.percentile(finite, PREVIEW_PERCENTILES))
-    if high <= low:
-        high = low + 1e-12
-    scaled = np.clip((np.nan_to_num(values, nan=low) - low) / (high - low), 0, 1)
-    return (scaled * 255 + 0.5).astype(np.uint8), low, high
-
-
-def _resize_panel(grey: np.ndarray) -> Image.Image:
-    image = Image.fromarray(grey)
-    longest = max(image.width, image.height)
-    if image.height < PREVIEW_MIN_SIZE:
-        factor = math.ceil(PREVIEW_MIN_SIZE / image.height)
-        factor = max(1, min(factor, PREVIEW_MAX_SIZE // max(longest, 1)))
-        image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
-    elif longest > PREVIEW_MAX_SIZE:
-        scale = PREVIEW_MAX_SIZE / longest
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.LANCZOS)
-    return image
-
-
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=14)
-    except (TypeError, OSError):  # Pillow without FreeType
-        return ImageFont.load_default()

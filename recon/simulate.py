@@ -19,13 +19,20 @@ import math
 import os
 import pathlib
 
+import h5py
 import numpy as np
 import scipy.fft
 import skimage.data
 import skimage.transform
 
 from recon.backend import COMPLEX, REAL
-from recon.cxi import POSITION_MARGIN, validated_scan, wavelength_from_energy, write_cxi
+from recon.cxi import (
+    POSITION_MARGIN,
+    ROTATION_ANGLE_PATH,
+    validated_scan,
+    wavelength_from_energy,
+    write_cxi,
+)
 from recon.scan import ScanData
 
 #: Photon energy of the simulated beamline (10 keV), in joules.
@@ -256,6 +263,8 @@ def write_simulated_scan(
             distance_m=simulated.distance_m,
             probe=scan.probe,
         )
+        with h5py.File(path, "a") as handle:  # the tomographic angle this view was seen at
+            handle[ROTATION_ANGLE_PATH] = view * DEGREES_PER_VIEW
         np.savez(
             truth_folder / f"view{view:03d}.npz",
             object=simulated.true_object,

@@ -89,7 +89,7 @@ def _watch(args: argparse.Namespace) -> int:
         raise ConfigError(f"--marker {args.marker!r}: expected a file name, or '' for none")
     if args.marker is not None:
         config.marker = args.marker
-    configure_logging()
+    configure_logging(debug_file=config.state_dir / "engine-debug.log")
     service = WatcherService(config, polling=args.polling, polling_interval_s=args.polling_interval)
     return service.run_forever()
 

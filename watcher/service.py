@@ -92,10 +92,12 @@ RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+def configure_logging(level: int = logging.INFO, debug_file: pathlib.Path | None = None) -> None:
     """One timestamped line per event on stderr (what a systemd journal or tmux shows);
-    control characters (from file names) are escaped, so a line stays one line."""
-    configure_printable_logging(level)
+    control characters (from file names) are escaped, so a line stays one line. Parsl's
+    and the Compute engine's own INFO lines go to ``debug_file`` (the watcher uses
+    ``<state_dir>/engine-debug.log``), not to the journal; their warnings stay."""
+    configure_printable_logging(level, debug_file=debug_file)
 
 
 @dataclasses.dataclass

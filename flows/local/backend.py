@@ -160,13 +160,22 @@ class LocalBackend(Backend):
                     f"run {run_id} was not started by this local backend "
                     "(local runs exist only in the process that started them)"
                 )
-            return RunProgress(
-                status=run.status,
-                stage=run.stage,
-                stage_seconds=dict(run.stage_seconds),
-                error=run.error,
-                output=None if run.output is None else dict(run.output),
-            )
+            status, stage = run.status, run.stage
+            stage_seconds, error = dict(run.stage_seconds), run.error
+            output = None if run.output is None else dict(run.output)
+            request = run.request
+        if status is RunStatus.ACTIVE and stage == "compute" and output is None:
+            # The compute function keeps its progress beside the result it is making
+            # (recon.progress): iteration, cost, elapsed and remaining seconds, image.
+            from recon.progress import read_progress
+
+            folder = Path(self.config.compute_root) / "recon" / request.compute_dir
+            progress = read_progress(folder, request.view)
+            if progress is not None:
+                output = {"progress": progress}
+        return RunProgress(
+            status=status, stage=stage, stage_seconds=stage_seconds, error=error, output=output
+        )
 
     def find_run(self, request: ViewRequest) -> StartedRun | None:
         """The latest run this backend started for the request's label, if any."""

@@ -70,10 +70,16 @@ def test_three_views_through_run_flow_and_back(site):
 
     status = ptychoflow("status", "--scan", "100", cwd=site)
     assert status.returncode == 0
-    assert status.stdout.count("succeeded") == 3 and "TRANSFER_IN" in status.stdout
+    assert status.stdout.count("succeeded") == 3 and "COMPUTE" in status.stdout
+    assert max(len(line) for line in status.stdout.splitlines()) <= 80
+    assert rows[0].run_id not in status.stdout  # local run ids only with --wide
+    wide = ptychoflow("status", "--scan", "100", "--wide", cwd=site)
+    assert rows[0].run_id in wide.stdout
 
     again = ptychoflow("run", "--scan", "100", "--wait", cwd=site)
     assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already succeeded; use --force to run again") == 3
+    assert f"scan100: results in {site / 'acquisition' / 'recon' / '100'}/" in again.stdout
     ledger = Ledger(site / "ledger.sqlite")
     assert [r.attempt for r in ledger.runs(100)] == [1, 1, 1]  # nothing started twice
     ledger.close()

@@ -198,3 +198,49 @@ def test_unknown_runs_and_labels(config, threads):
         assert backend.find_run(view_request(0)) is None
     finally:
         backend.close()
+
+
+def progress_then_gate(input_path, output_dir, view_name, recon):
+    """Reports iteration 4 of 10 the way reconstruct_view does (recon.progress), then
+    waits for the gate."""
+    from recon.progress import ProgressFiles
+
+    files = ProgressFiles(output_dir, view_name, 10)
+    files.progress(4, 0.25, 0.1)
+    try:
+        return wait_for_gate(input_path, output_dir, view_name, recon)
+    finally:
+        files.close()
+
+
+def test_poll_reports_the_solvers_progress_while_computing(config, threads):
+    """While a view computes, poll() carries the compute function's progress (iteration,
+    cost, time left) and the ledger keeps it; the finished run's output is the summary."""
+    from flows.backend import RunStatus as Status
+    from flows.ledger import Ledger
+
+    backend = LocalBackend(config, threads.submit, {FUNCTION_ID: progress_then_gate})
+    ledger = Ledger(config.ledger)
+    try:
+        backend.prepare_scan(SCAN_ID)
+        request = view_request(0)
+        ledger.claim(request, "local")
+        run = backend.start_view(request)
+        ledger.mark_started(request.scan_folder, request.view_file, run)
+        deadline = time.monotonic() + 10
+        progress = backend.poll(run.run_id)
+        while not (progress.output or {}).get("progress") and time.monotonic() < deadline:
+            time.sleep(0.01)
+            progress = backend.poll(run.run_id)
+        assert progress.status is Status.ACTIVE and progress.stage == "compute"
+        reported = progress.output["progress"]
+        assert (reported["iteration"], reported["iterations"], reported["cost"]) == (4, 10, 0.25)
+        row = ledger.update_progress(request.scan_folder, request.view_file, progress)
+        assert row.output["progress"]["iteration"] == 4
+        GATE.set()
+        done = backend.wait(run.run_id, 20)
+        assert done.status is Status.SUCCEEDED and "progress" not in done.output
+    finally:
+        GATE.set()
+        backend.close()
+        ledger.close()

@@ -114,7 +114,7 @@ def test_pages_show_the_scan_and_a_new_view_appears_without_reload(site, portal_
             assert row.locator("td.succeeded").inner_text() == "3"
             page.screenshot(path=ARTEFACTS / "portal-scans.png", full_page=True)
 
-            row.get_by_role("link", name="scan100").click()
+            row.get_by_role("link", name="scan100", exact=True).click()
             page.wait_for_url("**/scans/scan100")
             cards = page.locator("section.card")
             assert cards.count() == 3

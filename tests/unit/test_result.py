@@ -89,12 +89,12 @@ def test_preview_has_two_panels_of_sane_size(tmp_path):
     (_, png_path), _ = write_example(tmp_path / "v.h5")
     with Image.open(png_path) as image:
         image.load()
-    assert image.mode == "L"
+    assert image.mode == "RGB"
     # Cropped to the scanned region (about 38 + 32 pixels), enlarged to >= 256 tall,
-    # two panels side by side: wider than tall, and not huge.
-    assert 256 <= image.height <= 1100
-    assert 2 * 256 <= image.width <= 2200
-    pixels = np.asarray(image)
+    # panels side by side: wider than tall, and not huge.
+    assert 256 <= image.height <= 1200
+    assert 2 * 256 <= image.width <= 3000
+    pixels = np.asarray(image.convert("L"))
     assert pixels.std() > 20  # not a blank image
     # The label strip at the top is mostly white with some dark text.
     strip = pixels[:20]
@@ -115,7 +115,7 @@ def test_preview_crops_to_the_scanned_region(tmp_path):
     with Image.open(full) as a, Image.open(cropped) as b:
         # 400 px panels stay 400 tall; the 100 px crop is enlarged 3x to 300.
         assert a.height > b.height
-        cropped_pixels = np.asarray(b)
+        cropped_pixels = np.asarray(b.convert("L"))
     # The phase panel of the crop is a ramp across its width.
     row = cropped_pixels[cropped_pixels.shape[0] // 2, 8:300].astype(int)
     assert row[-5] - row[5] > 150
@@ -145,7 +145,7 @@ def test_preview_removes_a_phase_ramp_by_default(tmp_path):
     for deramp in (True, False):
         path = save_preview(tmp_path / f"{deramp}.png", object_, deramp=deramp)
         with Image.open(path) as image:
-            pixels = np.asarray(image).astype(float)
+            pixels = np.asarray(image.convert("L")).astype(float)
         top = PREVIEW_GAP + PREVIEW_LABEL_HEIGHT
         # 120 px enlarged 3x to reach 256: the square spans 123..237 of 360.
         panels[deramp] = pixels[top : top + 360, PREVIEW_GAP : PREVIEW_GAP + 360]
@@ -172,8 +172,8 @@ def test_two_probe_modes_refined_positions_and_the_preview(tmp_path):
     fractions = probe_power_fractions(probe)
     assert fractions.sum() == pytest.approx(1.0) and fractions[0] > 3 * fractions[1]
     with Image.open(png_path) as image:
-        # phase, amplitude and one panel per mode
-        assert image.width > 3 * 256
+        # phase, amplitude and two panels (amplitude, phase) per mode
+        assert image.width > 4 * 256
     with pytest.raises(ValueError, match="refined_positions"):
         write_example(tmp_path / "bad.h5", refined_positions=refined[:5])
 

@@ -84,3 +84,19 @@ def test_scan_ids_have_a_bounded_size_and_the_reason_is_given():
     assert config.scan_name_problem("scan100") is None
     assert config.scan_name_problem("recon") is None  # not a scan name at all
     assert config.scan_id_of("scan١٢٣") is None  # Arabic-Indic digits match \d, not an id
+
+
+def test_init_creates_the_acquisition_folder_and_the_recipe_runs_as_printed(tmp_path):
+    """The printed `demo --scan-only` line puts a scan where the config looks."""
+    import shlex
+
+    run = ptychoflow("init", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "acquisition").is_dir()
+    recipe = next(line for line in run.stdout.splitlines() if "demo --scan-only" in line)
+    assert "replay" in run.stdout and "run-flow" in run.stdout and "serve" in run.stdout
+    args = shlex.split(recipe)[1:]
+    made = ptychoflow(*args, "--views", "1", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "acquisition" / "scan100" / "view000.cxi").is_file()
+    assert "--scan 100 --config" in made.stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import pathlib
 import types
 
 import h5py
@@ -148,9 +149,12 @@ class RecordingSolver:
         progress=None,
         allowed_roots=None,
         beamline=None,
+        **keywords,
     ):
         assert allowed_roots, "the compute function hands its roots to the loader"
         self.calls.append((input_path, output_path, options, device_ids))
+        # progress goes beside the result while it is made (recon.progress)
+        assert keywords == {"progress_folder": str(pathlib.Path(output_path).parent)}
         self.holders_during = self.pool.holders()
         if self.fail is not None:
             raise self.fail

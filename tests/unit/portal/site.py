@@ -118,3 +118,71 @@ def sample_site(root: pathlib.Path, scans: dict[str, Sequence[SampleView]]) -> C
     finally:
         ledger.close()
     return config
+
+
+def sample_tomography_site(
+    root: pathlib.Path,
+    views: int = 168,
+    bad: Sequence[int] = (100,),
+    folder: str = "scan300",
+    running: Sequence[int] = (),
+) -> Config:
+    """The paper's case: one scan of ``views`` views, each at its rotation angle
+    (``180 / views`` degrees apart), every one succeeded with a result file, except the
+    ``running`` ones (computing, with progress). Results are made cheaply: one file is
+    written by :func:`recon.result.write_result`, the others are copies whose object is
+    replaced: a disc that moves sideways with the angle (a sinogram's sine), except the
+    ``bad`` views, which are noise (a view that did not converge)."""
+    import shutil
+
+    import h5py
+
+    config = resolve_paths(Config(), root)
+    scan_id = int("".join(c for c in folder if c.isdigit()))
+    recon = config.acquisition_root / "recon" / str(scan_id)
+    template = write_sample_result(root / "template.h5", object_shape=(64, 64))
+    rows, cols = np.indices((64, 64), dtype=np.float64)
+    rng = np.random.default_rng(0)
+    ledger = Ledger(config.ledger)
+    try:
+        ledger.scan_seen(folder, scan_id)
+        for index in range(views):
+            angle = index * 180.0 / views
+            name = f"view{index:03d}"
+            view_file = f"{name}.cxi"
+            request = ViewRequest(scan_id, view_file, folder, {"iterations": 30})
+            ledger.claim(request, "local")
+            ledger.mark_submitting(folder, view_file)
+            ledger.mark_started(folder, view_file, StartedRun(f"run-{index}"))
+            if index in running:
+                progress = {"iteration": 12, "iterations": 30, "cost": 0.5, "eta": 9.0}
+                ledger.update_progress(
+                    folder,
+                    view_file,
+                    RunProgress(
+                        RunStatus.ACTIVE,
+                        "compute",
+                        {"transfer_in": 0.2},
+                        None,
+                        {"progress": progress},
+                    ),
+                )
+                continue
+            centre = 32 + 14 * np.sin(np.radians(angle * 2))
+            disc = (rows - 32) ** 2 + (cols - centre) ** 2 < 8**2
+            phase = rng.normal(0, 1.0, (64, 64)) if index in bad else 0.8 * disc
+            result = recon / f"{name}.h5"
+            result.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(template, result)
+            with h5py.File(result, "a") as handle:
+                handle["object"][...] = np.exp(1j * phase).astype(np.complex64)
+            output = {"iterations": 30, "final_cost": 1.0, "angle_deg": angle}
+            ledger.update_progress(
+                folder,
+                view_file,
+                RunProgress(RunStatus.SUCCEEDED, None, {"compute": 2.0}, None, output),
+            )
+        ledger.scan_submitted(folder)
+    finally:
+        ledger.close()
+    return config

@@ -74,10 +74,13 @@ def test_globus_runs_link_to_the_web_app(client):
 
 def test_view_page_has_images_scale_bar_positions_and_options(client):
     page = client.get("/scans/scan100/views/view001").text
+    # The viewer's values, with a plain image for a browser without scripts.
+    assert 'data-src="/scans/scan100/views/view001/data/phase.f32"' in page
     assert 'src="/scans/scan100/views/view001/images/phase.png"' in page
-    assert "/images/probe-2.png" in page
+    assert "/images/probe-2.png" in page and "/images/probe-phase-2.png" in page
     # Pixel 10 nm, scanned region 41 pixels wide: a round 100 nm bar.
-    assert "100 nm (pixel 10 nm)" in page
+    assert "100 nm at zoom 1 (pixel 10 nm)" in page
+    assert "numpy" in page and "/help/using-the-results" in page
     assert page.count("<circle") == 81
     assert "&#34;cost&#34;: &#34;poisson&#34;" in page  # options, escaped
     detail = client.get("/api/scans/scan100/views/view001").json()

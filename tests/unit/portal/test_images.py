@@ -86,3 +86,26 @@ def test_refined_positions_are_plotted_over_the_reported_ones(tmp_path):
     assert summary.initial_positions[0] == pytest.approx(tuple(reported[0]))
     plain = ResultImages(tmp_path / "cache2").summary(write_sample_result(tmp_path / "v1.h5"))
     assert plain.initial_positions == []
+
+
+def test_the_portal_preview_is_drawn_by_the_preview_code(tmp_path):
+    """One drawing code: the portal's preview.png equals what recon.preview draws for the
+    same result (and the PNG beside the result file is drawn by it too)."""
+    import numpy as np
+    from PIL import Image
+
+    from portal.images import ResultImages
+    from recon.preview import draw_preview
+    from recon.result import read_result
+    from tests.unit.portal.site import write_sample_result
+
+    result_path = write_sample_result(tmp_path / "view000.h5", modes=2)
+    images = ResultImages(tmp_path / "cache")
+    served = images.image(result_path, "preview")
+    result = read_result(result_path)
+    drawn = draw_preview(
+        result["object"], result["positions"], result["probe"], pixel_size=result["pixel_size"]
+    )
+    with Image.open(served) as portal, Image.open(result_path.with_suffix(".png")) as beside:
+        assert np.array_equal(np.asarray(portal), np.asarray(drawn))
+        assert np.array_equal(np.asarray(beside), np.asarray(drawn))
