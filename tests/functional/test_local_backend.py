@@ -200,7 +200,7 @@ def test_unknown_runs_and_labels(config, threads):
         backend.close()
 
 
-def progress_then_gate(input_path, output_dir, view_name, recon):
+def progress_then_gate(input_path, output_dir, view_name, recon, beamline=None):
     """Reports iteration 4 of 10 the way reconstruct_view does (recon.progress), then
     waits for the gate."""
     from recon.progress import ProgressFiles
