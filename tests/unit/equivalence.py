@@ -37,6 +37,21 @@ STEP_OPTIONS = ReconOptions(
 )
 
 
+def random_windows(seed=0, n=60, size=(12, 9), shape=(50, 47)):
+    """An object (OBJ_H, OBJ_W) complex64, integer corners (N, 2) int64 of windows of
+    ``size`` inside it (overlapping), and (N, *size) complex64 window contents."""
+    rng = np.random.default_rng(seed)
+    corner = np.stack(
+        [rng.integers(0, shape[0] - size[0] + 1, n), rng.integers(0, shape[1] - size[1] + 1, n)],
+        axis=1,
+    ).astype(np.int64)
+    windows = (rng.standard_normal((n, *size)) + 1j * rng.standard_normal((n, *size))).astype(
+        np.complex64
+    )
+    obj = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+    return obj, corner, windows
+
+
 def rel(a, b) -> float:
     a, b = to_host(a), to_host(b)
     return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-30))

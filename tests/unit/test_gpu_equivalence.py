@@ -29,7 +29,7 @@ from recon.options import ReconOptions
 from recon.ptycho import reconstruct
 from recon.simulate import simulate_view
 from recon.simulate_fourier import simulate_scan
-from tests.unit.equivalence import compare_stepwise, phase_ssim, rel, stepwise
+from tests.unit.equivalence import compare_stepwise, phase_ssim, random_windows, rel, stepwise
 
 pytestmark = pytest.mark.gpu
 
@@ -49,24 +49,11 @@ def fourier_view(cp):
     ).to_scan()
 
 
-def _windows(seed=0, n=60, size=(12, 9), shape=(50, 47)):
-    rng = np.random.default_rng(seed)
-    corner = np.stack(
-        [rng.integers(0, shape[0] - size[0] + 1, n), rng.integers(0, shape[1] - size[1] + 1, n)],
-        axis=1,
-    ).astype(np.int64)
-    windows = (rng.standard_normal((n, *size)) + 1j * rng.standard_normal((n, *size))).astype(
-        np.complex64
-    )
-    obj = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
-    return obj, corner, windows
-
-
 # -- 1. primitives ---------------------------------------------------------------------
 
 
 def test_gather_windows_matches_both_numpy_paths(cp, monkeypatch):
-    obj, corner, _ = _windows()
+    obj, corner, _ = random_windows()
     gpu = to_host(primitives.gather_windows(cp, cp.asarray(obj), cp.asarray(corner), (12, 9)))
     monkeypatch.delenv(primitives.GPU_PATH_ON_CPU, raising=False)
     np.testing.assert_array_equal(gpu, primitives.gather_windows(np, obj, corner, (12, 9)))
@@ -78,7 +65,7 @@ def test_gather_windows_matches_both_numpy_paths(cp, monkeypatch):
 def test_scatter_windows_matches_the_numpy_twin(cp, monkeypatch, dtype):
     """Atomic adds into views of the real and imaginary parts (CuPy) against ``np.add.at``
     (the twin): overlapping windows, single and double accumulators."""
-    _, corner, windows = _windows(seed=1)
+    _, corner, windows = random_windows(seed=1)
     if not np.iscomplexobj(np.zeros(1, dtype)):
         windows = np.ascontiguousarray(windows.real)
     monkeypatch.setenv(primitives.GPU_PATH_ON_CPU, "1")

@@ -15,7 +15,7 @@ from recon.options import ReconOptions
 from recon.ptycho import reconstruct
 from recon.simulate import simulate_view
 from recon.simulate_fourier import simulate_scan
-from tests.unit.equivalence import compare_stepwise, rel, stepwise
+from tests.unit.equivalence import compare_stepwise, random_windows, rel, stepwise
 
 
 @pytest.fixture
@@ -35,21 +35,8 @@ def view():
     ).to_scan()
 
 
-def _windows(seed=0, n=40, size=(12, 9), shape=(50, 47)):
-    rng = np.random.default_rng(seed)
-    corner = np.stack(
-        [rng.integers(0, shape[0] - size[0] + 1, n), rng.integers(0, shape[1] - size[1] + 1, n)],
-        axis=1,
-    ).astype(np.int64)
-    windows = (rng.standard_normal((n, *size)) + 1j * rng.standard_normal((n, *size))).astype(
-        np.complex64
-    )
-    obj = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
-    return obj, corner, windows
-
-
 def test_gather_windows_twins_agree_exactly(monkeypatch):
-    obj, corner, _ = _windows()
+    obj, corner, _ = random_windows()
     monkeypatch.delenv(primitives.GPU_PATH_ON_CPU, raising=False)
     strided = primitives.gather_windows(np, obj, corner, (12, 9))
     monkeypatch.setenv(primitives.GPU_PATH_ON_CPU, "1")
@@ -63,7 +50,7 @@ def test_gather_windows_twins_agree_exactly(monkeypatch):
 def test_scatter_windows_twins_agree(monkeypatch, dtype):
     """Overlapping windows summed: one block add per window (CPU) against ``add.at`` on the
     real and imaginary parts (the GPU's algorithm), into a float32 or double accumulator."""
-    _, corner, windows = _windows(seed=1, n=60)
+    _, corner, windows = random_windows(seed=1, n=60)
     if not np.iscomplexobj(np.zeros(1, dtype)):
         windows = np.ascontiguousarray(windows.real)
     monkeypatch.delenv(primitives.GPU_PATH_ON_CPU, raising=False)
