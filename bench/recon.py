@@ -107,8 +107,8 @@ HARD = [
         ("low dose 1e3", None),
         ("sparse overlap", None),
         ("strong phase 2.5pi", None),
-        ("positions off 3 px + affine", None),
-        ("positions off 5 px + affine", None),
+        ("positions off 1.5 px + affine", None),
+        ("positions off 2.5 px + affine", None),
     )
     for seed in (11, 12)
 ]

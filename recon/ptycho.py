@@ -137,6 +137,10 @@ class ReconResult:
     devices: list[int]
     backend: str
     refined_positions: np.ndarray | None = None
+    position_affine: np.ndarray | None = None
+    """(2, 3) [A | t] when positions were refined: the least-squares global map from the
+    reported to the refined positions about their centre (``fit_affine``), i.e. the
+    stage's scale, rotation and shear error; None otherwise."""
     device_names: list[str] = dataclasses.field(default_factory=list)
     """The GPU model of each device (CuPy), e.g. ``NVIDIA H200``; empty on the CPU."""
 
@@ -883,6 +887,11 @@ def reconstruct(
         cost=np.asarray(costs, dtype=np.float64),
         positions=scan.positions,
         refined_positions=state.positions.astype(REAL) if options.refine_positions else None,
+        position_affine=(
+            fit_affine(state.initial_positions, state.positions)
+            if options.refine_positions
+            else None
+        ),
         object_steps=object_steps,
         probe_steps=probe_steps,
         seconds_per_iteration=seconds,
@@ -982,4 +991,8 @@ def _coarse_to_fine(
         start_object=start_object,
     )
     result.positions = scan.positions
+    if result.refined_positions is not None:
+        result.position_affine = fit_affine(
+            np.asarray(scan.positions, dtype=np.float64), result.refined_positions
+        )
     return result

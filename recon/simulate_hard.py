@@ -119,13 +119,15 @@ HARD_CASES: dict[str, dict] = {
     # Step = 0.5 x the geometric beam diameter (the default 0.25 x); see README.
     "sparse overlap": {"overlap": 0.3, "photons": 1e6},
     "strong phase 2.5pi": {"phase": 2.5 * math.pi, "photons": 1e6},
-    "positions off 3 px + affine": {
-        "position_error_px": 3.0,
+    # 1.5 and 2.5 px at 64 px are the 3 and 5 px of a 128 px scan: the same errors
+    # relative to the beam and the step (see README).
+    "positions off 1.5 px + affine": {
+        "position_error_px": 1.5,
         "affine": StageAffine(scale=1.02, rotation_deg=1.5, shear=0.01),
         "photons": 1e6,
     },
-    "positions off 5 px + affine": {
-        "position_error_px": 5.0,
+    "positions off 2.5 px + affine": {
+        "position_error_px": 2.5,
         "affine": StageAffine(scale=1.02, rotation_deg=1.5, shear=0.01),
         "photons": 1e6,
     },

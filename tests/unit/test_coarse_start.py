@@ -44,6 +44,7 @@ def test_coarse_start_runs_and_reports_the_full_views_positions():
     assert len(result.cost) == 7  # the fine level's iterations only
     np.testing.assert_array_equal(result.positions, scan.positions)
     assert result.refined_positions.shape == scan.positions.shape
+    assert result.position_affine.shape == (2, 3)  # the stage's fitted global map
     assert np.all(np.isfinite(result.object))
 
 
