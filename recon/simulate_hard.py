@@ -116,7 +116,7 @@ def simulate_hard_scan(
 HARD_CASES: dict[str, dict] = {
     "low dose 1e4": {"photons": 1e4},
     "low dose 1e3": {"photons": 1e3},
-    # Step = 0.5 x the geometric beam diameter (the default 0.25 x); see README.
+    # Step = 0.7 x the geometric beam diameter (simulate_scan: 0.25 x).
     "sparse overlap": {"overlap": 0.3, "photons": 1e6},
     "strong phase 2.5pi": {"phase": 2.5 * math.pi, "photons": 1e6},
     # 1.5 and 2.5 px at 64 px are the 3 and 5 px of a 128 px scan: the same errors
