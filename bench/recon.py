@@ -7,7 +7,10 @@
    Pty-chi engine in a few settings of which the best (highest SSIM) is kept. Cases:
    noise-free star; Poisson noise at 1e6 photons per pattern; positions off by 1 px
    RMS; a two-mode (80/20) beam; three tomography-like views of a sphere phantom
-   (0, 60, 120 degrees, 1e6 photons). Per case and solver: ms per iteration, total
+   (0, 60, 120 degrees, 1e6 photons); with ``--cases hard`` the hard scans of issue 18
+   (``recon.simulate_hard``, two seeds each): low dose (1e4 photons at 128 px, 1e3 at
+   the size's detector), sparse overlap, a strong 2.5 pi phase star, positions off 3 and
+   5 px RMS plus a global affine stage error. Per case and solver: ms per iteration, total
    seconds, phase SSIM after removing the global phase and the linear phase ramp
    (``recon.metrics.compare_objects``), then a summary against the goals of issue 10.
    Our solver gets ``probe_modes`` / ``refine_positions`` for the cases that need them
@@ -20,6 +23,7 @@
     python bench/recon.py                # --quick: 64 px detector, 150 positions, 60 it.
     python bench/recon.py --full         # 128 px, 400 positions, 100 iterations (~1 h)
     python bench/recon.py --cases star two-mode --skip-ptychi
+    python bench/recon.py --cases hard --skip-ptychi
     python bench/recon.py --speed --skip-fidelity
 
 Pty-chi needs the bench extra: ``pip install -e '.[bench]'``.
@@ -48,6 +52,7 @@ from recon.metrics import compare_objects, illuminated_region  # noqa: E402
 from recon.options import ReconOptions  # noqa: E402
 from recon.ptycho import initial_probe, reconstruct  # noqa: E402
 from recon.simulate_fourier import FourierSimulation, simulate_scan  # noqa: E402
+from recon.simulate_hard import HARD_CASES, simulate_hard_scan  # noqa: E402
 
 SIEMENS_STAR = REPO.parent / "shared" / "data" / "siemens-star-small.npz.bz2"
 
@@ -63,10 +68,19 @@ class Case:
     mode_powers: tuple[float, ...] = (1.0,)
     view_angle_deg: float = 0.0
     seed: int = 0
+    hard: str | None = None  # a key of recon.simulate_hard.HARD_CASES (issue 18)
+    detector: int | None = None  # overrides the size's detector
 
     @property
     def modes(self) -> int:
         return len(self.mode_powers)
+
+    @property
+    def refines_positions(self) -> bool:
+        if self.hard is not None:
+            kind = HARD_CASES[self.hard]
+            return kind.get("position_error_px", 0) > 0 or kind.get("affine") is not None
+        return self.position_error_px > 0
 
 
 CASES = [
@@ -78,13 +92,41 @@ CASES = [
     Case("tomo view 60 deg", object_kind="spheres", photons=1e6, view_angle_deg=60.0, seed=5),
     Case("tomo view 120 deg", object_kind="spheres", photons=1e6, view_angle_deg=120.0, seed=5),
 ]
+#: The hard scans of issue 18 (``recon.simulate_hard``), two seeds each. The low-dose
+#: scan at 1e4 photons is at 128 px like the hidden one (at 64 px it is 4x the dose per
+#: pixel); the rest at the size's detector.
+HARD = [
+    Case(
+        f"{name}{f' {detector} px' if detector else ''} s{seed}",
+        hard=name,
+        seed=seed,
+        detector=detector,
+    )
+    for name, detector in (
+        ("low dose 1e4", 128),
+        ("low dose 1e3", None),
+        ("sparse overlap", None),
+        ("strong phase 2.5pi", None),
+        ("positions off 1.5 px + affine", None),
+        ("positions off 2.5 px + affine", None),
+    )
+    for seed in (11, 12)
+]
+CASES += HARD
 CASE_KEYS = {
     "star": ["noise-free star"],
     "poisson": ["Poisson 1e6"],
     "positions": ["positions off 1 px"],
     "two-mode": ["two-mode beam"],
     "tomo": [c.name for c in CASES if c.name.startswith("tomo")],
+    "low-dose": [c.name for c in HARD if c.hard.startswith("low dose")],  # type: ignore[union-attr]
+    "sparse": [c.name for c in HARD if c.hard == "sparse overlap"],
+    "strong-phase": [c.name for c in HARD if c.hard == "strong phase 2.5pi"],
+    "positions-far": [c.name for c in HARD if c.hard.startswith("positions")],  # type: ignore[union-attr]
 }
+#: The cases run without --cases: those of issue 10 (the hard ones by name, or ``hard``).
+DEFAULT_CASE_KEYS = ["star", "poisson", "positions", "two-mode", "tomo"]
+HARD_KEYS = ["low-dose", "sparse", "strong-phase", "positions-far"]
 
 #: Pty-chi settings tried per engine; the best (highest phase SSIM) is reported.
 PTYCHI_SETTINGS = {
@@ -109,6 +151,13 @@ PTYCHI_SETTINGS = {
 
 
 def simulate_case(case: Case, detector: int, n_positions: int) -> FourierSimulation:
+    if case.hard is not None:
+        return simulate_hard_scan(
+            detector=case.detector or detector,
+            n_positions=n_positions,
+            seed=case.seed,
+            **HARD_CASES[case.hard],
+        )
     return simulate_scan(
         detector=detector,
         n_positions=n_positions,
@@ -147,7 +196,7 @@ def our_options(case: Case, iterations: int) -> tuple[ReconOptions, str]:
     extra: dict[str, Any] = {}
     if case.modes > 1 and "probe_modes" in fields:
         extra["probe_modes"] = case.modes
-    if case.position_error_px > 0 and "refine_positions" in fields:
+    if case.refines_positions and "refine_positions" in fields:
         extra["refine_positions"] = True
     options = ReconOptions(iterations=iterations, backend="numpy", **extra)
     label = ", ".join(f"{k}={v}" for k, v in extra.items()) or "defaults"
@@ -200,7 +249,7 @@ def run_ptychi_settings(
                 wavelength=scan.wavelength,
                 threads=threads,
                 modes=case.modes,
-                refine_positions=case.position_error_px > 0,
+                refine_positions=case.refines_positions,
                 **setting,
             )
         except Exception as err:  # a setting that breaks inside Pty-chi is a result too
@@ -209,7 +258,7 @@ def run_ptychi_settings(
         label = ", ".join(f"{k}={v}" for k, v in setting.items())
         if case.modes > 1:
             label += f", modes={case.modes}"
-        if case.position_error_px > 0:
+        if case.refines_positions:
             label += ", position correction"
         runs.append(
             {
@@ -230,7 +279,8 @@ def fidelity_tables(args: argparse.Namespace) -> None:
     n_positions = args.positions or (400 if args.full else 150)
     iterations = args.iterations or (100 if args.full else 60)
     threads = args.threads or 1
-    names = [n for key in args.cases for n in CASE_KEYS[key]]
+    keys = [k for key in args.cases for k in (HARD_KEYS if key == "hard" else [key])]
+    names = [n for key in keys for n in CASE_KEYS[key]]
     cases = [
         dataclasses.replace(c, seed=c.seed + args.seed_offset) for c in CASES if c.name in names
     ]
@@ -385,7 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small views (the default)")
     size.add_argument("--full", action="store_true", help="128 px, 400 positions, 100 it.")
-    parser.add_argument("--cases", nargs="+", choices=list(CASE_KEYS), default=list(CASE_KEYS))
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=[*CASE_KEYS, "hard"],
+        default=DEFAULT_CASE_KEYS,
+        help="hard: the four hard kinds of issue 18 (low-dose sparse strong-phase positions-far)",
+    )
     parser.add_argument("--detector", type=int, default=None, help="override the size's")
     parser.add_argument("--positions", type=int, default=None, help="override the size's")
     parser.add_argument("--iterations", type=int, default=None, help="override the size's")

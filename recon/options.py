@@ -97,6 +97,17 @@ class ReconOptions:
     0.979-0.999, from 50 % 0.997-0.999; positions moved earlier follow an object that is
     still forming)."""
 
+    coarse_levels: int = 1
+    """Multi-resolution start: first reconstruct the view from the central half of every
+    pattern (object pixels twice as large, position errors half as many pixels, phase
+    steps half as steep), refining positions there when ``refine_positions``, and start
+    the full view from that object, probe and positions; repeated ``coarse_levels``
+    times. Each coarser level runs half the iterations at a quarter of the cost (about
+    +20 % time at one level). Measured (60 iterations, 64 px, ``recon.simulate_hard``):
+    a 2.5 pi phase star 0.58 / 0.41 phase SSIM without, 0.999 / 0.998 with one level
+    (FFTW and pocketfft alike); the tomography views 0.990-0.991 -> 0.992-0.997; the
+    other existing cases within 0.003. 0 starts at full resolution from a flat object."""
+
     dark_floor: float = 0.0
     """Fade the costs' pull in pixels the model leaves dark below this fraction of the data's
     mean intensity per pixel (e.g. 1e-5; see ``recon.cost``). There the textbook gradient
@@ -151,6 +162,7 @@ class ReconOptions:
                 f"option probe_modes={self.probe_modes} is more than {MAX_PROBE_MODES}"
             )
         _check_int("holdout_patience", self.holdout_patience, minimum=1)
+        _check_int("coarse_levels", self.coarse_levels, minimum=0)
         start = self.amplitude_start
         if isinstance(start, bool) or not isinstance(start, int | float) or not 0 <= start < 1:
             raise OptionsError(

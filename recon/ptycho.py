@@ -85,8 +85,9 @@ MODES_START_FRACTION = 0.5
 #: seeds: tomography views 0.75-0.99 phase SSIM with one step, 0.985-0.997 with two;
 #: noise-free star 0.998 and 1.000). Two probe steps cost about 40 % more per iteration.
 PROBE_STEPS = 2
-#: Largest total correction of a scan position, object pixels: positions are refined,
-#: not searched for. The object grows by this much so corrected windows still fit.
+#: Largest total correction of a scan position, object pixels, at one resolution (with
+#: ``coarse_levels`` the coarse levels' corrections come first, in their larger pixels).
+#: The object grows by this much so corrected windows still fit.
 MAX_POSITION_CORRECTION = 4.0
 #: Without ``probe_warmup``, this fraction of the iterations refines only the probe.
 PROBE_WARMUP_FRACTION = 0.05
@@ -101,6 +102,11 @@ MAX_POSITION_STEP = 0.5
 POSITION_STEP_GAIN = 3.0
 #: Regularisation of the per-position 2 x 2 Gauss-Newton system, relative to its trace.
 POSITION_REGULARISATION = 1e-3
+
+#: ``coarse_levels``: each coarser level runs this fraction of the iterations (at a
+#: quarter of the cost per iteration); patterns are not binned below this size.
+COARSE_ITERATION_FRACTION = 0.5
+MIN_COARSE_DETECTOR = 16
 
 #: progress(iteration, cost, seconds of that iteration)
 ProgressCallback = Callable[[int, float, float], None]
@@ -131,6 +137,10 @@ class ReconResult:
     devices: list[int]
     backend: str
     refined_positions: np.ndarray | None = None
+    position_affine: np.ndarray | None = None
+    """(2, 3) [A | t] when positions were refined: the least-squares global map from the
+    reported to the refined positions about their centre (``fit_affine``), i.e. the
+    stage's scale, rotation and shear error; None otherwise."""
     device_names: list[str] = dataclasses.field(default_factory=list)
     """The GPU model of each device (CuPy), e.g. ``NVIDIA H200``; empty on the CPU."""
 
@@ -338,12 +348,20 @@ class _Partition:
 class _Reconstruction:
     """State and steps of the hybrid model; :func:`reconstruct` drives it."""
 
-    def __init__(self, scan: ScanData, options: ReconOptions, xp: Any, devices: list[int]):
+    def __init__(
+        self,
+        scan: ScanData,
+        options: ReconOptions,
+        xp: Any,
+        devices: list[int],
+        start_object: np.ndarray | None = None,
+    ):
         self.xp = xp
         self.options = options
         self.devices = devices
         self.home = devices[0]
-        reach = math.ceil(MAX_POSITION_CORRECTION) if options.refine_positions else 0
+        self.max_correction = MAX_POSITION_CORRECTION
+        reach = math.ceil(self.max_correction) if options.refine_positions else 0
         self.object_shape = object_shape_for(scan.positions, scan.detector_shape, extra=reach)
         self.initial_positions = np.asarray(scan.positions, dtype=np.float64)
         self.positions = self.initial_positions.copy()
@@ -376,8 +394,13 @@ class _Reconstruction:
         ]
         # Extra modes enter later (``add_modes``) when their start is staged.
         probe = initial_probe(scan, 1 if modes_start_iteration(options) else options.probe_modes)
+        first_object = np.ones(self.object_shape, dtype=COMPLEX)
+        if start_object is not None:
+            rows = min(self.object_shape[0], start_object.shape[0])
+            cols = min(self.object_shape[1], start_object.shape[1])
+            first_object[:rows, :cols] = start_object[:rows, :cols]
         with device_context(xp, self.home):
-            self.object = xp.ones(self.object_shape, dtype=COMPLEX)
+            self.object = to_device(first_object, xp, self.home)
             self.probe = to_device(probe, xp, self.home)
         for part in self.parts:
             with part.context():
@@ -699,8 +722,8 @@ class _Reconstruction:
         )
         new = np.clip(
             self.positions + moves,
-            self.initial_positions - MAX_POSITION_CORRECTION,
-            self.initial_positions + MAX_POSITION_CORRECTION,
+            self.initial_positions - self.max_correction,
+            self.initial_positions + self.max_correction,
         )
         new = np.clip(new, low, high)
         moved = float(np.sqrt(np.mean(np.sum((new - self.positions) ** 2, axis=1))))
@@ -733,6 +756,15 @@ def _real_dot(a: Any, b: Any, axes: tuple[int, ...]) -> Any:
     product = a.real * b.real
     product += a.imag * b.imag
     return product.sum(axis=axes, dtype=ACCUMULATE_REAL)
+
+
+def fit_affine(reported: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(2, 3) least-squares affine map [A | t] with positions ~ c + A (reported - c) + t,
+    c the reported positions' mean: the stage's global scale, rotation and shear."""
+    centre = reported.mean(axis=0)
+    design = np.concatenate([reported - centre, np.ones((len(reported), 1))], axis=1)
+    solution, *_ = np.linalg.lstsq(design, positions - centre, rcond=None)
+    return solution.T
 
 
 def amplitude_switch(options: ReconOptions) -> int:
@@ -775,6 +807,7 @@ def reconstruct(
     device_ids: Sequence[int] | None = None,
     progress: ProgressCallback | None = None,
     monitor: IterationMonitor | None = None,
+    start_object: np.ndarray | None = None,
 ) -> ReconResult:
     """Reconstruct object and probe of one view.
 
@@ -788,6 +821,9 @@ def reconstruct(
     progress : called after every iteration with (iteration, cost, seconds).
     monitor : called after every iteration with (iteration, object, probe); stops the
         iterations when it returns True (``recon.holdout`` stops on held-out patterns).
+    start_object : an object to start from (object pixels of ``scan``'s positions; cut or
+        padded with ones to the solver's grid), instead of a flat one; with it,
+        ``coarse_levels`` is not applied.
     """
     options = options or ReconOptions()
     xp = resolve_backend(options.backend.value)
@@ -800,7 +836,9 @@ def reconstruct(
     if scan.n_positions < 1:
         raise InputError(f"{scan.source}: the scan has no diffraction patterns")
 
-    state = _Reconstruction(scan, options, xp, devices)
+    if options.coarse_levels and start_object is None:
+        return _coarse_to_fine(scan, options, devices, progress, monitor)
+    state = _Reconstruction(scan, options, xp, devices, start_object)
     costs = [state.reported_cost() / state.n_measured]
     object_steps: list[float] = []
     probe_steps: list[float] = []
@@ -849,6 +887,11 @@ def reconstruct(
         cost=np.asarray(costs, dtype=np.float64),
         positions=scan.positions,
         refined_positions=state.positions.astype(REAL) if options.refine_positions else None,
+        position_affine=(
+            fit_affine(state.initial_positions, state.positions)
+            if options.refine_positions
+            else None
+        ),
         object_steps=object_steps,
         probe_steps=probe_steps,
         seconds_per_iteration=seconds,
@@ -856,3 +899,100 @@ def reconstruct(
         backend=backend_name(xp),
         device_names=gpu_names(xp, devices),
     )
+
+
+def _fourier_resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``image`` (..., H, W) band-limited-resampled to (..., *shape) on the same field of view
+    (sample 0 stays sample 0): its centred spectrum is cropped or zero-padded. Values are
+    kept (an upsampled constant stays that constant)."""
+    h, w = image.shape[-2:]
+    spectrum = np.fft.fftshift(np.fft.fft2(image), axes=(-2, -1))
+    out = np.zeros((*image.shape[:-2], *shape), dtype=np.complex128)
+    rows, cols = min(h, shape[0]), min(w, shape[1])
+    src = (
+        slice(h // 2 - rows // 2, h // 2 - rows // 2 + rows),
+        slice(w // 2 - cols // 2, w // 2 - cols // 2 + cols),
+    )
+    dst = (
+        slice(shape[0] // 2 - rows // 2, shape[0] // 2 - rows // 2 + rows),
+        slice(shape[1] // 2 - cols // 2, shape[1] // 2 - cols // 2 + cols),
+    )
+    out[(..., *dst)] = spectrum[(..., *src)]
+    scale = shape[0] * shape[1] / (h * w)
+    return np.fft.ifft2(np.fft.ifftshift(out, axes=(-2, -1))) * scale
+
+
+def coarse_scan(scan: ScanData) -> ScanData:
+    """The view at half the resolution: the central half of every pattern (the low
+    spatial frequencies), so object pixels twice as large and positions halved. The
+    counts are kept (the noise model still holds); the probe guess is resampled."""
+    det = scan.detector_shape
+    half = (det[0] // 2, det[1] // 2)
+    crop = (
+        slice(det[0] // 2 - half[0] // 2, det[0] // 2 - half[0] // 2 + half[0]),
+        slice(det[1] // 2 - half[1] // 2, det[1] // 2 - half[1] // 2 + half[1]),
+    )
+    probe = None
+    if scan.probe is not None:
+        guess = np.asarray(scan.probe)
+        guess = guess[0] if guess.ndim == 3 else guess
+        probe = _fourier_resample(guess, half).astype(COMPLEX)
+    return dataclasses.replace(
+        scan,
+        data=np.ascontiguousarray(scan.data[:, crop[0], crop[1]]),
+        positions=(np.asarray(scan.positions, dtype=np.float64) / 2).astype(REAL),
+        probe=probe,
+        mask=None if scan.mask is None else np.ascontiguousarray(scan.mask[crop]),
+        pixel_size=None if scan.pixel_size is None else 2 * scan.pixel_size,
+    )
+
+
+def _coarse_to_fine(
+    scan: ScanData,
+    options: ReconOptions,
+    devices: list[int],
+    progress: ProgressCallback | None,
+    monitor: IterationMonitor | None,
+) -> ReconResult:
+    """``coarse_levels``: reconstruct the half-resolution view first (recursively), then
+    start the full view from its object, probe and positions."""
+    det = scan.detector_shape
+    if min(det) < 2 * MIN_COARSE_DETECTOR:
+        return reconstruct(
+            scan,
+            options.replace(coarse_levels=0),
+            device_ids=devices,
+            progress=progress,
+            monitor=monitor,
+        )
+    coarse = coarse_scan(scan)
+    coarse_options = options.replace(
+        coarse_levels=options.coarse_levels - 1,
+        iterations=max(1, round(COARSE_ITERATION_FRACTION * options.iterations)),
+        probe_modes=1,
+        modes_start=None,
+        position_start=None,
+        holdout_fraction=0.0,
+    )
+    first = reconstruct(coarse, coarse_options, device_ids=devices)
+    positions = scan.positions
+    if first.refined_positions is not None:
+        positions = (2 * first.refined_positions.astype(np.float64)).astype(REAL)
+    obj = first.object
+    start_object = _fourier_resample(obj, (2 * obj.shape[0], 2 * obj.shape[1])).astype(COMPLEX)
+    probe = _fourier_resample(first.probe[0], det).astype(COMPLEX)
+    fine_scan = dataclasses.replace(scan, positions=positions, probe=probe)
+    result = reconstruct(
+        fine_scan,
+        options.replace(coarse_levels=0),
+        device_ids=devices,
+        progress=progress,
+        monitor=monitor,
+        start_object=start_object,
+    )
+    result.positions = scan.positions
+    if result.refined_positions is not None:
+        result.position_affine = fit_affine(
+            np.asarray(scan.positions, dtype=np.float64), result.refined_positions
+        )
+    return result

@@ -76,6 +76,7 @@ def test_stops_on_held_out_patterns_and_keeps_the_best_iterate(noisy_view):
         holdout_patience=5,
         probe_warmup=0,
         amplitude_start=0,
+        coarse_levels=0,
     )
     seen = []
 
