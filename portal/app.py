@@ -618,38 +618,43 @@ class Portal:
         )
 
     def result_image(self, request: Request) -> Response:
-        folder, name = request.path_params["folder"], request.path_params["view"]
-        view = self.view_or_404(folder, name)
-        result = find_result(view, self.settings.acquisition_root, self.roots)
-        if result is None:
-            raise HTTPException(404, "no result file for this view")
-        try:
-            image = self.images.image(result, request.path_params["image"])
-        except (PtychoflowError, OSError, ValueError, KeyError) as err:
-            raise HTTPException(404, f"result file unreadable: {err}") from err
-        if image is None:
-            raise HTTPException(404, "no such image")
-        return FileResponse(
-            image, media_type="image/png", headers={"cache-control": "private, max-age=3600"}
+        return self._cached_result_file(
+            request,
+            lambda result: self.images.image(result, request.path_params["image"]),
+            "image/png",
+            "no such image",
         )
 
     def result_data(self, request: Request) -> Response:
         """The float32 values behind the viewer (phase or amplitude of the result)."""
+        return self._cached_result_file(
+            request,
+            lambda result: self.images.data(result, request.path_params["name"]),
+            "application/octet-stream",
+            "no such data",
+        )
+
+    def _cached_result_file(
+        self,
+        request: Request,
+        fetch: Callable[[pathlib.Path], pathlib.Path | None],
+        media_type: str,
+        missing: str,
+    ) -> Response:
+        """A file the image cache makes from a view's result file, or a 404 saying why."""
         folder, name = request.path_params["folder"], request.path_params["view"]
         view = self.view_or_404(folder, name)
         result = find_result(view, self.settings.acquisition_root, self.roots)
         if result is None:
             raise HTTPException(404, "no result file for this view")
         try:
-            data = self.images.data(result, request.path_params["name"])
+            path = fetch(result)
         except (PtychoflowError, OSError, ValueError, KeyError) as err:
             raise HTTPException(404, f"result file unreadable: {err}") from err
-        if data is None:
-            raise HTTPException(404, "no such data")
+        if path is None:
+            raise HTTPException(404, missing)
         return FileResponse(
-            data,
-            media_type="application/octet-stream",
-            headers={"cache-control": "private, max-age=3600"},
+            path, media_type=media_type, headers={"cache-control": "private, max-age=3600"}
         )
 
     def progress_image(self, request: Request) -> Response:
