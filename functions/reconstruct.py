@@ -39,7 +39,8 @@ def reconstruct_view(
         Stem of the result file; default the input file's stem (``view003``).
     gpu_lock_path
         The node-local GPU lock file; default ``$PTYCHOFLOW_GPU_LOCK`` or
-        ``/dev/shm/availgpus``. Another path must lie under the allowed roots.
+        ``/dev/shm/ptychoflow-<uid>/availgpus``. Another path must lie under the allowed
+        roots.
 
     Returns
     -------
@@ -80,7 +81,7 @@ def reconstruct_view(
 
     from functions.allowed_roots import allowed_roots, confined
     from functions.code_identity import code_identity
-    from functions.gpu_lock import DEFAULT_STATE_PATH, STATE_PATH_ENV, GpuPool, choose_gpu_count
+    from functions.gpu_lock import GpuPool, choose_gpu_count, configured_state_path
     from recon.backend import is_cupy, resolve_backend
     from recon.cxi import peek_view_shape
     from recon.errors import InputError, OptionsError
@@ -104,7 +105,7 @@ def reconstruct_view(
     roots = allowed_roots()
     source = confined(input_path, "input", roots)
     output_folder = confined(output_dir, "output folder", roots)
-    configured_lock = os.environ.get(STATE_PATH_ENV) or DEFAULT_STATE_PATH
+    configured_lock = configured_state_path()
     if gpu_lock_path is not None and os.path.abspath(gpu_lock_path) != os.path.abspath(
         configured_lock
     ):
