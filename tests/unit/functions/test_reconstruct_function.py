@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import types
 
 import h5py
@@ -180,7 +181,9 @@ def test_gpus_claimed_for_the_call_and_released(fake_gpu_node, view, tmp_path):
         view, str(out), recon={"devices": 2, "iterations": 7}, gpu_lock_path=node.lock
     )
     ((input_path, output_path, options, device_ids),) = node.solver.calls
-    assert input_path == view and output_path == str(out / "view003.h5")
+    # the solver reads and writes through the descriptors opened before it (issue 16)
+    assert re.fullmatch(r"/proc/self/fd/\d+/view003\.cxi", input_path)
+    assert re.fullmatch(r"/proc/self/fd/\d+/view003\.h5", output_path)
     assert options == ReconOptions(devices=2, iterations=7)
     assert device_ids == [1, 2]  # GPUs 5 and 6 are CuPy devices 1 and 2
     me = os.getpid()
