@@ -124,6 +124,23 @@ def make_backend(config: Config) -> Backend:
     )
 
 
+def vanished_reason(scan_path: pathlib.Path, file_name: str, err: BaseException) -> str:
+    """Why a listed view cannot be read now: gone (deleted, or its scan folder renamed,
+    after the listing) or unreadable (the error itself)."""
+    where = f"{scan_path.name}/{file_name}"
+    if not scan_path.is_dir():
+        return (
+            f"{where}: the scan folder {scan_path} disappeared (renamed or deleted) after its "
+            "views were listed; this view was not started"
+        )
+    if not (scan_path / file_name).exists():
+        return (
+            f"{where}: the view file disappeared (deleted or renamed) after the scan was "
+            "listed; it was not started"
+        )
+    return describe_error(err)
+
+
 def describe_error(err: BaseException) -> str:
     """A one-line reason for the ledger: our own errors as their message, others with type."""
     if isinstance(err, PtychoflowError):
@@ -246,8 +263,8 @@ class Launcher:
                 continue
             try:
                 peek_view_shape(scan.path / file_name, f"{folder}/{file_name}")
-            except InputError as err:
-                outcomes.append(self._fail(request, str(err)))
+            except (InputError, OSError) as err:
+                outcomes.append(self._fail(request, vanished_reason(scan.path, file_name, err)))
                 continue
             if not prepared and prepare_error is None:
                 try:

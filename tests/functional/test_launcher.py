@@ -410,3 +410,45 @@ def test_a_scan_id_with_too_many_digits_is_recorded_as_failed(config, ledger, tm
     record = ledger.scan(name)
     assert record.status is ScanState.FAILED and record.scan_id is None
     assert launcher.scan_handed_over(name)  # not retried on every sight
+
+
+class VanishingBackend(RecordingBackend):
+    """Deletes a view file, or renames the scan folder, once view000 has been handed over:
+    what a user does while earlier views of the scan run."""
+
+    def __init__(self, log_path, vanish):
+        super().__init__(log_path, finish_after_s=0.05)
+        self.vanish = vanish
+
+    def start_view(self, request):
+        started = super().start_view(request)
+        if request.view == "view000":
+            self.vanish()
+        return started
+
+
+@pytest.mark.parametrize("what", ["view deleted", "scan folder renamed"])
+def test_a_view_that_vanishes_mid_hand_over_fails_alone(config, ledger, tmp_path, what):
+    """Issue 16, item 6: the vanished view fails with its reason, every other view goes on,
+    every started view is recorded and followed to its end."""
+    config.concurrency = 1
+    write_scan(config.acquisition_root, 100, views=3)
+    scan = config.acquisition_root / "scan100"
+    if what == "view deleted":
+        backend = VanishingBackend(tmp_path / "runs.jsonl", (scan / "view001.cxi").unlink)
+    else:
+        backend = VanishingBackend(
+            tmp_path / "runs.jsonl", lambda: scan.rename(scan.with_name("scan100-moved"))
+        )
+    launcher = make_launcher(config, ledger, backend)
+    outcomes = launcher.start_scan("scan100")
+    rows = {r.view_file: r for r in launcher.wait("scan100")}
+    assert rows["view000.cxi"].status is RunStatus.SUCCEEDED  # finished, not left active
+    assert rows["view001.cxi"].status is RunStatus.FAILED
+    assert "disappeared" in rows["view001.cxi"].error
+    if what == "view deleted":
+        assert "view file disappeared (deleted or renamed)" in rows["view001.cxi"].error
+        assert rows["view002.cxi"].status is RunStatus.SUCCEEDED  # the next one started
+    else:
+        assert "scan folder" in rows["view002.cxi"].error
+    assert [o.action for o in outcomes][:2] == [ViewAction.STARTED, ViewAction.FAILED]
