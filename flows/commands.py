@@ -139,8 +139,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 class _StopOnSignal:
-    """SIGINT/SIGTERM set ``event`` (the launcher stops submitting and waiting); a second
-    signal acts as usual (SIGINT: KeyboardInterrupt; SIGTERM: the process ends)."""
+    """SIGINT/SIGTERM/SIGHUP set ``event`` (the launcher stops submitting and waiting); a
+    second signal acts as usual (SIGINT: KeyboardInterrupt; SIGTERM/SIGHUP: the process
+    ends). SIGHUP is a dropped ssh session: it stops run-flow like SIGTERM, its views
+    recorded as cancelled."""
 
     def __init__(self) -> None:
         import signal
@@ -149,7 +151,8 @@ class _StopOnSignal:
         self.event = threading.Event()
         self.signum: int | None = None
         self._previous = {
-            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+            sig: signal.signal(sig, self._handle)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         }
 
     def _handle(self, signum: int, _frame: object) -> None:
@@ -177,10 +180,15 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
+#: run-flow's exit status when the ledger could not be written (EX_TEMPFAIL: try again).
+EXIT_LEDGER_UNWRITABLE = 75
+
+
 def run_command(args: argparse.Namespace) -> int:
     import logging
 
     from flows.backend import RunStatus, Trigger
+    from flows.errors import LedgerUnwritableError
     from flows.launcher import Launcher, make_backend
     from flows.ledger import open_ledger
     from flows.scans import choose_scans, parse_selection, scan_folders
@@ -224,6 +232,7 @@ def run_command(args: argparse.Namespace) -> int:
     failed = choice.missing_explicit
     started: list[str] = []
     launcher = Launcher(config, backend, ledger, stop_event=stop.event)
+    unwritable: LedgerUnwritableError | None = None
     try:
         launcher.recover()
         for folder in choice.folders:
@@ -237,6 +246,8 @@ def run_command(args: argparse.Namespace) -> int:
                     trigger=Trigger.MANUAL,
                     force=args.force,
                 )
+            except LedgerUnwritableError:
+                raise
             except PtychoflowError as err:
                 print(f"{printable(folder.name)}: error: {printable(err)}", file=sys.stderr)
                 failed = True
@@ -254,6 +265,17 @@ def run_command(args: argparse.Namespace) -> int:
                     break
                 print(format_status(rows))
                 failed |= any(row.status is RunStatus.FAILED for row in rows)
+    except LedgerUnwritableError as err:
+        # Write-ahead: what cannot be recorded must not run. Stop everything now; the
+        # rows already say submitting/active, so the next start recovers those views.
+        unwritable = err
+        stop.event.set()
+        print(
+            f"run-flow: {printable(err)}. Stopped: started nothing more and abandoned the "
+            "runs in flight (their rows stay unfinished; run-flow starts them again once "
+            "the ledger can be written)",
+            file=sys.stderr,
+        )
     finally:
         try:
             if stop.signum is not None:
@@ -263,12 +285,14 @@ def run_command(args: argparse.Namespace) -> int:
                     "cancelled (run-flow starts them again)",
                     file=sys.stderr,
                 )
-            backend.close(cancel=stop.signum is not None)
+            backend.close(cancel=stop.signum is not None or unwritable is not None)
         finally:
             ledger.close()
             stop.restore()
     if stop.signum is not None:
         return 128 + stop.signum
+    if unwritable is not None:
+        return EXIT_LEDGER_UNWRITABLE
     return 1 if failed else 0
 
 

@@ -238,6 +238,7 @@ class Launcher:
                     ViewOutcome(folder, request.view_file, ViewAction.INTERRUPTED, None)
                 )
                 continue
+            self.ledger.ensure_space()  # write-ahead: a start that cannot be recorded stops all
             if not self.ledger.claim(request, self.backend.name, force=force):
                 outcomes.append(self._outcome(request, ViewAction.SKIPPED))
                 continue
@@ -296,7 +297,14 @@ class Launcher:
         return outcomes
 
     def _submit(self, request: ViewRequest) -> ViewOutcome:
-        """Hand a claimed (pending) request to the backend and record the result."""
+        """Hand a claimed (pending) request to the backend and record the result.
+
+        Write-ahead: the row says ``submitting`` before the backend is asked, so a start
+        whose ``active`` cannot be recorded (the disk filled meanwhile) is still found by
+        recovery (adopted by label where runs outlive us). A ledger that cannot be written
+        (:class:`~flows.errors.LedgerUnwritableError`) ends the scan here: nothing more
+        is started."""
+        self.ledger.ensure_space()
         self.ledger.mark_submitting(request.scan_folder, request.view_file)
         claimed = self.ledger.get(request.scan_folder, request.view_file)
         if claimed is not None and claimed.attempt != request.attempt:
@@ -521,6 +529,7 @@ class Launcher:
         for record in self.ledger.orphans(self.backend.name):
             if self.stop_event.is_set():
                 break
+            self.ledger.ensure_space()
             if not self.ledger.take_over(record):
                 continue  # another process recovered it first
             request = record.request()

@@ -64,6 +64,7 @@ from flows.errors import (
     LedgerDamagedError,
     LedgerError,
     LedgerLostError,
+    LedgerUnwritableError,
 )
 from flows.terminal import printable
 
@@ -73,6 +74,9 @@ T = TypeVar("T")
 
 #: Bump when the schema changes (and add a migration in ``_migrate``).
 SCHEMA_VERSION = 2
+#: Bytes that must be free beside the ledger before a view is started (write-ahead: the
+#: rows recording the start are written first, and SQLite's WAL needs pages for them).
+LEDGER_MIN_FREE_BYTES = 1024 * 1024
 
 #: States in which a run must not be started again (unless forced, for succeeded).
 _UNFINISHED = (RunStatus.PENDING, RunStatus.SUBMITTING, RunStatus.ACTIVE, RunStatus.INACTIVE)
@@ -466,13 +470,16 @@ class Ledger:
         name = getattr(err, "sqlite_errorname", "")
         if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in str(err):
             return LedgerDamagedError(f"ledger {self.path} is damaged ({err}); {RECOVERY_HINT}")
+        if name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR"):
+            return LedgerUnwritableError(
+                f"ledger {self.path} cannot be written ({err}; is its disk full, failing or "
+                "read-only?); nothing more is started until it can be"
+            )
         if name in ("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_READONLY", "SQLITE_AUTH"):
-            return LedgerError(
+            return LedgerUnwritableError(
                 f"ledger {self.path}: cannot open it for writing ({err}); check that the "
                 "file and its folder exist and are writable by this account"
             )
-        if name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR"):
-            return LedgerError(f"ledger {self.path}: {err} (is the disk full or failing?)")
         return LedgerDamagedError(f"ledger {self.path}: {err}; {RECOVERY_HINT}")
 
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -538,6 +545,22 @@ class Ledger:
                 os.close(fd)
             self._probe_files.clear()
         self._local = threading.local()
+
+    def ensure_space(self) -> None:
+        """Raise :class:`LedgerUnwritableError` when the ledger's file system has less than
+        :data:`LEDGER_MIN_FREE_BYTES` free: write-ahead needs room for the rows of a start
+        (claim, submitting, started) *before* the start, so the launcher asks first."""
+        try:
+            info = os.statvfs(self.path.parent)
+        except OSError:
+            return  # the next write says what is wrong
+        free = info.f_bavail * info.f_frsize
+        if free < LEDGER_MIN_FREE_BYTES:
+            raise LedgerUnwritableError(
+                f"ledger {self.path}: only {free} bytes free on its file system (at least "
+                f"{LEDGER_MIN_FREE_BYTES} needed to record a start before making it); "
+                "nothing more is started. Free space there, then start again"
+            )
 
     # -- runs: the exactly-once path -----------------------------------------------------------
 

@@ -52,7 +52,7 @@ from watchdog.observers.polling import PollingObserver
 
 from flows.backend import Backend, Trigger
 from flows.config import Config
-from flows.errors import LedgerBusyError
+from flows.errors import LedgerBusyError, LedgerUnwritableError
 from flows.launcher import (
     DEFAULT_RETRY,
     Launcher,
@@ -356,6 +356,8 @@ class WatcherService:
                 if refreshing or time.monotonic() - last_refresh >= self.refresh_interval_s:
                     try:
                         refreshing = not self.launcher.refresh(max_seconds=self.tick_s / 2)
+                    except LedgerUnwritableError:
+                        raise
                     except Exception as err:  # runs are followed again at the next interval
                         reason = (
                             self._ledger_busy(err)
@@ -565,6 +567,8 @@ class WatcherService:
         except LEDGER_UNAVAILABLE as err:
             self._retry_later(scan_path, self._ledger_busy(err))
             return
+        except LedgerUnwritableError:
+            raise  # write-ahead: nothing may start unrecorded; the watcher stops and says why
         except PtychoflowError as err:
             self._record_failure(scan_path, str(err))
             return
