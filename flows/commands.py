@@ -370,6 +370,24 @@ def format_status(rows: list[Any]) -> str:
     )
 
 
+def _warn_changed_views(config: Config, rows: list[Any]) -> None:
+    """A warning line per succeeded view whose file now holds other data (re-acquired)."""
+    from flows.backend import RunStatus
+    from flows.input_fingerprint import changed_since
+    from flows.terminal import printable
+
+    for row in rows:
+        if row.status is not RunStatus.SUCCEEDED or row.input is None:
+            continue
+        if changed_since(row.input, config.acquisition_root / row.scan_folder / row.view_file):
+            print(
+                f"warning: {printable(row.scan_folder)}/{printable(row.view_file)} changed "
+                "after its result was made (a re-acquired view?); run-flow --scan "
+                f"{printable(row.scan_folder)} --views {printable(row.view)} --force runs it "
+                "again (or set rerun_changed_views = true)"
+            )
+
+
 def status_command(args: argparse.Namespace) -> int:
     from flows.ledger import Ledger
     from flows.scans import parse_selection
@@ -400,6 +418,7 @@ def status_command(args: argparse.Namespace) -> int:
         return 0
     if rows:
         print(format_status(rows))
+    _warn_changed_views(config, rows)
     for scan in scans:
         if scan.scan_dir and scan.scan_id is not None and scan.scan_dir != str(scan.scan_id):
             print(

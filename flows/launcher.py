@@ -40,6 +40,7 @@ from flows.backend import (
 )
 from flows.config import Config
 from flows.errors import ConfigError, LaunchError, TransientBackendError
+from flows.input_fingerprint import InputFingerprint
 from flows.ledger import Ledger, RunRecord, ScanState
 from flows.scans import (
     ScanNameError,
@@ -49,6 +50,7 @@ from flows.scans import (
     view_files,
     view_key,
 )
+from flows.transient_failures import MAX_TRANSIENT_RETRIES, retry_due, transient_kind
 from recon.cxi import peek_view_shape
 from recon.errors import InputError, PtychoflowError
 
@@ -239,7 +241,17 @@ class Launcher:
                 )
                 continue
             self.ledger.ensure_space()  # write-ahead: a start that cannot be recorded stops all
-            if not self.ledger.claim(request, self.backend.name, force=force):
+            fingerprint = InputFingerprint.of(scan.path / file_name)
+            previous = self.ledger.get(folder, request.view_file)
+            transient_retry = self._retry_due(previous, fingerprint)
+            rerun = force or self._changed_since_success(previous, fingerprint)
+            if not self.ledger.claim(
+                request,
+                self.backend.name,
+                force=rerun,
+                fingerprint=fingerprint,
+                transient_retry=transient_retry,
+            ):
                 outcomes.append(self._outcome(request, ViewAction.SKIPPED))
                 continue
             if request.view_file != file_name:
@@ -295,6 +307,61 @@ class Launcher:
         if not self.stop_event.is_set():
             self.ledger.scan_submitted(folder)
         return outcomes
+
+    def _retry_due(self, previous: RunRecord | None, current: InputFingerprint | None) -> bool:
+        """A failed view whose failure was transient and whose retry is due now."""
+        if previous is None or previous.status is not RunStatus.FAILED:
+            return False
+        due = retry_due(
+            error=previous.error,
+            retries=previous.transient_retries,
+            finished_at=previous.finished_at,
+            recorded=previous.input,
+            current=current,
+            settle_s=self.config.settle_seconds,
+        )
+        if due:
+            log.warning(
+                "%s: retrying after a transient failure (%s; automatic retry %d of %d): %s",
+                previous.label,
+                transient_kind(previous.error),
+                previous.transient_retries + 1,
+                MAX_TRANSIENT_RETRIES,
+                previous.error,
+            )
+        return due
+
+    def _changed_since_success(
+        self, previous: RunRecord | None, current: InputFingerprint | None
+    ) -> bool:
+        """True when a succeeded view's file now holds other data (a re-acquired view) and
+        ``config.rerun_changed_views`` says to run it again; logs a warning either way."""
+        if previous is None or previous.status is not RunStatus.SUCCEEDED:
+            return False
+        if previous.input is None or current is None or previous.input.same_content(current):
+            return False
+        rerun = self.config.rerun_changed_views
+        log.warning(
+            "%s: the view file changed after its result was made (size %d -> %d bytes, "
+            "different content): %s",
+            previous.label,
+            previous.input.size,
+            current.size,
+            "running it again (rerun_changed_views = true)"
+            if rerun
+            else "not run again; run-flow --force, or rerun_changed_views = true, does",
+        )
+        return rerun
+
+    def views_to_retry(self, folder: str) -> list[str]:
+        """View files of the scan folder whose transient failure is due for a retry."""
+        due = []
+        for row in self.ledger.runs(folder):
+            if row.status is RunStatus.FAILED and transient_kind(row.error):
+                current = InputFingerprint.of(self.config.acquisition_root / folder / row.view_file)
+                if self._retry_due(row, current):
+                    due.append(row.view_file)
+        return due
 
     def _submit(self, request: ViewRequest) -> ViewOutcome:
         """Hand a claimed (pending) request to the backend and record the result.
@@ -578,7 +645,9 @@ class Launcher:
             files = view_files(self.config, self.config.acquisition_root / folder)
         except InputError:
             return record.status is ScanState.FAILED  # still no views: nothing new
-        return {view_key(name) for name in files} <= self.ledger.view_files(folder)
+        if not {view_key(name) for name in files} <= self.ledger.view_files(folder):
+            return False
+        return not self.views_to_retry(folder)
 
     # -- cancelling ----------------------------------------------------------------------------
 

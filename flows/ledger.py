@@ -66,6 +66,7 @@ from flows.errors import (
     LedgerLostError,
     LedgerUnwritableError,
 )
+from flows.input_fingerprint import InputFingerprint
 from flows.terminal import printable
 
 log = logging.getLogger("ptychoflow.ledger")
@@ -73,7 +74,7 @@ log = logging.getLogger("ptychoflow.ledger")
 T = TypeVar("T")
 
 #: Bump when the schema changes (and add a migration in ``_migrate``).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Bytes that must be free beside the ledger before a view is started (write-ahead: the
 #: rows recording the start are written first, and SQLite's WAL needs pages for them).
 LEDGER_MIN_FREE_BYTES = 1024 * 1024
@@ -112,6 +113,11 @@ CREATE TABLE runs (
     web_url       TEXT,
     output        TEXT,               -- JSON: the compute function's summary
     updated_at    REAL    NOT NULL,
+    -- schema 3 (issue 16): the view file when claimed, and automatic retries
+    input_size    INTEGER,            -- bytes
+    input_mtime_ns INTEGER,
+    input_hash    TEXT,               -- flows.input_fingerprint's fast hash
+    transient_retries INTEGER NOT NULL DEFAULT 0,  -- automatic retries after transient failures
     PRIMARY KEY (scan_folder, view_file)
 );
 CREATE INDEX runs_by_status ON runs (status);
@@ -133,7 +139,8 @@ EXPECTED_COLUMNS = {
         "scan_folder", "view_file", "scan_id", "scan_dir", "recon", "run_id", "backend",
         "status", "trigger", "attempt", "owner_pid", "owner_host", "owner_started",
         "created_at", "submitted_at", "started_at", "finished_at", "stage", "stage_seconds",
-        "error", "web_url", "output", "updated_at",
+        "error", "web_url", "output", "updated_at", "input_size", "input_mtime_ns",
+        "input_hash", "transient_retries",
     },
     "scans": {
         "folder", "scan_id", "scan_dir", "first_seen", "completed_at", "status", "error",
@@ -223,6 +230,11 @@ class RunRecord:
     web_url: str | None
     output: dict[str, Any] | None
     updated_at: float
+    input: InputFingerprint | None = None
+    """The view file when it was last claimed (size, mtime, fast hash); None before
+    schema 3 or when it could not be read."""
+    transient_retries: int = 0
+    """Automatic retries after transient failures (:mod:`flows.transient_failures`)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -280,6 +292,12 @@ class RunRecord:
             web_url=row["web_url"],
             output=json.loads(row["output"]) if row["output"] else None,
             updated_at=row["updated_at"],
+            input=(
+                InputFingerprint(row["input_size"], row["input_mtime_ns"], row["input_hash"])
+                if row["input_hash"] is not None
+                else None
+            ),
+            transient_retries=row["transient_retries"],
         )
 
 
@@ -399,6 +417,8 @@ class Ledger:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version == 1:
                 _migrate_from_v1(db)
+            elif version == 2:
+                _migrate_from_v2(db)
             elif version > SCHEMA_VERSION:
                 raise ConfigError(
                     f"ledger {self.path}: schema version {version} was written by a newer "
@@ -564,16 +584,32 @@ class Ledger:
 
     # -- runs: the exactly-once path -----------------------------------------------------------
 
-    def claim(self, request: ViewRequest, backend: str, *, force: bool = False) -> bool:
+    def claim(
+        self,
+        request: ViewRequest,
+        backend: str,
+        *,
+        force: bool = False,
+        fingerprint: InputFingerprint | None = None,
+        transient_retry: bool = False,
+    ) -> bool:
         """Record that this process is about to start ``request``; False if it must not.
 
         Inserts the row as ``pending``. An existing row that is pending,
         submitting, active or succeeded is left alone (False); ``force`` also
-        resets a succeeded row. A failed or cancelled row is reset (a retry). A
-        reset keeps the row and increments ``attempt``.
+        resets a succeeded row. A cancelled row is reset (a retry); a failed one too,
+        except for the watcher (``trigger`` auto), which retries a failed view only as
+        a ``transient_retry`` (:mod:`flows.transient_failures`, counted in
+        ``transient_retries``). A reset keeps the row and increments ``attempt``.
+        ``fingerprint``: the view file now (size, mtime, fast hash), stored in the row.
         """
         now = time.time()
         values = self._row_values(request, backend, RunStatus.PENDING)
+        seen = (
+            (None, None, None)
+            if fingerprint is None
+            else (fingerprint.size, fingerprint.mtime_ns, fingerprint.fast_hash)
+        )
 
         def work(db: sqlite3.Connection) -> bool:
             row = db.execute(
@@ -584,21 +620,28 @@ class Ledger:
                 db.execute(
                     "INSERT INTO runs (scan_folder, view_file, scan_id, scan_dir, recon,"
                     " backend, status, trigger, attempt, owner_pid, owner_host, owner_started,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
-                    (request.scan_folder, request.view_file, *values, now, now),
+                    " created_at, updated_at, input_size, input_mtime_ns, input_hash)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (request.scan_folder, request.view_file, *values, now, now, *seen),
                 )
                 return True
             status = RunStatus(row["status"])
             if status in _UNFINISHED or (status is RunStatus.SUCCEEDED and not force):
                 return False
+            automatic = Trigger(request.trigger) is Trigger.AUTO
+            if status is RunStatus.FAILED and automatic and not transient_retry:
+                return False  # a person decides (run-flow); only transient failures retry
+            retries = "transient_retries + 1" if transient_retry else "0"
             db.execute(
                 "UPDATE runs SET scan_id = ?, scan_dir = ?, recon = ?, backend = ?,"
                 " status = ?, trigger = ?, attempt = attempt + 1, owner_pid = ?,"
                 " owner_host = ?, owner_started = ?, run_id = NULL, submitted_at = NULL,"
                 " started_at = NULL, finished_at = NULL, stage = NULL, stage_seconds = '{}',"
-                " error = NULL, web_url = NULL, output = NULL, updated_at = ?"
+                " error = NULL, web_url = NULL, output = NULL, updated_at = ?,"
+                " input_size = ?, input_mtime_ns = ?, input_hash = ?,"
+                f" transient_retries = {retries}"
                 " WHERE scan_folder = ? AND view_file = ?",
-                (*values, now, request.scan_folder, request.view_file),
+                (*values, now, *seen, request.scan_folder, request.view_file),
             )
             return True
 
@@ -1007,6 +1050,24 @@ def schema_problems(db: sqlite3.Connection) -> list[str]:
     return problems
 
 
+#: Columns of ``runs`` added by schema 3 (each NULL or 0 in a migrated row).
+_V3_RUN_COLUMNS = (
+    ("input_size", "INTEGER"),
+    ("input_mtime_ns", "INTEGER"),
+    ("input_hash", "TEXT"),
+    ("transient_retries", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def _migrate_from_v2(db: sqlite3.Connection) -> None:
+    """Schema 3 adds the input fingerprint and the transient-retry count to ``runs``."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    for name, kind in _V3_RUN_COLUMNS:
+        if name not in present:
+            db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 def _migrate_from_v1(db: sqlite3.Connection) -> None:
     """Schema 1 keyed rows by (scan id, view position); 2 keys them by folder and file."""
     db.execute("ALTER TABLE runs RENAME TO runs_v1")
@@ -1020,7 +1081,8 @@ def _migrate_from_v1(db: sqlite3.Connection) -> None:
         " status, error, updated_at) SELECT folder, scan_id, CAST(scan_id AS TEXT), first_seen,"
         " completed_at, status, error, updated_at FROM scans_v1"
     )
-    columns = ", ".join(sorted(EXPECTED_COLUMNS["runs"] - {"scan_dir"}))
+    v3_only = {name for name, _ in _V3_RUN_COLUMNS}
+    columns = ", ".join(sorted(EXPECTED_COLUMNS["runs"] - {"scan_dir"} - v3_only))
     db.execute(
         f"INSERT OR IGNORE INTO runs ({columns}, scan_dir) SELECT {columns},"
         " CAST(scan_id AS TEXT) FROM runs_v1"

@@ -39,9 +39,10 @@ def check_ledger(path: pathlib.Path) -> list[str]:
         if findings != ["ok"]:
             problems += [f"integrity check: {finding}" for finding in findings]
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (1, SCHEMA_VERSION):
+        if version not in (1, 2, SCHEMA_VERSION):
             problems.append(
-                f"schema version {version}; this ptychoflow reads {SCHEMA_VERSION} (and 1)"
+                f"schema version {version}; this ptychoflow reads {SCHEMA_VERSION} (and "
+                "migrates 1 and 2)"
             )
         elif version == SCHEMA_VERSION:
             problems += schema_problems(db)

@@ -506,6 +506,8 @@ class WatcherService:
         if folder in self._refused or folder in self._retries:
             return
         views = self._view_files(folder)
+        if self._has_views_to_retry(folder):
+            return
         if not views or views == self._handed_views.get(folder):
             return
         try:
@@ -530,6 +532,28 @@ class WatcherService:
         )
         self.tracker.reopen(folder)
         self.tracker.touch(folder)
+
+    def _has_views_to_retry(self, folder: pathlib.Path) -> bool:
+        """Track a handed-over scan again when a view failed for a transient reason and
+        its retry is due (flows.transient_failures); True when it did."""
+        assert self.launcher is not None
+        try:
+            due = self.launcher.views_to_retry(folder.name)
+        except Exception as err:  # looked at again by the next periodic look
+            log.warning("%s: %s; looked at again later", folder.name, describe_error(err))
+            return False
+        if not due:
+            return False
+        log.info(
+            "%s: %d view(s) failed for a transient reason and are due for a retry (%s); "
+            "handing the scan over again",
+            folder.name,
+            len(due),
+            ", ".join(due[:5]) + (" ..." if len(due) > 5 else ""),
+        )
+        self.tracker.reopen(folder)
+        self.tracker.touch(folder)
+        return True
 
     def _view_files(self, folder: pathlib.Path) -> frozenset[str]:
         listing = scan_listing(folder) or frozenset()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -452,3 +454,114 @@ def test_a_view_that_vanishes_mid_hand_over_fails_alone(config, ledger, tmp_path
     else:
         assert "scan folder" in rows["view002.cxi"].error
     assert [o.action for o in outcomes][:2] == [ViewAction.STARTED, ViewAction.FAILED]
+
+
+# -- transient failures are retried, bounded (issue 16, item 9) --------------------------------
+
+
+def age(path, seconds=3600):
+    """Make ``path`` look unchanged for ``seconds`` (its copy ended long ago)."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_a_view_still_being_copied_is_retried_once_complete(config, ledger, tmp_path):
+    write_scan(config.acquisition_root, 100, views=2)
+    view = config.acquisition_root / "scan100" / "view001.cxi"
+    whole = view.read_bytes()
+    view.write_bytes(whole[: len(whole) // 2])  # the marker came before the copy ended
+    backend = RecordingBackend(tmp_path / "runs.jsonl")
+    launcher = make_launcher(config, ledger, backend)
+    launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    failed = ledger.get("scan100", "view001.cxi")
+    assert failed.status is RunStatus.FAILED and failed.input.size == len(whole) // 2
+    assert launcher.views_to_retry("scan100") == []  # unchanged since: not yet
+
+    view.write_bytes(whole)  # the copy ends ...
+    assert launcher.views_to_retry("scan100") == []  # ... but it just changed: settle first
+    age(view)
+    assert launcher.views_to_retry("scan100") == ["view001.cxi"]
+    assert not launcher.scan_handed_over("scan100")  # so the watcher hands it over again
+    outcomes = launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    assert [o.action for o in outcomes] == [ViewAction.SKIPPED, ViewAction.STARTED]
+    row = ledger.get("scan100", "view001.cxi")
+    assert (row.attempt, row.transient_retries) == (2, 1)
+    assert row.input.size == len(whole)
+    assert launcher.scan_handed_over("scan100")
+
+
+def test_a_broken_view_that_never_changes_is_not_retried(config, ledger, tmp_path):
+    write_scan(config.acquisition_root, 100, views=1)
+    view = config.acquisition_root / "scan100" / "view000.cxi"
+    view.write_bytes(b"not HDF5 at all" * 10)
+    age(view)
+    launcher = make_launcher(config, ledger, RecordingBackend(tmp_path / "runs.jsonl"))
+    launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    assert ledger.get("scan100", "view000.cxi").status is RunStatus.FAILED
+    assert launcher.views_to_retry("scan100") == []
+    outcomes = launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    assert [o.action for o in outcomes] == [ViewAction.SKIPPED]  # the watcher leaves it
+    assert launcher.start_scan("scan100")[0].action is ViewAction.FAILED  # a person retries
+
+
+def test_an_unreachable_backend_is_retried_a_bounded_number_of_times(
+    config, ledger, tmp_path, monkeypatch
+):
+    import flows.transient_failures
+
+    monkeypatch.setattr(flows.transient_failures, "RETRY_BACKOFF_S", 0.0)
+    write_scan(config.acquisition_root, 100, views=1)
+    age(config.acquisition_root / "scan100" / "view000.cxi")
+    backend = RecordingBackend(tmp_path / "runs.jsonl", transient_errors=1000)
+    launcher = make_launcher(config, ledger, backend)
+    launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    for retry in range(1, flows.transient_failures.MAX_TRANSIENT_RETRIES + 1):
+        assert "still unavailable after" in ledger.get("scan100", "view000.cxi").error
+        assert launcher.views_to_retry("scan100") == ["view000.cxi"]
+        launcher.start_scan("scan100", trigger=Trigger.AUTO)
+        row = ledger.get("scan100", "view000.cxi")
+        assert (row.attempt, row.transient_retries) == (retry + 1, retry)
+    assert launcher.views_to_retry("scan100") == []  # bounded: a person decides now
+    assert launcher.scan_handed_over("scan100")
+    backend.transient_errors = 0
+    assert launcher.start_scan("scan100")[0].action is ViewAction.STARTED  # run-flow does
+
+
+# -- re-acquired views (issue 16, item 10) -----------------------------------------------------
+
+
+def test_a_view_replaced_after_success_is_noticed(config, ledger, tmp_path, caplog, capsys):
+    import argparse
+
+    from flows.commands import status_command
+
+    write_scan(config.acquisition_root, 100, views=2)
+    launcher = make_launcher(config, ledger, RecordingBackend(tmp_path / "runs.jsonl"))
+    launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    launcher.wait("scan100")
+    first = ledger.get("scan100", "view001.cxi")
+    assert first.status is RunStatus.SUCCEEDED and first.input.size > 0
+    view = config.acquisition_root / "scan100" / "view001.cxi"
+    write_view_file(view, patterns=3)  # same name, new data
+    os.utime(config.acquisition_root / "scan100" / "view000.cxi")  # touched only: no change
+
+    with caplog.at_level("WARNING"):
+        outcomes = launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    assert [o.action for o in outcomes] == [ViewAction.SKIPPED, ViewAction.SKIPPED]
+    assert "view001: the view file changed after its result was made" in caplog.text
+    assert "view000" not in caplog.text
+
+    toml = tmp_path / "ptychoflow.toml"
+    toml.write_text(
+        f'acquisition_root = "{config.acquisition_root}"\nledger = "{config.ledger}"\n'
+        f'compute_root = "{config.compute_root}"\nstate_dir = "{config.state_dir}"\n'
+    )
+    status_command(argparse.Namespace(config=str(toml), scan=None, backend=None))
+    out = capsys.readouterr().out
+    assert "warning: scan100/view001.cxi changed after its result was made" in out
+    assert "scan100/view000.cxi changed" not in out
+
+    config.rerun_changed_views = True
+    outcomes = launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    assert [o.action for o in outcomes] == [ViewAction.SKIPPED, ViewAction.STARTED]
+    assert ledger.get("scan100", "view001.cxi").attempt == 2

@@ -409,6 +409,30 @@ def test_schema_1_ledger_is_migrated_keeping_rows(tmp_path):
     ledger.close()
 
 
+def test_schema_2_ledger_is_migrated_to_3_keeping_its_rows(tmp_path):
+    """Schema 3 (issue 16) adds the input fingerprint and the transient-retry count."""
+    path = tmp_path / "v2.sqlite"
+    made = Ledger(path)
+    made.claim(request(), "local")
+    made.close()
+    db = sqlite3.connect(path)
+    for column in ("input_size", "input_mtime_ns", "input_hash", "transient_retries"):
+        db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    try:
+        row = ledger.get("scan100", "view000.cxi")
+        assert row is not None and row.status is RunStatus.PENDING
+        assert row.input is None and row.transient_retries == 0
+    finally:
+        ledger.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    db.close()
+
+
 def test_read_only_ledger_reads_and_refuses_writes(ledger, tmp_path):
     ledger.claim(request(), "local")
     reader = Ledger(ledger.path, read_only=True)
