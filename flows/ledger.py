@@ -535,7 +535,7 @@ class Ledger:
                 pids.add(pid)
         if not pids:
             return "another process (not visible from this host: a network file system?)"
-        return ", ".join(f"pid {pid} ({_command_of(pid)})" for pid in sorted(pids))
+        return ", ".join(f"pid {pid} ({command_of(pid)})" for pid in sorted(pids))
 
     def _lock_owner(self, name: str, start: int, length: int) -> int | None:
         # The probing descriptors stay open until close(): closing any descriptor of a
@@ -1007,7 +1007,7 @@ def _is_busy(err: sqlite3.Error) -> bool:
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(err)
 
 
-def _command_of(pid: int) -> str:
+def command_of(pid: int) -> str:
     """The command line of ``pid`` (escaped, at most 120 characters), or ``unknown``."""
     try:
         raw = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
