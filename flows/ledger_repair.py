@@ -173,15 +173,16 @@ def ledger_holders(path: pathlib.Path) -> list[tuple[int, str]]:
             descriptors = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
-        for fd in descriptors:
+        for entry in descriptors:
             try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                target = os.readlink(f"/proc/{pid}/fd/{entry}")
             except OSError:
                 continue
             if target in names:
                 found[pid] = command_of(pid)
                 break
     shm = f"{path}-shm"
+    fd: int | None
     try:
         fd = os.open(shm, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
