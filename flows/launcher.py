@@ -46,6 +46,7 @@ from flows.scans import (
     ScanNameError,
     Selection,
     choose_views,
+    look_alike_problem,
     scan_folder,
     view_files,
     view_key,
@@ -273,6 +274,10 @@ class Launcher:
                         f"would overwrite that of {twin}; rename one of them",
                     )
                 )
+                continue
+            look_alike = look_alike_problem(file_name, files)
+            if look_alike is not None:
+                outcomes.append(self._fail(request, f"{folder}/{look_alike}"))
                 continue
             try:
                 peek_view_shape(scan.path / file_name, f"{folder}/{file_name}")

@@ -63,7 +63,7 @@ from flows.launcher import (
     make_backend,
 )
 from flows.ledger import Ledger, open_ledger
-from flows.scans import ScanNameError, scan_id_of
+from flows.scans import ScanNameError, matches_view_glob, scan_id_of
 from flows.terminal import configure_logging as configure_printable_logging
 from recon.errors import InputFileNotFound, PtychoflowError
 from watcher.handler import ScanFolderHandler
@@ -558,7 +558,7 @@ class WatcherService:
     def _view_files(self, folder: pathlib.Path) -> frozenset[str]:
         listing = scan_listing(folder) or frozenset()
         matches = {name for name, regular, _, _ in listing if regular}
-        return frozenset(p.name for p in folder.glob(self.config.view_glob) if p.name in matches)
+        return frozenset(name for name in matches if matches_view_glob(name, self.config.view_glob))
 
     def _due_retries(self) -> list[pathlib.Path]:
         now = time.monotonic()

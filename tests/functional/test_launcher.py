@@ -565,3 +565,38 @@ def test_a_view_replaced_after_success_is_noticed(config, ledger, tmp_path, capl
     outcomes = launcher.start_scan("scan100", trigger=Trigger.AUTO)
     assert [o.action for o in outcomes] == [ViewAction.SKIPPED, ViewAction.STARTED]
     assert ledger.get("scan100", "view001.cxi").attempt == 2
+
+
+# -- look-alike names (issue 16, item 11) ------------------------------------------------------
+
+
+def test_suffixes_match_ignoring_case_and_look_alikes_are_refused_by_name(config, ledger, tmp_path):
+    from flows.terminal import printable
+
+    scan = config.acquisition_root / "scan100"
+    nfc = "v\u00efew.cxi"  # ï precomposed
+    nfd = "vi\u0308ew.cxi"  # i + combining diaeresis
+    names = ["view000.cxi", "view001.CXI", "view002.Cxi", "view003.cxi ", nfc, nfd]
+    names.append("view\u200b004.cxi")  # a zero-width space inside
+    for name in names:
+        write_view_file(scan / name)
+    assert sorted(view_files(config, scan)) == sorted(names)  # none silently ignored
+    launcher = make_launcher(config, ledger, RecordingBackend(tmp_path / "runs.jsonl"))
+    outcomes = {o.view_file: o for o in launcher.start_scan("scan100")}
+    for name in ("view000.cxi", "view001.CXI", "view002.Cxi"):
+        assert outcomes[name].action is ViewAction.STARTED
+    assert "starts or ends with white space" in outcomes["view003.cxi "].error
+    assert "invisible characters (U+200B)" in outcomes["view\u200b004.cxi"].error
+    # Of the two forms of one name, one runs and the other is refused, saying which.
+    first, second = sorted([nfc, nfd])
+    assert outcomes[first].action is ViewAction.STARTED
+    assert "looks identical to" in outcomes[second].error
+    assert "NFC/NFD" in outcomes[second].error
+    # What is printed tells them apart, and shows the invisible character.
+    assert printable("view\u200b004.cxi") == "view\\u200b004.cxi"
+    from flows.scans import printable_name
+
+    assert printable_name(nfd) == "vi\\u0308ew.cxi" and printable_name(nfc) == nfc
+    assert printable_name(nfd) in outcomes[nfc].error or printable_name(nfc) in (
+        outcomes[nfd].error or ""
+    )
