@@ -265,8 +265,36 @@ def _helper_records(engine_dir: pathlib.Path) -> list[dict[str, Any]]:
     return records
 
 
+def _group_members(pgid: int, not_before: int) -> dict[int, int]:
+    """This account's living processes in process group ``pgid`` that started at or after
+    ``not_before`` ticks (the group leader's recorded start): pid -> start ticks. A
+    group whose leader has exited lives on in its members (the worker pool that ``bash
+    -c '... &'`` detached); the start time keeps a reused pgid from counting."""
+    members: dict[int, int] = {}
+    uid = os.getuid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/stat", "rb") as stat_file:
+                fields = stat_file.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the command: state, ppid, pgrp, ... starttime is field 22 (index 19).
+        if len(fields) < 20 or fields[0] == b"Z" or int(fields[2]) != pgid:
+            continue
+        start = int(fields[19])
+        if start >= not_before:
+            members[int(entry)] = start
+    return members
+
+
 def _recorded_processes(records: Iterable[dict[str, Any]]) -> tuple[dict[int, int], set[int]]:
-    """Living processes of the records (pid -> start ticks) and the process groups they lead."""
+    """Living processes of the records (pid -> start ticks), the members of the process
+    groups they started (by recorded start time, :func:`_group_members`), and the groups
+    whose leader still runs."""
     alive: dict[int, int] = {}
     groups: set[int] = set()
     for record in records:
@@ -278,6 +306,14 @@ def _recorded_processes(records: Iterable[dict[str, Any]]) -> tuple[dict[int, in
                 alive[pid] = start
                 if record.get("pgid") == pid and pid_key == "pid":
                     groups.add(pid)
+        # The leader (``bash -c '... &'``) may have exited before its tether read its start
+        # time: the tether's own start is then the bound (it started before its child).
+        pgid = record.get("pgid")
+        start = record.get("start")
+        if not isinstance(start, int):
+            start = record.get("tether_start")
+        if isinstance(pgid, int) and isinstance(start, int):
+            alive.update(_group_members(pgid, start))
     return alive, groups
 
 
