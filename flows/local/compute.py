@@ -54,7 +54,6 @@ import re
 import shlex
 import shutil
 import signal
-import stat
 import sys
 import tempfile
 import threading
@@ -239,17 +238,11 @@ def _processes_mentioning(text: str) -> dict[int, int]:
 
 
 def _private_folder(path: pathlib.Path) -> pathlib.Path:
-    """Create ``path`` (mode 0700) or check that it is a real folder of this account."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise ConfigError(
-            f"{path}: the engines folder is not a folder owned by this account "
-            "(another user's folder or a symlink?); remove it or choose another state_dir"
-        )
-    if info.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
+    """Create ``path`` (mode 0700) or check that it is a real folder of this account that
+    nobody else can write (never chmodded: :mod:`flows.private_folders`)."""
+    from flows.private_folders import ensure_private_dir
+
+    return ensure_private_dir(path, "the engines folder")
 
 
 def _helper_records(engine_dir: pathlib.Path) -> list[dict[str, Any]]:
