@@ -391,7 +391,14 @@ class Portal:
         if fragment and (unchanged := self.not_modified(request, etag)):
             return unchanged
         scans, filters, problem = self.filtered_scans(request)
-        context = {"scans": scans, "filters": filters, "problem": problem, "now": time.time()}
+        context = {
+            "scans": scans,
+            "filters": filters,
+            "problem": problem,
+            "now": time.time(),
+            "ledger_problem": self.reader.problem,
+            "ledger_path": str(self.reader.path),
+        }
         response = self.render(
             "_scan_rows.html" if fragment else "scans.html",
             status=400 if problem else 200,
@@ -411,6 +418,7 @@ class Portal:
         now = time.time()
         body = {
             "filters": filters,
+            "ledger_problem": self.reader.problem,
             "scans": [
                 {
                     "folder": s.folder,

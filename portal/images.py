@@ -150,6 +150,14 @@ class ResultImages:
         if name not in allowed:
             return None
         path = self.folder / summary.key / f"{name}.png"
+        if not path.is_file():
+            # The cache was deleted (or pruned) under a running portal: make it again
+            # instead of answering 404 until a restart (issue 16).
+            with self._lock:
+                self._memory.pop(summary.key, None)
+            shutil.rmtree(self.folder / summary.key, ignore_errors=True)
+            summary = self.summary(result_path)
+            path = self.folder / summary.key / f"{name}.png"
         return path if path.is_file() else None
 
     # -- making ----------------------------------------------------------------------------

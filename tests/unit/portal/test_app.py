@@ -167,3 +167,24 @@ def test_fragments_answer_304_until_the_ledger_changes(site):
     changed = client.get("/scans/scan100?fragment=1", headers={"If-None-Match": etag})
     assert changed.status_code == 200 and changed.headers["etag"] != etag
     assert 'data-view="view004" data-state="running"' in changed.text
+
+
+def test_a_damaged_ledger_says_so_and_how_to_recover(site):
+    """Issue 16: a damaged ledger showed "No scans in the ledger yet"."""
+    from starlette.testclient import TestClient
+
+    from portal.app import create_app
+    from tests.unit.portal.conftest import settings_for
+
+    with open(site.ledger, "r+b") as ledger:
+        ledger.write(b"garbage, not SQLite" * 10)
+    for name in ("-wal", "-shm"):
+        path = site.ledger.with_name(site.ledger.name + name)
+        if path.exists():
+            path.unlink()
+    with TestClient(create_app(settings_for(site))) as client:
+        page = client.get("/")
+        assert page.status_code == 200
+        assert "damaged or unreadable" in page.text and "ptychoflow ledger rebuild" in page.text
+        assert "in the ledger yet" not in page.text
+        assert client.get("/api/scans").json()["ledger_problem"]

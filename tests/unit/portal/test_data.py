@@ -75,3 +75,17 @@ def test_result_files_outside_the_roots_are_not_served(site, tmp_path):
     assert find_result(view, site.acquisition_root, roots) is None
     assert find_result(reader.view("scan100", "view002"), site.acquisition_root, roots) is None
     reader.close()
+
+
+def test_a_damaged_ledger_is_named_not_shown_as_empty(tmp_path):
+    """Issue 16: a damaged or unreadable ledger showed "No scans in the ledger yet"."""
+    from portal.data import LedgerReader
+
+    path = tmp_path / "ledger.sqlite"
+    path.write_bytes(b"this is not an SQLite database" * 100)
+    reader = LedgerReader(path)
+    try:
+        assert reader.scans() == []
+        assert reader.problem is not None and str(path) in reader.problem
+    finally:
+        reader.close()

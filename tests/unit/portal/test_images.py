@@ -86,3 +86,18 @@ def test_refined_positions_are_plotted_over_the_reported_ones(tmp_path):
     assert summary.initial_positions[0] == pytest.approx(tuple(reported[0]))
     plain = ResultImages(tmp_path / "cache2").summary(write_sample_result(tmp_path / "v1.h5"))
     assert plain.initial_positions == []
+
+
+def test_a_deleted_cache_is_made_again(result, tmp_path):
+    """Issue 16: deleting the thumbnail cache made images 404 until a restart."""
+    import shutil
+
+    images = ResultImages(tmp_path / "cache")
+    first = images.image(result, "phase-thumb")
+    assert first is not None and first.is_file()
+    shutil.rmtree(tmp_path / "cache")  # e.g. a clean-up job
+    again = images.image(result, "phase-thumb")
+    assert again is not None and again.is_file()
+    assert images.made == 2
+    (tmp_path / "cache" / images.summary(result).key / "amplitude.png").unlink()  # one file
+    assert images.image(result, "amplitude").is_file()
