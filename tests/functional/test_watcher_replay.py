@@ -100,5 +100,5 @@ def test_replay_function_refuses_a_rate_too(tmp_path):
     from recon.errors import OptionsError
     from watcher.replay import replay
 
-    with pytest.raises(OptionsError, match="at least 0.01 patterns per second"):
+    with pytest.raises(OptionsError, match=r"at least 0\.01 patterns per second"):
         replay(tmp_path / "src", tmp_path / "acq", [1], rate_hz=float("nan"))
