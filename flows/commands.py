@@ -346,7 +346,9 @@ def format_status(rows: list[Any]) -> str:
         stages = [f"{seconds[s]:.1f}s" if s in seconds else "-" for s in (*STAGES, "other")]
         total = "-"
         if row.finished_at and row.submitted_at:
-            total = f"{row.finished_at - row.submitted_at:.1f}s"
+            # The stages plus "other" (measured on a steady clock): a wall-clock jump
+            # between submission and the end no longer shows as -3591 s or 86400 s.
+            total = f"{sum(float(v) for v in seconds.values()):.1f}s"
         detail = printable(row.error or row.web_url or (row.run_id or ""))
         if len(detail) > 160:
             detail = detail[:157] + "..."

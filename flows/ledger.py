@@ -118,6 +118,7 @@ CREATE TABLE runs (
     input_mtime_ns INTEGER,
     input_hash    TEXT,               -- flows.input_fingerprint's fast hash
     transient_retries INTEGER NOT NULL DEFAULT 0,  -- automatic retries after transient failures
+    submitted_clock TEXT,             -- "<boot id>:<CLOCK_BOOTTIME seconds>" at submission
     PRIMARY KEY (scan_folder, view_file)
 );
 CREATE INDEX runs_by_status ON runs (status);
@@ -140,7 +141,7 @@ EXPECTED_COLUMNS = {
         "status", "trigger", "attempt", "owner_pid", "owner_host", "owner_started",
         "created_at", "submitted_at", "started_at", "finished_at", "stage", "stage_seconds",
         "error", "web_url", "output", "updated_at", "input_size", "input_mtime_ns",
-        "input_hash", "transient_retries",
+        "input_hash", "transient_retries", "submitted_clock",
     },
     "scans": {
         "folder", "scan_id", "scan_dir", "first_seen", "completed_at", "status", "error",
@@ -235,6 +236,8 @@ class RunRecord:
     schema 3 or when it could not be read."""
     transient_retries: int = 0
     """Automatic retries after transient failures (:mod:`flows.transient_failures`)."""
+    submitted_clock: str | None = None
+    """The steady clock at submission (:func:`steady_clock`), for durations."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -298,6 +301,7 @@ class RunRecord:
                 else None
             ),
             transient_retries=row["transient_retries"],
+            submitted_clock=row["submitted_clock"],
         )
 
 
@@ -653,8 +657,8 @@ class Ledger:
         self._update(
             scan_folder,
             view_file,
-            "status = ?, submitted_at = ?, updated_at = ?",
-            (RunStatus.SUBMITTING.value, now, now),
+            "status = ?, submitted_at = ?, submitted_clock = ?, updated_at = ?",
+            (RunStatus.SUBMITTING.value, now, steady_clock(), now),
         )
 
     def mark_started(self, scan_folder: str, view_file: str, run: StartedRun) -> None:
@@ -695,7 +699,7 @@ class Ledger:
                 raise KeyError(f"ledger has no row for {scan_folder}/{view_file}")
             if only_unfinished and row.status.terminal:
                 return False
-            seconds = _with_other(row.stage_seconds, row.submitted_at, now)
+            seconds = _with_other(row.stage_seconds, row.submitted_at, now, row.submitted_clock)
             db.execute(
                 "UPDATE runs SET status = ?, error = ?, finished_at = ?, stage = NULL,"
                 " stage_seconds = ?, updated_at = ? WHERE scan_folder = ? AND view_file = ?",
@@ -719,7 +723,7 @@ class Ledger:
             finished_at = None
             if progress.status.terminal:
                 finished_at = now
-                seconds = _with_other(seconds, row.submitted_at, now)
+                seconds = _with_other(seconds, row.submitted_at, now, row.submitted_clock)
             db.execute(
                 "UPDATE runs SET status = ?, stage = ?, stage_seconds = ?, error = ?,"
                 " output = ?, finished_at = ?, updated_at = ?"
@@ -1056,6 +1060,7 @@ _V3_RUN_COLUMNS = (
     ("input_mtime_ns", "INTEGER"),
     ("input_hash", "TEXT"),
     ("transient_retries", "INTEGER NOT NULL DEFAULT 0"),
+    ("submitted_clock", "TEXT"),
 )
 
 
@@ -1092,14 +1097,54 @@ def _migrate_from_v1(db: sqlite3.Connection) -> None:
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            return file.read().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+def steady_clock() -> str:
+    """Now on a clock no wall-clock change moves: ``<boot id>:<CLOCK_BOOTTIME s>``
+    (system-wide, so any process of this host can take a difference from it)."""
+    clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+    return f"{_boot_id()}:{time.clock_gettime(clock):.3f}"
+
+
+def steady_elapsed(mark: str | None) -> float | None:
+    """Seconds since :func:`steady_clock` gave ``mark``; None from another boot (or host
+    with another boot id) or for no mark."""
+    if not mark or ":" not in mark:
+        return None
+    boot, _, seconds = mark.rpartition(":")
+    if boot != _boot_id():
+        return None
+    try:
+        then = float(seconds)
+    except ValueError:
+        return None
+    clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+    return max(0.0, time.clock_gettime(clock) - then)
+
+
 def _with_other(
-    stage_seconds: dict[str, float], submitted_at: float | None, finished_at: float
+    stage_seconds: dict[str, float],
+    submitted_at: float | None,
+    finished_at: float,
+    submitted_clock: str | None = None,
 ) -> dict[str, float]:
-    """``stage_seconds`` plus ``other`` = wall time since submission minus the stages."""
+    """``stage_seconds`` plus ``other`` = time since submission minus the stages. The
+    time since submission comes from the steady clock when the mark is from this boot
+    (a wall-clock jump showed as -3591 s or 86400 s); else from the wall clock, never
+    below zero."""
     seconds = {k: float(v) for k, v in stage_seconds.items() if k != "other"}
-    if submitted_at is not None:
+    elapsed = steady_elapsed(submitted_clock)
+    if elapsed is None and submitted_at is not None:
+        elapsed = max(0.0, finished_at - submitted_at)
+    if elapsed is not None:
         staged = sum(seconds.get(stage, 0.0) for stage in STAGES)
-        seconds["other"] = max(0.0, finished_at - submitted_at - staged)
+        seconds["other"] = max(0.0, elapsed - staged)
     return seconds
 
 

@@ -89,10 +89,8 @@ def test_replay_refuses_a_rate_it_cannot_keep_in_one_line(tmp_path, rate):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert (
-        ("--rate" in done.stderr
-        and "patterns per second" in done.stderr)
-        or "not a number" in done.stderr
-    )
+        "--rate" in done.stderr and "patterns per second" in done.stderr
+    ) or "not a number" in done.stderr
     assert not (tmp_path / "acq").exists()
 
 
