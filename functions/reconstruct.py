@@ -93,6 +93,13 @@ def reconstruct_view(
     started = time.perf_counter()
     label = "/".join(pathlib.Path(input_path).parts[-2:])  # "scan100/view000.cxi"
 
+    fft = os.environ.get("PTYCHOFLOW_FFT", "")
+    if fft.lower() not in ("", "scipy", "fftw"):
+        # recon reads it as "scipy or not"; a typo must not silently pick another FFT.
+        raise OptionsError(
+            f"{label}: PTYCHOFLOW_FFT={fft!r} on this endpoint is not known; expected "
+            "'scipy' (pocketfft), 'fftw' or unset (FFTW when installed, else pocketfft)"
+        )
     try:
         options = ReconOptions.from_dict(recon)
     except OptionsError as err:

@@ -232,3 +232,11 @@ def test_cpu_reconstruction_summary(view, tmp_path):
     assert summary["iterations"] == 2 and np.isfinite(summary["final_cost"])
     assert summary["seconds"]["total"] >= summary["seconds"]["solve"] > 0
     assert json.loads(json.dumps(summary)) == summary
+
+
+def test_an_unknown_fft_choice_is_refused(tmp_path, monkeypatch):
+    """Issue 16: PTYCHOFLOW_FFT=bogus was silently ignored."""
+    monkeypatch.setenv("PTYCHOFLOW_FFT", "bogus")
+    with pytest.raises(OptionsError, match="PTYCHOFLOW_FFT='bogus' on this endpoint is not known"):
+        reconstruct_view(str(tmp_path / "scan100" / "view000.cxi"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
