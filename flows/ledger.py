@@ -970,6 +970,29 @@ class Ledger:
             counts[row.status] += 1
         return counts
 
+    def change_marker(self, scan_folder: str | None = None) -> tuple[Any, ...]:
+        """A cheap value that changes whenever a row of ``scan_folder`` (or any row)
+        changes: row counts and the latest ``updated_at`` of both tables. What a live
+        page polls, instead of reading every row (3293 scans took 2.8 s a poll)."""
+
+        def work(db: sqlite3.Connection) -> tuple[Any, ...]:
+            if scan_folder is None:
+                runs = db.execute("SELECT COUNT(*), MAX(updated_at) FROM runs").fetchone()
+                scans = db.execute("SELECT COUNT(*), MAX(updated_at) FROM scans").fetchone()
+            else:
+                runs = db.execute(
+                    "SELECT COUNT(*), MAX(updated_at) FROM runs WHERE scan_folder = ?",
+                    (scan_folder,),
+                ).fetchone()
+                scans = db.execute(
+                    "SELECT COUNT(*), MAX(updated_at) FROM scans WHERE folder = ?",
+                    (scan_folder,),
+                ).fetchone()
+            return (*tuple(runs), *tuple(scans))
+
+        result: tuple[Any, ...] = self._read(work)
+        return result
+
     # -- helpers -------------------------------------------------------------------------------
 
     @staticmethod

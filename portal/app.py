@@ -72,6 +72,8 @@ SECURITY_HEADERS = (
 _SUSPICIOUS_RAW = re.compile(rb"%(2e|2f|5c|25|00)", re.IGNORECASE)
 #: How often a live page asks for changes, milliseconds (shown in the page for live.js).
 POLL_MILLISECONDS = 1000
+#: Scans per page of the scans page and /api/scans (?page=N; newest first).
+SCANS_PER_PAGE = 100
 #: Longest scan-range filter accepted (characters).
 MAX_FILTER_LENGTH = 200
 
@@ -385,13 +387,42 @@ class Portal:
                 ]
         return scans, {"state": state, "scans": text}, problem
 
+    @staticmethod
+    def page_of(
+        request: Request, scans: list[ScanRow]
+    ) -> tuple[list[ScanRow], dict[str, int], str | None]:
+        """The ``?page=`` slice of ``scans`` (:data:`SCANS_PER_PAGE` each, newest first)."""
+        text = request.query_params.get("page", "1")
+        pages = max(1, -(-len(scans) // SCANS_PER_PAGE))
+        problem = None
+        try:
+            page = int(text)
+        except ValueError:
+            page, problem = 1, f"page {text!r} is not a number"
+        if not 1 <= page <= pages:
+            problem = problem or f"page {page} does not exist; there are {pages}"
+            page = min(max(page, 1), pages)
+        start = (page - 1) * SCANS_PER_PAGE
+        return (
+            scans[start : start + SCANS_PER_PAGE],
+            {"page": page, "pages": pages, "total": len(scans)},
+            problem,
+        )
+
     def scans_page(self, request: Request) -> Response:
         fragment = request.query_params.get("fragment") == "1"
         etag = self.etag(self.reader.signature(), str(request.query_params))
         if fragment and (unchanged := self.not_modified(request, etag)):
             return unchanged
         scans, filters, problem = self.filtered_scans(request)
+        scans, paging, page_problem = self.page_of(request, scans)
+        problem = problem or page_problem
         context = {
+            "paging": paging,
+            "page_url": lambda page: (
+                "/?"
+                + urllib.parse.urlencode({**{k: v for k, v in filters.items() if v}, "page": page})
+            ),
             "scans": scans,
             "filters": filters,
             "problem": problem,
@@ -413,11 +444,14 @@ class Portal:
         if unchanged := self.not_modified(request, etag):
             return unchanged
         scans, filters, problem = self.filtered_scans(request)
+        scans, paging, page_problem = self.page_of(request, scans)
+        problem = problem or page_problem
         if problem:
             return error_response(400, problem, api=True)
         now = time.time()
         body = {
             "filters": filters,
+            **paging,
             "ledger_problem": self.reader.problem,
             "scans": [
                 {

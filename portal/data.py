@@ -300,12 +300,11 @@ class LedgerReader:
 
     def signature(self, scan_folder: str | None = None) -> str:
         """A short string that changes whenever the rows shown for ``scan_folder`` (or for
-        every scan) change: what a live page compares to know it must refresh."""
-        parts: list[Any] = [str(self.path), self.problem]
-        parts.extend(
-            (r.key, r.status.value, r.stage, r.updated_at) for r in self._records(scan_folder)
-        )
-        parts.extend((r.folder, r.status.value, r.error) for r in self._scan_records())
+        every scan) change: what a live page compares to know it must refresh. Made from
+        row counts and the latest update time (:meth:`flows.ledger.Ledger.change_marker`),
+        not from every row, so an unchanged poll costs two small queries."""
+        marker = self._read(lambda ledger: ledger.change_marker(scan_folder))
+        parts: list[Any] = [str(self.path), self.problem, marker]
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
 
 
