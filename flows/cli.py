@@ -55,6 +55,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ptychoflow {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if "globus_sdk" not in sys.modules:
+            raise
+        from flows.globus.errors import is_network_error, network_reason
+
+        if not is_network_error(err):
+            raise
+        print(
+            f"ptychoflow {args.command}: error: cannot reach Globus: {network_reason(err)}; "
+            "check the network and DNS, then try again",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def run_flow_main(argv: Sequence[str] | None = None) -> int:

@@ -204,8 +204,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 class _StopOnSignal:
-    """SIGINT/SIGTERM set ``event`` (the launcher stops submitting and waiting); a second
-    signal acts as usual (SIGINT: KeyboardInterrupt; SIGTERM: the process ends)."""
+    """SIGINT/SIGTERM/SIGHUP set ``event`` (the launcher stops submitting and waiting); a
+    second signal acts as usual (SIGINT: KeyboardInterrupt; SIGTERM/SIGHUP: the process
+    ends). SIGHUP is a dropped ssh session: it stops run-flow like SIGTERM, its views
+    recorded as cancelled."""
 
     def __init__(self) -> None:
         import signal
@@ -214,7 +216,8 @@ class _StopOnSignal:
         self.event = threading.Event()
         self.signum: int | None = None
         self._previous = {
-            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+            sig: signal.signal(sig, self._handle)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         }
 
     def _handle(self, signum: int, _frame: object) -> None:
@@ -242,10 +245,15 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
+#: run-flow's exit status when the ledger could not be written (EX_TEMPFAIL: try again).
+EXIT_LEDGER_UNWRITABLE = 75
+
+
 def run_command(args: argparse.Namespace) -> int:
     import logging
 
     from flows.backend import RunStatus, Trigger
+    from flows.errors import LedgerUnwritableError
     from flows.launcher import Launcher, make_backend
     from flows.ledger import open_ledger
     from flows.scans import choose_scans, parse_selection, scan_folders
@@ -289,6 +297,7 @@ def run_command(args: argparse.Namespace) -> int:
     failed = choice.missing_explicit
     started: list[str] = []
     launcher = Launcher(config, backend, ledger, stop_event=stop.event)
+    unwritable: LedgerUnwritableError | None = None
     try:
         launcher.recover()
         for folder in choice.folders:
@@ -302,6 +311,8 @@ def run_command(args: argparse.Namespace) -> int:
                     trigger=Trigger.MANUAL,
                     force=args.force,
                 )
+            except LedgerUnwritableError:
+                raise
             except PtychoflowError as err:
                 print(f"{printable(folder.name)}: error: {printable(err)}", file=sys.stderr)
                 failed = True
@@ -333,6 +344,17 @@ def run_command(args: argparse.Namespace) -> int:
             for scan_dir in scan_dirs:
                 where = printable(results_folder(config, scan_dir))
                 print(f"{printable(name)}: results {'in' if waits else 'arrive in'} {where}")
+    except LedgerUnwritableError as err:
+        # Write-ahead: what cannot be recorded must not run. Stop everything now; the
+        # rows already say submitting/active, so the next start recovers those views.
+        unwritable = err
+        stop.event.set()
+        print(
+            f"run-flow: {printable(err)}. Stopped: started nothing more and abandoned the "
+            "runs in flight (their rows stay unfinished; run-flow starts them again once "
+            "the ledger can be written)",
+            file=sys.stderr,
+        )
     finally:
         try:
             if stop.signum is not None:
@@ -342,12 +364,14 @@ def run_command(args: argparse.Namespace) -> int:
                     "cancelled (run-flow starts them again)",
                     file=sys.stderr,
                 )
-            backend.close(cancel=stop.signum is not None)
+            backend.close(cancel=stop.signum is not None or unwritable is not None)
         finally:
             ledger.close()
             stop.restore()
     if stop.signum is not None:
         return 128 + stop.signum
+    if unwritable is not None:
+        return EXIT_LEDGER_UNWRITABLE
     return 1 if failed else 0
 
 
@@ -483,7 +507,9 @@ def format_status(rows: list[Any], wide: bool = False) -> str:
         stages = [f"{seconds[s]:.1f}s" if s in seconds else "-" for s in (*STAGES, "other")]
         total = "-"
         if row.finished_at and row.submitted_at:
-            total = f"{row.finished_at - row.submitted_at:.1f}s"
+            # The stages plus "other" (measured on a steady clock): a wall-clock jump
+            # between submission and the end no longer shows as -3591 s or 86400 s.
+            total = f"{sum(float(v) for v in seconds.values()):.1f}s"
         line = [
             printable(row.scan_folder),
             printable(row.view_file),
@@ -511,6 +537,24 @@ def format_status(rows: list[Any], wide: bool = False) -> str:
         out.append("  ".join(cells).rstrip())
         out.extend(f"    {note}" for note in below)
     return "\n".join(out)
+
+
+def _warn_changed_views(config: Config, rows: list[Any]) -> None:
+    """A warning line per succeeded view whose file now holds other data (re-acquired)."""
+    from flows.backend import RunStatus
+    from flows.input_fingerprint import changed_since
+    from flows.terminal import printable
+
+    for row in rows:
+        if row.status is not RunStatus.SUCCEEDED or row.input is None:
+            continue
+        if changed_since(row.input, config.acquisition_root / row.scan_folder / row.view_file):
+            print(
+                f"warning: {printable(row.scan_folder)}/{printable(row.view_file)} changed "
+                "after its result was made (a re-acquired view?); run-flow --scan "
+                f"{printable(row.scan_folder)} --views {printable(row.view)} --force runs it "
+                "again (or set rerun_changed_views = true)"
+            )
 
 
 def status_command(args: argparse.Namespace) -> int:
@@ -543,6 +587,7 @@ def status_command(args: argparse.Namespace) -> int:
         return 0
     if rows:
         print(format_status(rows, wide=args.wide))
+    _warn_changed_views(config, rows)
     for scan in scans:
         if scan.scan_dir and scan.scan_id is not None and scan.scan_dir != str(scan.scan_id):
             print(

@@ -98,6 +98,10 @@ class Config:
     """Without a marker: a scan is complete when nothing in it changed for this long."""
     concurrency: int = 64
     """Most runs in flight at once (the paper used 64)."""
+    rerun_changed_views: bool = False
+    """Run a succeeded view again when its file now holds other data (a re-acquired view:
+    another size or fast hash than when it ran). False: only a warning in the log and
+    in ``status``; ``run-flow --force`` runs it again."""
     endpoint_config: pathlib.Path | None = None
     """Local backend: Compute engine config; default ``endpoint_config/local/config.yaml``."""
     recon: ReconOptions = dataclasses.field(default_factory=ReconOptions)
@@ -324,6 +328,15 @@ def _check_value(key: str, value: Any, where: str) -> None:
     elif key == "view_glob":
         if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
             raise wrong("a file name pattern in quotes, e.g. '*.cxi' (no folders)")
+        if "**" in value:
+            raise wrong(
+                "a pattern for the file names in one scan folder, e.g. '*.cxi'; '**' "
+                "(recursive) is refused: view files lie directly in the scan folder, and a "
+                "recursive walk of a deep folder would stall the watcher"
+            )
+    elif key == "rerun_changed_views":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
     elif key == "marker":
         if not isinstance(value, str) or "/" in value or value in (".", "..") or "\0" in value:
             raise wrong("a file name in quotes, e.g. 'scan.done', or '' for none")

@@ -43,6 +43,13 @@ class LedgerDamagedError(LedgerError):
     wrong schema); ``ptychoflow ledger check`` / ``ledger rebuild`` are the way out."""
 
 
+class LedgerUnwritableError(LedgerError, OSError):
+    """The ledger cannot be written now: its disk is full (or nearly: less than
+    :data:`flows.ledger.LEDGER_MIN_FREE_BYTES` free), failing, or read-only. Nothing
+    more may be started, since a start that cannot be recorded would run twice; callers
+    stop cleanly and say so."""
+
+
 class LedgerLostError(LedgerError):
     """The ledger is missing or empty while results exist: the history was lost.
     Refused rather than running finished scans again; ``ptychoflow ledger rebuild``."""

@@ -52,15 +52,18 @@ from flows.backend import (
 )
 from flows.config import Config
 from flows.errors import ConfigError, LaunchError, TransientBackendError
+from flows.input_fingerprint import InputFingerprint
 from flows.ledger import Ledger, RunRecord, ScanState
 from flows.scans import (
     ScanNameError,
     Selection,
     choose_views,
+    look_alike_problem,
     scan_folder,
     view_files,
     view_key,
 )
+from flows.transient_failures import MAX_TRANSIENT_RETRIES, retry_due, transient_kind
 from recon.cxi import peek_view_shape
 from recon.errors import InputError, InputFileNotFound, OptionsError, PtychoflowError
 
@@ -153,6 +156,23 @@ def unknown_run_text(run_id: str, err: BaseException) -> str:
         "run is gone (past retention), look for its result; `ptychoflow cancel --scan N "
         "--views V` ends it, after which run-flow may start the view again"
     )
+
+
+def vanished_reason(scan_path: pathlib.Path, file_name: str, err: BaseException) -> str:
+    """Why a listed view cannot be read now: gone (deleted, or its scan folder renamed,
+    after the listing) or unreadable (the error itself)."""
+    where = f"{scan_path.name}/{file_name}"
+    if not scan_path.is_dir():
+        return (
+            f"{where}: the scan folder {scan_path} disappeared (renamed or deleted) after its "
+            "views were listed; this view was not started"
+        )
+    if not (scan_path / file_name).exists():
+        return (
+            f"{where}: the view file disappeared (deleted or renamed) after the scan was "
+            "listed; it was not started"
+        )
+    return describe_error(err)
 
 
 def describe_error(err: BaseException) -> str:
@@ -272,7 +292,18 @@ class Launcher:
                 )
                 continue
             resumed = (request.scan_folder, request.view_file) in self.deferred
-            if not resumed and not self.ledger.claim(request, self.backend.name, force=force):
+            self.ledger.ensure_space()  # write-ahead: a start that cannot be recorded stops all
+            fingerprint = InputFingerprint.of(scan.path / file_name)
+            previous = self.ledger.get(folder, request.view_file)
+            transient_retry = self._retry_due(previous, fingerprint)
+            rerun = force or self._changed_since_success(previous, fingerprint)
+            if not resumed and not self.ledger.claim(
+                request,
+                self.backend.name,
+                force=rerun,
+                fingerprint=fingerprint,
+                transient_retry=transient_retry,
+            ):
                 outcomes.append(self._outcome(request, ViewAction.SKIPPED))
                 continue
             if self._outage is not None:
@@ -298,11 +329,15 @@ class Launcher:
                     )
                 )
                 continue
+            look_alike = look_alike_problem(file_name, files)
+            if look_alike is not None:
+                outcomes.append(self._fail(request, f"{folder}/{look_alike}"))
+                continue
             try:
                 label = f"{folder}/{file_name}"
                 request = self._inspect_view(request, scan.path / file_name, label)
-            except (InputError, InputFileNotFound, OptionsError) as err:
-                outcomes.append(self._fail(request, str(err)))
+            except (InputError, InputFileNotFound, OptionsError, OSError) as err:
+                outcomes.append(self._fail(request, vanished_reason(scan.path, file_name, err)))
                 continue
             if not prepared and prepare_error is None:
                 try:
@@ -374,8 +409,70 @@ class Launcher:
         files = tuple(transfer_files(path, settings))
         return dataclasses.replace(request, files=files, beamline=settings.to_dict())
 
+    def _retry_due(self, previous: RunRecord | None, current: InputFingerprint | None) -> bool:
+        """A failed view whose failure was transient and whose retry is due now."""
+        if previous is None or previous.status is not RunStatus.FAILED:
+            return False
+        due = retry_due(
+            error=previous.error,
+            retries=previous.transient_retries,
+            finished_at=previous.finished_at,
+            recorded=previous.input,
+            current=current,
+            settle_s=self.config.settle_seconds,
+        )
+        if due:
+            log.warning(
+                "%s: retrying after a transient failure (%s; automatic retry %d of %d): %s",
+                previous.label,
+                transient_kind(previous.error),
+                previous.transient_retries + 1,
+                MAX_TRANSIENT_RETRIES,
+                previous.error,
+            )
+        return due
+
+    def _changed_since_success(
+        self, previous: RunRecord | None, current: InputFingerprint | None
+    ) -> bool:
+        """True when a succeeded view's file now holds other data (a re-acquired view) and
+        ``config.rerun_changed_views`` says to run it again; logs a warning either way."""
+        if previous is None or previous.status is not RunStatus.SUCCEEDED:
+            return False
+        if previous.input is None or current is None or previous.input.same_content(current):
+            return False
+        rerun = self.config.rerun_changed_views
+        log.warning(
+            "%s: the view file changed after its result was made (size %d -> %d bytes, "
+            "different content): %s",
+            previous.label,
+            previous.input.size,
+            current.size,
+            "running it again (rerun_changed_views = true)"
+            if rerun
+            else "not run again; run-flow --force, or rerun_changed_views = true, does",
+        )
+        return rerun
+
+    def views_to_retry(self, folder: str) -> list[str]:
+        """View files of the scan folder whose transient failure is due for a retry."""
+        due = []
+        for row in self.ledger.runs(folder):
+            if row.status is RunStatus.FAILED and transient_kind(row.error):
+                current = InputFingerprint.of(self.config.acquisition_root / folder / row.view_file)
+                if self._retry_due(row, current):
+                    due.append(row.view_file)
+        return due
+
     def _submit(self, request: ViewRequest) -> ViewOutcome:
-        """Hand a claimed (pending) request to the backend and record the result."""
+        """Hand a claimed (pending) request to the backend and record the result.
+
+        Write-ahead: the row says ``submitting`` before the backend is asked, so a start
+        whose ``active`` cannot be recorded (the disk filled meanwhile) is still found by
+        recovery (adopted by label where runs outlive us). A ledger that cannot be written
+        (:class:`~flows.errors.LedgerUnwritableError`) ends the scan here: nothing more
+        is started."""
+        self.ledger.ensure_space()
         key = (request.scan_folder, request.view_file)
         before = self.ledger.get(*key)
         sent_before = before is not None and before.status is RunStatus.SUBMITTING
@@ -682,6 +779,7 @@ class Launcher:
         for record in self.ledger.orphans(self.backend.name):
             if self.stop_event.is_set():
                 break
+            self.ledger.ensure_space()
             if not self.ledger.take_over(record):
                 continue  # another process recovered it first
             request = record.request()
@@ -749,7 +847,9 @@ class Launcher:
             files = view_files(self.config, self.config.acquisition_root / folder)
         except InputError:
             return record.status is ScanState.FAILED  # still no views: nothing new
-        return {view_key(name) for name in files} <= self.ledger.view_files(folder)
+        if not {view_key(name) for name in files} <= self.ledger.view_files(folder):
+            return False
+        return not self.views_to_retry(folder)
 
     # -- cancelling ----------------------------------------------------------------------------
 

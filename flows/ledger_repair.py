@@ -10,14 +10,18 @@ and everything without a result runs the next time its scan is seen.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
+import os
 import pathlib
 import sqlite3
+import struct
 from typing import Any
 
 from flows.backend import Trigger, ViewRequest
 from flows.config import Config
-from flows.ledger import SCHEMA_VERSION, Ledger, ScanState, schema_problems
+from flows.errors import LedgerError
+from flows.ledger import SCHEMA_VERSION, Ledger, ScanState, command_of, schema_problems
 from flows.scans import ScanFolder, scan_folders, view_files
 from recon.errors import InputError
 
@@ -29,9 +33,28 @@ def check_ledger(path: pathlib.Path) -> list[str]:
         return ["does not exist"]
     if path.stat().st_size == 0 and not pathlib.Path(f"{path}-wal").exists():
         return ["is empty (0 bytes): its history is lost"]
-    problems: list[str] = []
+    problems = _check_open(path, immutable=False)
+    cannot_open = problems and all("unable to open" in p or "readonly" in p for p in problems)
+    if cannot_open and (_read_only_file_system(path) or not os.access(path.parent, os.W_OK)):
+        # A read-only file system (or folder): SQLite cannot make the -shm file a WAL
+        # reader needs, which says nothing about the ledger. Nobody can write it there,
+        # so it is read as immutable, without locks (issue 16).
+        problems = _check_open(path, immutable=True)
+    return problems
+
+
+def _read_only_file_system(path: pathlib.Path) -> bool:
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _check_open(path: pathlib.Path, *, immutable: bool) -> list[str]:
+    problems: list[str] = []
+    uri = f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=5)
     except sqlite3.Error as err:
         return [f"cannot be opened: {err}"]
     try:
@@ -39,9 +62,10 @@ def check_ledger(path: pathlib.Path) -> list[str]:
         if findings != ["ok"]:
             problems += [f"integrity check: {finding}" for finding in findings]
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (1, SCHEMA_VERSION):
+        if version not in (1, 2, SCHEMA_VERSION):
             problems.append(
-                f"schema version {version}; this ptychoflow reads {SCHEMA_VERSION} (and 1)"
+                f"schema version {version}; this ptychoflow reads {SCHEMA_VERSION} (and "
+                "migrates 1 and 2)"
             )
         elif version == SCHEMA_VERSION:
             problems += schema_problems(db)
@@ -128,9 +152,72 @@ def _folders_by_result_dir(
     return owners, notes
 
 
+def ledger_holders(path: pathlib.Path) -> list[tuple[int, str]]:
+    """Other processes that have the ledger (or its ``-wal``/``-shm``) open: (pid, command).
+
+    Found two ways: open descriptors in ``/proc/<pid>/fd`` (every process of this user,
+    every process for root), and the shared lock every SQLite connection in WAL mode
+    holds on the ``-shm`` file (``fcntl(F_GETLK)``; seen across users on this host).
+    """
+    names = {os.path.realpath(f"{path}{suffix}") for suffix in ("", "-wal", "-shm")}
+    me = os.getpid()
+    found: dict[int, str] = {}
+    try:
+        pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        pids = []
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            descriptors = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for entry in descriptors:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{entry}")
+            except OSError:
+                continue
+            if target in names:
+                found[pid] = command_of(pid)
+                break
+    shm = f"{path}-shm"
+    fd: int | None
+    try:
+        fd = os.open(shm, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            # SQLite's WAL locks and the DMS byte: bytes 120..128 of the -shm file.
+            request = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 120, 9, 0)
+            lock_type, _, _, _, pid = struct.unpack(
+                "hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, request)
+            )
+            if lock_type != fcntl.F_UNLCK and pid > 0 and pid != me:
+                found.setdefault(pid, command_of(pid))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return sorted(found.items())
+
+
 def rebuild_ledger(config: Config) -> list[str]:
     """Move ``config.ledger`` aside and write a new one from the results under
-    ``<acquisition root>/recon/``; returns what it did, one line each."""
+    ``<acquisition root>/recon/``; returns what it did, one line each.
+
+    Refused (:class:`~flows.errors.LedgerError`) while another process holds the ledger
+    (:func:`ledger_holders`): the watcher would keep writing the renamed file, and the
+    portal would keep reading it, so the next scan would run twice."""
+    holders = ledger_holders(config.ledger)
+    if holders:
+        listed = "; ".join(f"pid {pid} ({command})" for pid, command in holders)
+        raise LedgerError(
+            f"ledger {config.ledger} is in use by {listed}. Stop those first (e.g. "
+            "`systemctl stop ptychoflow-watch ptychoflow-portal`, or `kill <pid>`), then "
+            "run `ptychoflow ledger rebuild` again; start them after it"
+        )
     results_root = config.acquisition_root / "recon"
     result_dirs = (
         sorted(p.name for p in results_root.iterdir() if p.is_dir())

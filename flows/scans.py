@@ -13,8 +13,11 @@ of ten billion costs nothing.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import os
 import pathlib
 import re
+import unicodedata
 
 from flows.config import MAX_SCAN_ID_DIGITS, Config
 from recon.errors import InputError, InputFileNotFound, OptionsError
@@ -192,14 +195,84 @@ def _gaps(first: int, last: int, present: list[int]) -> list[str]:
     return gaps
 
 
+def _invisible(char: str) -> bool:
+    """A character that shows as nothing or as a plain space: format characters (zero
+    width space, joiners, bidi marks), controls, and separators other than ' '."""
+    category = unicodedata.category(char)
+    return category in ("Cf", "Cc", "Zl", "Zp") or (category == "Zs" and char != " ")
+
+
+def _glob_pattern(view_glob: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(view_glob), re.IGNORECASE)
+
+
+def matches_view_glob(file_name: str, view_glob: str) -> bool:
+    """Whether ``file_name`` is a view file: it matches ``view_glob`` ignoring case
+    (``view001.CXI`` is a view), or would after removing surrounding white space and
+    invisible characters (``'view003.cxi '``): such a look-alike is listed so that it is
+    refused with its reason (:func:`look_alike_problem`), never silently ignored."""
+    pattern = _glob_pattern(view_glob)
+    if pattern.fullmatch(file_name):
+        return True
+    cleaned = "".join(c for c in file_name if not _invisible(c)).strip()
+    return bool(cleaned) and pattern.fullmatch(cleaned) is not None
+
+
+def look_alike_problem(file_name: str, names: list[str]) -> str | None:
+    """Why a view file name is refused, or None. Refused: white space at either end,
+    invisible characters, and a name that another one in the folder equals once both
+    are Unicode-normalised (NFC), e.g. ``vïew.cxi`` written precomposed and decomposed:
+    the second of the two in sorted order is refused. The names themselves are kept as
+    keys (a view is its file name); what a person has to do is rename the file."""
+    shown = printable_name(file_name)
+    if file_name != file_name.strip():
+        return f"{shown}: the file name starts or ends with white space; rename the file"
+    hidden = sorted({f"U+{ord(c):04X}" for c in file_name if _invisible(c)})
+    if hidden:
+        return (
+            f"{shown}: the file name holds invisible characters ({', '.join(hidden)}); "
+            "rename the file"
+        )
+    normal = unicodedata.normalize("NFC", file_name)
+    for other in names:
+        if other == file_name:
+            break
+        if unicodedata.normalize("NFC", other) == normal:
+            return (
+                f"{shown}: the file name looks identical to {printable_name(other)} (the "
+                "same letters in another Unicode form, NFC/NFD); rename one of them"
+            )
+    return None
+
+
+def printable_name(file_name: str) -> str:
+    """A file name as a person can tell it apart: control and invisible characters,
+    and in a name that is not in Unicode NFC the combining marks, written as escapes."""
+    from flows.terminal import printable
+
+    if unicodedata.is_normalized("NFC", file_name):
+        return printable(file_name)
+    return printable(
+        "".join(
+            f"\\u{ord(c):04x}" if unicodedata.category(c).startswith("M") else c for c in file_name
+        )
+    )
+
+
 def view_files(config: Config, folder: pathlib.Path) -> list[str]:
-    """The view file names of a scan folder (``config.view_glob``), sorted.
+    """The view file names of a scan folder (``config.view_glob``, matched ignoring
+    case, look-alikes included: :func:`matches_view_glob`), sorted.
 
     Raises :class:`InputError` naming the folder when it cannot be listed or holds
     no views (and what it holds instead).
     """
     try:
-        files = sorted(p.name for p in folder.glob(config.view_glob) if p.is_file())
+        with os.scandir(folder) as listing:
+            files = sorted(
+                entry.name
+                for entry in listing
+                if matches_view_glob(entry.name, config.view_glob) and entry.is_file()
+            )
     except OSError as err:
         raise InputError(f"{folder}: cannot list the scan folder: {err}") from err
     if not files:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import unicodedata
 from logging.handlers import RotatingFileHandler
 
 #: Unicode format characters that reorder or hide text (bidirectional overrides,
@@ -27,12 +28,17 @@ def _escape(char: str) -> str:
         return f"\\u{code:04x}"
     if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of a file name (surrogateescape)
         return f"\\x{code - 0xDC00:02x}"
+    category = unicodedata.category(char)
+    if category in ("Cf", "Zl", "Zp", "Co", "Cn") or (category == "Zs" and char != " "):
+        return f"\\u{code:04x}"  # invisible: zero-width space, joiners, no-break space
     return char
 
 
 def printable(text: object) -> str:
     """``str(text)`` with C0 controls (ESC, newline, tab, ...), DEL, C1 controls,
-    bidirectional overrides and undecodable bytes written as visible escapes
+    bidirectional overrides, invisible characters (zero-width space and other format
+    characters, separators other than the space) and undecodable bytes written as
+    visible escapes
     (``\\x1b``, ``\\n``, ``\\x9b``, ``\\u202e``); everything else unchanged."""
     text = str(text)
     if text.isprintable() and not any(ord(c) in _BIDI for c in text):

@@ -2,7 +2,7 @@
 
 Several Globus Compute workers on one node (Polaris: four per node) each
 reconstruct a view. Before touching a GPU a task takes an exclusive
-``fcntl.flock`` on a small JSON file (default ``/dev/shm/availgpus``), reads
+``fcntl.flock`` on a small JSON file (default ``/dev/shm/ptychoflow-<uid>/availgpus``), reads
 which GPUs are free, records its PID (and the process start time, so a reused
 PID is not mistaken for the claimant) against the GPUs it takes, writes the
 file back and drops the lock. Releasing works the same way. Claims held by
@@ -20,7 +20,11 @@ where ``/proc`` is not available; ``uid`` the claimant's user id. The file is
 node-local on purpose: ``flock`` on network file systems is not reliable, and GPUs
 belong to one node.
 
-The file usually sits in a folder every account can write (``/dev/shm``), so it is
+Its folder must be one no other account can write: the default is a per-user folder
+created 0700 (``/dev/shm/ptychoflow-<uid>``), because any user who pre-created a fixed
+name in ``/dev/shm`` would block every GPU task on the node. A folder that is a link,
+belongs to another user (not root), or that others (or, unless group-shared, the group)
+can write is refused; an existing folder is never chmodded. The file itself is still
 handled as untrusted:
 
 - opened with ``O_NOFOLLOW`` (a symbolic link planted there is refused, never followed)
@@ -67,8 +71,11 @@ from recon.errors import DeviceError, PtychoflowError
 
 log = logging.getLogger(__name__)
 
-#: State file used when neither the argument nor ``PTYCHOFLOW_GPU_LOCK`` names one.
-DEFAULT_STATE_PATH = "/dev/shm/availgpus"
+#: Folder of the state file used when neither the argument nor ``PTYCHOFLOW_GPU_LOCK``
+#: names one: per user (``{uid}``), created 0700 by its first claimant.
+DEFAULT_STATE_FOLDER = "/dev/shm/ptychoflow-{uid}"
+#: File name of the default state file inside :data:`DEFAULT_STATE_FOLDER`.
+DEFAULT_STATE_NAME = "availgpus"
 #: Environment variable naming the state file.
 STATE_PATH_ENV = "PTYCHOFLOW_GPU_LOCK"
 #: Environment variable that makes a newly created state file group-shared (0660): "1".
@@ -97,6 +104,22 @@ GpuId = int | str
 
 class GpuUnavailableError(PtychoflowError, TimeoutError):
     """Not enough GPUs became free on this node before the timeout."""
+
+
+def default_state_path(uid: int | None = None) -> str:
+    """``/dev/shm/ptychoflow-<uid>/availgpus``: the lock file when none is configured.
+
+    A per-user folder, not a name in ``/dev/shm`` itself: the folder is created 0700 by
+    this account, so no other account can plant, replace or hold the file in it. A
+    folder of that name made by someone else is refused (:meth:`GpuPool._check_folder`).
+    """
+    folder = DEFAULT_STATE_FOLDER.format(uid=os.geteuid() if uid is None else uid)
+    return os.path.join(folder, DEFAULT_STATE_NAME)
+
+
+def configured_state_path() -> str:
+    """``$PTYCHOFLOW_GPU_LOCK``, else :func:`default_state_path`."""
+    return os.environ.get(STATE_PATH_ENV) or default_state_path()
 
 
 def visible_gpus() -> list[GpuId]:
@@ -226,7 +249,7 @@ class GpuPool:
     Parameters
     ----------
     path
-        State file; default ``$PTYCHOFLOW_GPU_LOCK`` or ``/dev/shm/availgpus``.
+        State file; default ``$PTYCHOFLOW_GPU_LOCK`` or ``/dev/shm/ptychoflow-<uid>/availgpus``.
         It must be on a node-local file system.
     gpus
         The GPU ids this process may claim; default :func:`visible_gpus`.
@@ -242,7 +265,7 @@ class GpuPool:
         *,
         group_shared: bool | None = None,
     ):
-        self.path = os.fspath(path or os.environ.get(STATE_PATH_ENV) or DEFAULT_STATE_PATH)
+        self.path = os.fspath(path or configured_state_path())
         if group_shared is None:
             group_shared = os.environ.get(GROUP_SHARED_ENV, "").lower() in ("1", "true", "yes")
         #: Create the file 0660 and accept one owned by another member of its group.
@@ -342,11 +365,45 @@ class GpuPool:
     def _refuse(self, problem: str) -> DeviceError:
         return DeviceError(
             f"GPU lock file {self.path}: {problem}; set {STATE_PATH_ENV} to a path in a "
-            "node-local folder only this account can write (e.g. /dev/shm/$USER-availgpus)"
+            "node-local folder only this account can write (unset it for the default, "
+            f"{default_state_path()})"
         )
+
+    def _check_folder(self) -> None:
+        """The state file's folder: created 0700 when it is the default and missing;
+        refused when it is a link, or not owned by this user or root, or writable by
+        others (by the group too, unless the file is group-shared on purpose). A folder
+        that exists is never chmodded: it may not be ours to change."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if self.path == default_state_path():
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(folder, 0o770 if self.group_shared else 0o700)
+        try:
+            info = os.lstat(folder)
+        except OSError as err:
+            raise DeviceError(
+                f"cannot use the folder {folder} of the GPU lock file {self.path}: "
+                f"{err.strerror}; set {STATE_PATH_ENV} to a path in a node-local folder "
+                "this user owns"
+            ) from err
+        if not stat.S_ISDIR(info.st_mode):
+            raise self._refuse(f"its folder {folder} is not a folder (a link, or a file)")
+        if info.st_uid not in (os.geteuid(), 0):
+            raise self._refuse(
+                f"its folder {folder} belongs to uid {info.st_uid}, not to this user "
+                f"({os.geteuid()}); someone else may have made it to block this node's GPUs"
+            )
+        writable_by_others = 0o002 | (0 if self.group_shared else 0o020)
+        if info.st_mode & writable_by_others:
+            raise self._refuse(
+                f"its folder {folder} is writable by other users (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}), who could plant or remove the lock "
+                "file there"
+            )
 
     def _open_state(self) -> int:
         """Open (or create) the state file without following links; check it is ours."""
+        self._check_folder()
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
         mode = 0o660 if self.group_shared else 0o600
         try:

@@ -51,7 +51,8 @@ def reconstruct_view(
         files it needs beside it. None or empty for a CXI or npz view.
     gpu_lock_path
         The node-local GPU lock file; default ``$PTYCHOFLOW_GPU_LOCK`` or
-        ``/dev/shm/availgpus``. Another path must lie under the allowed roots.
+        ``/dev/shm/ptychoflow-<uid>/availgpus``. Another path must lie under the allowed
+        roots.
 
     Returns
     -------
@@ -87,6 +88,7 @@ def reconstruct_view(
     claimed through the node's fcntl lock and released when done, even on failure.
     On the CPU no lock is taken and ``devices`` is the number of NumPy partitions.
     """
+    import contextlib
     import json
     import os
     import pathlib
@@ -95,16 +97,24 @@ def reconstruct_view(
 
     from functions.allowed_roots import allowed_roots, confined
     from functions.code_identity import code_identity, worker_identity
-    from functions.gpu_lock import DEFAULT_STATE_PATH, STATE_PATH_ENV, GpuPool, choose_gpu_count
+    from functions.gpu_lock import GpuPool, choose_gpu_count, configured_state_path
+    from functions.pinned_paths import PinnedFolder, PinnedInput
     from recon.backend import is_cupy, resolve_backend
     from recon.cxi import peek_view_shape
-    from recon.errors import InputError, OptionsError
+    from recon.errors import InputError, OptionsError, PtychoflowError
     from recon.options import ReconOptions
     from recon.output_path import check_folder_writable, checked_output_path
 
     started = time.perf_counter()
     label = "/".join(pathlib.Path(input_path).parts[-2:])  # "scan100/view000.cxi"
 
+    fft = os.environ.get("PTYCHOFLOW_FFT", "")
+    if fft.lower() not in ("", "scipy", "fftw"):
+        # recon reads it as "scipy or not"; a typo must not silently pick another FFT.
+        raise OptionsError(
+            f"{label}: PTYCHOFLOW_FFT={fft!r} on this endpoint is not known; expected "
+            "'scipy' (pocketfft), 'fftw' or unset (FFTW when installed, else pocketfft)"
+        )
     try:
         options = ReconOptions.from_dict(recon)
     except OptionsError as err:
@@ -119,71 +129,116 @@ def reconstruct_view(
     roots = allowed_roots()
     source = confined(input_path, "input", roots)
     output_folder = confined(output_dir, "output folder", roots)
-    configured_lock = os.environ.get(STATE_PATH_ENV) or DEFAULT_STATE_PATH
+    configured_lock = configured_state_path()
     if gpu_lock_path is not None and os.path.abspath(gpu_lock_path) != os.path.abspath(
         configured_lock
     ):
         confined(gpu_lock_path, "GPU lock file", roots)  # a caller may not pick any file
 
-    # The view's size, cheaply: only the dataset's shape is read (for a beamline scan, the
-    # reader's metadata, after every file its links reach is checked against the roots).
-    settings = None
-    if beamline:
-        from recon.beamline import BeamlineSettings, needed_files, peek_beamline_shape
-
-        try:
-            settings = BeamlineSettings.from_dict(beamline, where=f"{label}: beamline")
-        except OptionsError as err:
-            raise OptionsError(str(err)) from err
-        needed_files(source, settings, roots)
-        shape = peek_beamline_shape(source, settings)
-    else:
-        shape = peek_view_shape(source, label, allowed_roots=roots)
-
-    # Never over the input or a stranger's file; a read-only folder fails now, not
-    # after the reconstruction.
+    # Open the input and the output folder once, now, and use only the descriptors from
+    # here on (functions.pinned_paths): a folder swapped for a link during the solve
+    # changes nothing. Reading through the input folder's descriptor keeps an HDF5
+    # file's relative links (an Eiger master's data files) resolving beside it.
     stem = view_name or pathlib.Path(input_path).stem
-    output = confined(output_folder / f"{stem}.h5", "result file", roots)
-    confined(output.with_suffix(".png"), "preview", roots)  # a link out of the roots
-    output = checked_output_path(source, output)
-    check_folder_writable(output_folder)
-
-    xp = resolve_backend(options.backend.value)
-    pool = None
-    gpus: list[int | str] = []
-    device_ids = None
-    gpu_wait = 0.0
-    if is_cupy(xp):
-        pool = GpuPool(gpu_lock_path)
-        count = choose_gpu_count(
-            shape[0], shape[1:], available=len(pool.gpus), requested=options.devices
-        )
-        waited_from = time.perf_counter()
-        gpus = pool.claim(count, timeout=float(os.environ.get("PTYCHOFLOW_GPU_WAIT", "3600")))
-        gpu_wait = time.perf_counter() - waited_from
-        device_ids = pool.device_ordinals(gpus)
+    output_real = confined(output_folder / f"{stem}.h5", "result file", roots)
+    confined(output_real.with_suffix(".png"), "preview", roots)  # a link out of the roots
+    pinned_input = PinnedInput(source, roots, label)
     try:
-        from recon.api import reconstruct_file
+        pinned_output = PinnedFolder(output_folder, "output folder", roots, create=True)
+    except BaseException:
+        pinned_input.close()
+        raise
 
+    def real(text: str) -> str:
+        return pinned_output.real(pinned_input.folder.real(text))
+
+    try:
+        # The view's size, cheaply: only the dataset's shape is read (for a beamline
+        # scan, the reader's metadata, after every file its links reach is checked
+        # against the roots).
+        settings = None
         try:
-            # Progress (iteration, cost, time left, an intermediate phase image) beside
-            # the result while the solver runs; the local backend and the portal read it.
-            result = reconstruct_file(
-                str(source),
-                str(output),
-                options,
-                device_ids=device_ids,
-                allowed_roots=roots,
-                beamline=settings,
-                progress_folder=str(output_folder),
+            if beamline:
+                from recon.beamline import BeamlineSettings, needed_files, peek_beamline_shape
+
+                settings = BeamlineSettings.from_dict(beamline, where=f"{label}: beamline")
+                needed_files(pathlib.Path(pinned_input.path), settings, roots)
+                shape = peek_beamline_shape(pathlib.Path(pinned_input.path), settings)
+            else:
+                shape = peek_view_shape(pinned_input.path, label, allowed_roots=roots)
+        except PtychoflowError as err:
+            raise type(err)(real(str(err))) from err
+
+        # Never over the input or a stranger's file; a read-only folder fails now, not
+        # after the reconstruction.
+        output = pathlib.Path(pinned_output.path(output_real.name))
+        try:
+            checked_output_path(pinned_input.path, output)
+            check_folder_writable(pathlib.Path(pinned_output.path()))
+        except PtychoflowError as err:
+            raise type(err)(real(str(err))) from err
+
+        xp = resolve_backend(options.backend.value)
+        pool = None
+        gpus: list[int | str] = []
+        device_ids = None
+        gpu_wait = 0.0
+        if is_cupy(xp):
+            pool = GpuPool(gpu_lock_path)
+            count = choose_gpu_count(
+                shape[0], shape[1:], available=len(pool.gpus), requested=options.devices
             )
-        except InputError as err:
-            if source.name in str(err):
-                raise
-            raise InputError(f"{label}: {err}") from err
+            waited_from = time.perf_counter()
+            timeout = float(os.environ.get("PTYCHOFLOW_GPU_WAIT", "3600"))
+            gpus = pool.claim(count, timeout=timeout)
+            gpu_wait = time.perf_counter() - waited_from
+            device_ids = pool.device_ordinals(gpus)
+        try:
+            from recon.api import reconstruct_file
+
+            try:
+                # Progress (iteration, cost, time left, an intermediate phase image)
+                # beside the result while the solver runs; the local backend and the
+                # portal read it.
+                result = reconstruct_file(
+                    pinned_input.path,
+                    str(output),
+                    options,
+                    device_ids=device_ids,
+                    allowed_roots=roots,
+                    beamline=settings,
+                    progress_folder=pinned_output.path(),
+                )
+            except InputError as err:
+                message = real(str(err))
+                if source.name in message:
+                    raise InputError(message) from err
+                raise InputError(f"{label}: {message}") from err
+            except PtychoflowError as err:
+                raise type(err)(real(str(err))) from err
+        finally:
+            if pool is not None and gpus:
+                pool.release(gpus)
+        try:
+            pinned_input.check_unchanged()
+        except InputError:
+            for name in (output.name, output.with_suffix(".png").name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=pinned_output.fd)
+            raise
+        # The result names its input by its real path, not the descriptor's.
+        import h5py
+
+        if os.path.isfile(output):
+            with h5py.File(output, "r+") as handle:
+                handle.attrs["input"] = str(source)
+        result = {
+            key: real(value) if isinstance(value, str) else value
+            for key, value in dict(result).items()
+        }
     finally:
-        if pool is not None and gpus:
-            pool.release(gpus)
+        pinned_output.close()
+        pinned_input.close()
 
     summary = dict(result)
     summary.update(host=socket.gethostname(), input=str(source), gpus=list(gpus))

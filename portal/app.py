@@ -86,6 +86,8 @@ POLL_MILLISECONDS = 1000
 #: their page renders (the 168 views of a tomography scan); their thumbnails load lazily
 #: and make the rest one by one.
 FULL_CARDS_MAX = 24
+#: Scans per page of the scans page and /api/scans (?page=N; newest first).
+SCANS_PER_PAGE = 100
 #: Longest scan-range filter accepted (characters).
 MAX_FILTER_LENGTH = 200
 
@@ -453,13 +455,49 @@ class Portal:
                 ]
         return scans, {"state": state, "scans": text}, problem
 
+    @staticmethod
+    def page_of(
+        request: Request, scans: list[ScanRow]
+    ) -> tuple[list[ScanRow], dict[str, int], str | None]:
+        """The ``?page=`` slice of ``scans`` (:data:`SCANS_PER_PAGE` each, newest first)."""
+        text = request.query_params.get("page", "1")
+        pages = max(1, -(-len(scans) // SCANS_PER_PAGE))
+        problem = None
+        try:
+            page = int(text)
+        except ValueError:
+            page, problem = 1, f"page {text!r} is not a number"
+        if not 1 <= page <= pages:
+            problem = problem or f"page {page} does not exist; there are {pages}"
+            page = min(max(page, 1), pages)
+        start = (page - 1) * SCANS_PER_PAGE
+        return (
+            scans[start : start + SCANS_PER_PAGE],
+            {"page": page, "pages": pages, "total": len(scans)},
+            problem,
+        )
+
     def scans_page(self, request: Request) -> Response:
         fragment = request.query_params.get("fragment") == "1"
         etag = self.etag(self.reader.signature(), str(request.query_params))
         if fragment and (unchanged := self.not_modified(request, etag)):
             return unchanged
         scans, filters, problem = self.filtered_scans(request)
-        context = {"scans": scans, "filters": filters, "problem": problem, "now": time.time()}
+        scans, paging, page_problem = self.page_of(request, scans)
+        problem = problem or page_problem
+        context = {
+            "paging": paging,
+            "page_url": lambda page: (
+                "/?"
+                + urllib.parse.urlencode({**{k: v for k, v in filters.items() if v}, "page": page})
+            ),
+            "scans": scans,
+            "filters": filters,
+            "problem": problem,
+            "now": time.time(),
+            "ledger_problem": self.reader.problem,
+            "ledger_path": str(self.reader.path),
+        }
         response = self.render(
             "_scan_rows.html" if fragment else "scans.html",
             status=400 if problem else 200,
@@ -474,11 +512,15 @@ class Portal:
         if unchanged := self.not_modified(request, etag):
             return unchanged
         scans, filters, problem = self.filtered_scans(request)
+        scans, paging, page_problem = self.page_of(request, scans)
+        problem = problem or page_problem
         if problem:
             return error_response(400, problem, api=True)
         now = time.time()
         body = {
             "filters": filters,
+            **paging,
+            "ledger_problem": self.reader.problem,
             "scans": [
                 {
                     "folder": s.folder,

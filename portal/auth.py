@@ -40,6 +40,32 @@ LOGIN_SECONDS = 600
 OPEN_PREFIXES = ("/login", "/static/")
 
 
+#: Shortest token accepted, characters.
+MIN_TOKEN_LENGTH = 32
+#: Fewest distinct characters a token must hold (a random 32-character URL-safe token
+#: has about 24; ``aaaa...`` or 32 spaces have 1).
+MIN_TOKEN_DISTINCT = 12
+#: How to make a good token (named in refusals and the README).
+MAKE_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def check_token_strength(token: str) -> None:
+    """Refuse a token that is short, holds whitespace or control characters, or has too
+    few distinct characters to be random (:class:`PortalConfigError`)."""
+    problem = None
+    if len(token) < MIN_TOKEN_LENGTH:
+        problem = f"is {len(token)} characters long; at least {MIN_TOKEN_LENGTH} are needed"
+    elif any(ch.isspace() or not ch.isprintable() for ch in token):
+        problem = "holds spaces or control characters"
+    elif len(set(token)) < MIN_TOKEN_DISTINCT:
+        problem = (
+            f"has only {len(set(token))} distinct characters (at least {MIN_TOKEN_DISTINCT}); "
+            "it is not random"
+        )
+    if problem is not None:
+        raise PortalConfigError(f"{TOKEN_ENV} {problem}. Make one with: {MAKE_TOKEN}")
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

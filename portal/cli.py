@@ -41,11 +41,8 @@ def settings_from_config(config: object, host: str) -> object:
 
     assert isinstance(config, Config)
     token = os.environ.get(auth.TOKEN_ENV) or None
-    if token is not None and len(token) < 16:
-        raise PortalConfigError(
-            f"{auth.TOKEN_ENV} is {len(token)} characters long; use at least 16 random "
-            "characters (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe())'`)"
-        )
+    if token is not None:
+        auth.check_token_strength(token)
     globus = None
     portal = config.portal
     if portal.globus_group:
@@ -105,9 +102,12 @@ def serve_command(args: argparse.Namespace) -> int:
     from flows.config import load_config
     from portal.app import PortalSettings, create_app
     from portal.errors import PortalConfigError
+    from portal.limits import ConnectionLimits, guarded_protocol, quiet_server_loggers
 
     config = load_config(args.config)
     settings = settings_from_config(config, args.host)
+    limits = ConnectionLimits.from_environment()
+    quiet_server_loggers()
     assert isinstance(settings, PortalSettings)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -121,7 +121,12 @@ def serve_command(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     access = "open to this machine" if settings.policy.open else "token or login required"
-    print(f"portal at http://{host}:{port}/ ({access}); ledger {settings.ledger}", flush=True)
+    print(
+        f"portal at http://{host}:{port}/ ({access}); ledger {settings.ledger}; at most "
+        f"{limits.total} connections ({limits.per_client} per client), request heads "
+        f"within {limits.header_timeout_s:g} s",
+        flush=True,
+    )
     server = _QuietServer(
         uvicorn.Config(
             create_app(settings),
@@ -130,6 +135,7 @@ def serve_command(args: argparse.Namespace) -> int:
             server_header=False,
             proxy_headers=False,
             timeout_graceful_shutdown=2,
+            http=guarded_protocol(limits),  # header time-out, connection limits
         )
     )
     try:

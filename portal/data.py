@@ -198,6 +198,9 @@ class LedgerReader:
         self.path = pathlib.Path(path)
         self._ledger: Ledger | None = None
         self._lock = threading.Lock()
+        #: Why the ledger cannot be read right now (damaged, unreadable, an older schema),
+        #: shown on the pages instead of "no scans yet"; None when it reads fine.
+        self.problem: str | None = None
 
     def _open(self) -> Ledger | None:
         with self._lock:
@@ -205,11 +208,35 @@ class LedgerReader:
                 try:
                     self._ledger = Ledger(self.path, read_only=True)
                 except LedgerError as err:
-                    # A ledger being created right now has no schema yet; anything else
-                    # (damage) is logged and shown as no scans, never as a traceback.
-                    log.warning("portal: cannot read the ledger yet: %s", err)
+                    self._set_problem(err)
                     return None
             return self._ledger
+
+    def _set_problem(self, err: LedgerError) -> None:
+        try:
+            fresh = self.path.stat().st_size == 0  # being created right now: no schema yet
+        except OSError:
+            fresh = False
+        if fresh:
+            return
+        if self.problem != str(err):
+            log.warning("portal: cannot read the ledger: %s", err)
+        self.problem = str(err)
+
+    def _read(self, work: Any) -> Any:
+        """``work(ledger)``, or None when the ledger is missing or cannot be read (the
+        reason kept in :attr:`problem`; the ledger is opened again on the next call)."""
+        ledger = self._open()
+        if ledger is None:
+            return None
+        try:
+            result = work(ledger)
+        except LedgerError as err:
+            self._set_problem(err)
+            self.close()
+            return None
+        self.problem = None
+        return result
 
     def close(self) -> None:
         with self._lock:
@@ -220,8 +247,8 @@ class LedgerReader:
     # -- views ---------------------------------------------------------------------------------
 
     def _records(self, scan_folder: str | None = None) -> list[RunRecord]:
-        ledger = self._open()
-        return [] if ledger is None else ledger.runs(scan_folder)
+        records = self._read(lambda ledger: ledger.runs(scan_folder))
+        return [] if records is None else list(records)
 
     def views(self, scan_folder: str | None = None) -> list[ViewRow]:
         """Views of one scan folder (or all), in view-file order."""
@@ -238,8 +265,8 @@ class LedgerReader:
     # -- scans ---------------------------------------------------------------------------------
 
     def _scan_records(self) -> list[ScanRecord]:
-        ledger = self._open()
-        return [] if ledger is None else ledger.scans()
+        records = self._read(lambda ledger: ledger.scans())
+        return [] if records is None else list(records)
 
     def scans(self) -> list[ScanRow]:
         """Every scan, newest first (by when it was first seen)."""
@@ -254,8 +281,7 @@ class LedgerReader:
 
     def scan(self, folder: str) -> ScanRow | None:
         views = self.views(folder)
-        ledger = self._open()
-        record = None if ledger is None else ledger.scan(folder)
+        record = self._read(lambda ledger: ledger.scan(folder))
         if not views and record is None:
             return None
         return self._scan_row(folder, views, record)
@@ -304,12 +330,11 @@ class LedgerReader:
 
     def signature(self, scan_folder: str | None = None) -> str:
         """A short string that changes whenever the rows shown for ``scan_folder`` (or for
-        every scan) change: what a live page compares to know it must refresh."""
-        parts: list[Any] = [str(self.path)]
-        parts.extend(
-            (r.key, r.status.value, r.stage, r.updated_at) for r in self._records(scan_folder)
-        )
-        parts.extend((r.folder, r.status.value, r.error) for r in self._scan_records())
+        every scan) change: what a live page compares to know it must refresh. Made from
+        row counts and the latest update time (:meth:`flows.ledger.Ledger.change_marker`),
+        not from every row, so an unchanged poll costs two small queries."""
+        marker = self._read(lambda ledger: ledger.change_marker(scan_folder))
+        parts: list[Any] = [str(self.path), self.problem, marker]
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
 
 

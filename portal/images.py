@@ -202,9 +202,21 @@ class ResultImages:
         if name not in allowed:
             return None
         path = self.folder / summary.key / f"{name}.png"
+        if not path.parent.is_dir() or (name != "preview" and not path.is_file()):
+            # The cache was deleted (or pruned) under a running portal: make it again
+            # instead of answering 404 until a restart (issue 16).
+            summary = self._remake(result_path, summary)
+            path = self.folder / summary.key / f"{name}.png"
         if name == "preview" and not path.is_file():
             self._make_preview(result_path, path)
         return path if path.is_file() else None
+
+    def _remake(self, result_path: pathlib.Path, summary: Any) -> Any:
+        """Forget a result's cached images and make them again (the summary anew)."""
+        with self._lock:
+            self._memory.pop(summary.key, None)
+        shutil.rmtree(self.folder / summary.key, ignore_errors=True)
+        return self.summary(result_path)
 
     def _make_preview(self, result_path: pathlib.Path, path: pathlib.Path) -> None:
         """The preview PNG, made when first asked for (the code that draws the PNG
@@ -233,6 +245,9 @@ class ResultImages:
         if name not in DATA_NAMES:
             return None
         path = self.folder / summary.key / f"{name}.f32"
+        if not path.is_file():
+            summary = self._remake(result_path, summary)
+            path = self.folder / summary.key / f"{name}.f32"
         return path if path.is_file() else None
 
     # -- making ----------------------------------------------------------------------------

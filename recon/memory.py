@@ -14,9 +14,14 @@ line-search direction and work arrays; intensities, cost terms, cached object pa
 about 9 more per extra probe mode, plus the object side (object, gradients, CG
 directions, double-precision accumulators), bounded by
 :data:`BYTES_PER_OBJECT_PIXEL`.
-The limit is ``PTYCHOFLOW_MEMORY_LIMIT`` (bytes, or with a unit: ``64GiB``, ``500MB``)
-when set, else the memory the kernel reports as available (``MemAvailable`` in
-``/proc/meminfo``), else no limit.
+The limit is the smallest of: ``PTYCHOFLOW_MEMORY_LIMIT`` (bytes, or with a unit:
+``64GiB``, ``500MB``) when set, else the memory the kernel reports as available
+(``MemAvailable`` in ``/proc/meminfo``); the address space this process may still
+grow by (``ulimit -v``, ``RLIMIT_AS``, less what it maps already); and what its
+cgroup still allows (``memory.max`` less ``memory.current`` in cgroup v2,
+``memory.limit_in_bytes`` less ``memory.usage_in_bytes`` in v1, the tightest along the
+path). A view that does not fit any of them is refused naming that limit, instead of
+dying in a ``MemoryError`` or by the OOM killer (issue 16).
 """
 
 from __future__ import annotations
@@ -97,17 +102,110 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+def address_space_left() -> int | None:
+    """Bytes this process may still map under ``ulimit -v`` (``RLIMIT_AS`` less
+    ``VmSize``); None without such a limit."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    used = 0
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    used = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(0, soft - used)
+
+
+def _read_number(path: str) -> int | None:
+    try:
+        with open(path) as file:
+            text = file.read().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+#: Values of a cgroup v1 memory limit that mean "none" (the page-rounded LONG_MAX).
+_V1_UNLIMITED = 2**62
+
+
+def cgroup_memory_left(
+    proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup"
+) -> int | None:
+    """Bytes this process's cgroup still allows (its limit less its usage), the
+    tightest along its path; None when no cgroup limits memory."""
+    try:
+        with open(proc_cgroup) as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return None
+    tightest: int | None = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # cgroup v2
+            base, limit_name, usage_name = root, "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):  # cgroup v1
+            base, limit_name = os.path.join(root, "memory"), "memory.limit_in_bytes"
+            usage_name = "memory.usage_in_bytes"
+        else:
+            continue
+        relative = path.strip("/")
+        steps = relative.split("/") if relative else []
+        folders = [os.path.join(base, *steps[:depth]) for depth in range(len(steps), -1, -1)]
+        for folder in folders:
+            limit = _read_number(os.path.join(folder, limit_name))
+            if limit is None or limit >= _V1_UNLIMITED:
+                continue
+            usage = _read_number(os.path.join(folder, usage_name)) or 0
+            left = max(0, limit - usage)
+            tightest = left if tightest is None else min(tightest, left)
+    return tightest
+
+
 def memory_limit(explicit: int | None = None) -> tuple[int | None, str]:
-    """(limit in bytes or None, where it came from) for the refusal message."""
+    """(limit in bytes or None, where it came from) for the refusal message: the
+    smallest of the limits in the module docstring (``explicit`` replaces the first)."""
+    candidates: list[tuple[int, str]] = []
     if explicit is not None:
-        return explicit, "the memory_limit asked for"
-    text = os.environ.get(MEMORY_LIMIT_ENV)
-    if text:
-        return parse_bytes(text), f"{MEMORY_LIMIT_ENV}={text}"
-    available = available_memory_bytes()
-    if available is not None:
-        return available, f"the memory available on this machine; set {MEMORY_LIMIT_ENV} to change"
-    return None, "no limit"
+        candidates.append((explicit, "the memory_limit asked for"))
+    else:
+        text = os.environ.get(MEMORY_LIMIT_ENV)
+        if text:
+            candidates.append((parse_bytes(text), f"{MEMORY_LIMIT_ENV}={text}"))
+        else:
+            available = available_memory_bytes()
+            if available is not None:
+                candidates.append(
+                    (
+                        available,
+                        f"the memory available on this machine; set {MEMORY_LIMIT_ENV} to change",
+                    )
+                )
+    address_space = address_space_left()
+    if address_space is not None:
+        candidates.append(
+            (address_space, "the address space this process may still use, ulimit -v")
+        )
+    cgroup = cgroup_memory_left()
+    if cgroup is not None:
+        candidates.append((cgroup, "what this process's cgroup still allows, memory.max"))
+    if not candidates:
+        return None, "no limit"
+    return min(candidates, key=lambda candidate: candidate[0])
 
 
 def object_shape_estimate(

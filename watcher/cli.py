@@ -57,10 +57,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     replay.add_argument(
         "--rate",
-        type=float,
+        type=_rate,
         default=0.0,
         metavar="HZ",
-        help="patterns per second (default 0: as fast as possible)",
+        help="patterns per second, 0.01 to 1e7 (default 0: as fast as possible)",
     )
     replay.add_argument(
         "--marker",
@@ -92,6 +92,29 @@ def _watch(args: argparse.Namespace) -> int:
     configure_logging(debug_file=config.state_dir / "engine-debug.log")
     service = WatcherService(config, polling=args.polling, polling_interval_s=args.polling_interval)
     return service.run_forever()
+
+
+#: Slowest and fastest --rate accepted (patterns per second): slower than one pattern in
+#: 100 s is a typo (1e-9 would take 30 years per pattern), faster is "as fast as possible".
+MIN_RATE_HZ, MAX_RATE_HZ = 0.01, 1e7
+
+
+def _rate(text: str) -> float:
+    """--rate: 0 (as fast as possible) or a finite number of patterns per second."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value == 0:
+        return 0.0
+    if not math.isfinite(value) or not MIN_RATE_HZ <= value <= MAX_RATE_HZ:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected 0 (as fast as possible) or {MIN_RATE_HZ:g} to "
+            f"{MAX_RATE_HZ:g} patterns per second"
+        )
+    return value
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ the frame rate and flushed after each batch), and writes the marker last.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pathlib
 import time
@@ -19,7 +20,7 @@ import h5py
 
 from recon.cxi import DATA_PATH as VIEW_DATA_PATH
 from recon.cxi import peek_view_shape
-from recon.errors import InputError, InputFileNotFound
+from recon.errors import InputError, InputFileNotFound, OptionsError
 
 log = logging.getLogger("ptychoflow.replay")
 
@@ -55,9 +56,14 @@ def replay(
 ) -> list[pathlib.Path]:
     """Write one new scan folder per id; returns the folders in order.
 
-    ``rate_hz``: patterns per second (None or 0: as fast as the disk allows).
-    Refuses to overwrite an existing scan folder.
+    ``rate_hz``: patterns per second (None or 0: as fast as the disk allows; otherwise
+    finite and at least 0.01). Refuses to overwrite an existing scan folder.
     """
+    if rate_hz is not None and rate_hz != 0 and not (math.isfinite(rate_hz) and rate_hz >= 0.01):
+        raise OptionsError(
+            f"rate {rate_hz!r}: expected 0 (as fast as possible) or at least 0.01 patterns "
+            "per second"
+        )
     views = source_views(pathlib.Path(source), view_glob)
     root = pathlib.Path(acquisition_root)
     root.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ from watchdog.observers.polling import PollingObserver
 
 from flows.backend import Backend, Trigger
 from flows.config import Config
-from flows.errors import LedgerBusyError
+from flows.errors import LedgerBusyError, LedgerUnwritableError
 from flows.launcher import (
     DEFAULT_RETRY,
     Launcher,
@@ -64,7 +64,7 @@ from flows.launcher import (
     make_backend,
 )
 from flows.ledger import Ledger, open_ledger
-from flows.scans import ScanNameError, scan_id_of
+from flows.scans import ScanNameError, matches_view_glob, scan_id_of
 from flows.terminal import configure_logging as configure_printable_logging
 from recon.errors import InputFileNotFound, PtychoflowError
 from watcher.handler import ScanFolderHandler
@@ -364,6 +364,8 @@ class WatcherService:
                 if refreshing or time.monotonic() - last_refresh >= self.refresh_interval_s:
                     try:
                         refreshing = not self.launcher.refresh(max_seconds=self.tick_s / 2)
+                    except LedgerUnwritableError:
+                        raise
                     except Exception as err:  # runs are followed again at the next interval
                         reason = (
                             self._ledger_busy(err)
@@ -517,6 +519,8 @@ class WatcherService:
         if folder in self._refused or folder in self._retries:
             return
         views = self._view_files(folder)
+        if self._has_views_to_retry(folder):
+            return
         if not views or views == self._handed_views.get(folder):
             return
         try:
@@ -542,10 +546,32 @@ class WatcherService:
         self.tracker.reopen(folder)
         self.tracker.touch(folder)
 
+    def _has_views_to_retry(self, folder: pathlib.Path) -> bool:
+        """Track a handed-over scan again when a view failed for a transient reason and
+        its retry is due (flows.transient_failures); True when it did."""
+        assert self.launcher is not None
+        try:
+            due = self.launcher.views_to_retry(folder.name)
+        except Exception as err:  # looked at again by the next periodic look
+            log.warning("%s: %s; looked at again later", folder.name, describe_error(err))
+            return False
+        if not due:
+            return False
+        log.info(
+            "%s: %d view(s) failed for a transient reason and are due for a retry (%s); "
+            "handing the scan over again",
+            folder.name,
+            len(due),
+            ", ".join(due[:5]) + (" ..." if len(due) > 5 else ""),
+        )
+        self.tracker.reopen(folder)
+        self.tracker.touch(folder)
+        return True
+
     def _view_files(self, folder: pathlib.Path) -> frozenset[str]:
         listing = scan_listing(folder) or frozenset()
         matches = {name for name, regular, _, _ in listing if regular}
-        return frozenset(p.name for p in folder.glob(self.config.view_glob) if p.name in matches)
+        return frozenset(name for name in matches if matches_view_glob(name, self.config.view_glob))
 
     def _due_retries(self) -> list[pathlib.Path]:
         now = time.monotonic()
@@ -578,6 +604,8 @@ class WatcherService:
         except LEDGER_UNAVAILABLE as err:
             self._retry_later(scan_path, self._ledger_busy(err))
             return
+        except LedgerUnwritableError:
+            raise  # write-ahead: nothing may start unrecorded; the watcher stops and says why
         except PtychoflowError as err:
             self._record_failure(scan_path, str(err))
             return

@@ -35,7 +35,7 @@ from globus_sdk.token_storage import TokenValidationError
 
 from flows.backend import ViewRequest
 from flows.config import Config
-from flows.globus.errors import FLOW_GONE_HINT, api_error_text
+from flows.globus.errors import FLOW_GONE_HINT, api_error_text, network_reason
 from flows.globus.state import DeploymentState
 from functions.code_identity import code_identity, roots_cover
 from recon.errors import PtychoflowError
@@ -63,6 +63,29 @@ log = logging.getLogger(__name__)
 _SERVICE_ERRORS = (globus_sdk.GlobusAPIError, globus_sdk.NetworkError, TokenValidationError)
 
 
+#: The checklist's lines, in order (``tokens and consents`` only with a Globus app).
+CHECK_NAMES = (
+    "tokens and consents",
+    "acquisition collection",
+    "compute collection",
+    "compute endpoint online",
+    "functions runnable by this identity",
+    "same code on the endpoint",
+    "PTYCHOFLOW_ALLOWED_ROOTS covers the compute root",
+    "flow exists",
+    "this identity may start the flow",
+    "subscription",
+)
+
+
+def unreachable_lines(err: BaseException) -> list[CheckLine]:
+    """One FAIL line per check when Globus cannot be reached at all (DNS down)."""
+    reason = f"cannot reach Globus: {network_reason(err)}; check the network and DNS"
+    return [CheckLine(CHECK_NAMES[0], False, reason)] + [
+        CheckLine(name, False, "not checked: Globus unreachable") for name in CHECK_NAMES[1:]
+    ]
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckLine:
     """One line of the checklist: ``ok`` with a note, or the failure and its fix."""
@@ -80,7 +103,7 @@ def _error_text(err: BaseException) -> str:
     if isinstance(err, globus_sdk.GlobusAPIError):
         return api_error_text(err)
     if isinstance(err, globus_sdk.NetworkError):
-        return f"network error: {err}"
+        return f"cannot reach Globus: {network_reason(err)}"
     return f"{type(err).__name__}: {err}"
 
 

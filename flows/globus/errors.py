@@ -37,6 +37,41 @@ FLOW_GONE_HINT = (
 )
 
 
+def network_reason(err: BaseException) -> str:
+    """The root of a network error in words: the DNS failure, the refused connection or
+    the time-out that the SDK's ``ConnectionError on request`` wraps."""
+    import socket
+
+    seen: set[int] = set()
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for item in chain:
+        if isinstance(item, socket.gaierror):
+            return f"DNS lookup failed ({item.strerror or item})"
+    for item in reversed(chain):
+        for arg in getattr(item, "args", ()):
+            if isinstance(arg, socket.gaierror):
+                return f"DNS lookup failed ({arg.strerror or arg})"
+        text = str(item)
+        if "Name or service not known" in text or "name resolution" in text:
+            return "DNS lookup failed (" + text.rsplit(":", 1)[-1].strip(" )'\"") + ")"
+    deepest = chain[-1]
+    return f"{type(deepest).__name__}: {deepest}"[:300]
+
+
+def is_network_error(err: BaseException) -> bool:
+    """A failure to reach a service at all (DNS, connection, time-out), not its answer."""
+    import requests
+
+    return isinstance(
+        err, globus_sdk.NetworkError | requests.exceptions.ConnectionError | ConnectionError
+    )
+
+
 def api_error_text(err: globus_sdk.GlobusAPIError) -> str:
     """``HTTP 422 UNPROCESSABLE_ENTITY: <the service's message>`` for an API error."""
     message = err.message or err.text or err.http_reason

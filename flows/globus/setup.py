@@ -208,16 +208,22 @@ def login_from_config(config: Config, *, force: bool = False) -> None:
 def check_from_config(config: Config, *, task_timeout_s: float = 600.0) -> list[Any]:
     """Run ``ptychoflow check`` with this process's identity; returns the checklist lines."""
     from flows.globus.auth import confidential_credentials, identity_urn, make_app, make_clients
-    from flows.globus.check import DeploymentChecker
+    from flows.globus.check import DeploymentChecker, unreachable_lines
+    from flows.globus.errors import is_network_error
     from flows.globus.state import load_state
 
     state = load_state(config.state_dir)
-    app = make_app(config)
-    clients = make_clients(
-        app,
-        flow_id=state.flow_id,
-        data_access_collections=config.globus.data_access_collections,
-    )
+    try:
+        app = make_app(config)
+        clients = make_clients(
+            app,
+            flow_id=state.flow_id,
+            data_access_collections=config.globus.data_access_collections,
+        )
+    except Exception as err:
+        if is_network_error(err):
+            return unreachable_lines(err)
+        raise
     credentials = confidential_credentials()
     checker = DeploymentChecker(
         config,

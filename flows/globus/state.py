@@ -62,11 +62,11 @@ def state_path(state_dir: pathlib.Path | str) -> pathlib.Path:
 
 
 def ensure_private_dir(directory: pathlib.Path | str) -> pathlib.Path:
-    """Create ``directory`` (and parents) if needed and make it owner-only (0700)."""
-    directory = pathlib.Path(directory)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
-    return directory
+    """Create ``directory`` 0700 if needed, or check an existing one is this account's
+    and writable by nobody else (:mod:`flows.private_folders`; never chmodded)."""
+    from flows.private_folders import ensure_private_dir as ensure
+
+    return ensure(directory)
 
 
 def load_state(state_dir: pathlib.Path | str) -> DeploymentState:

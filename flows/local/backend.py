@@ -369,8 +369,10 @@ def open_local_backend(config: Config) -> LocalBackend:
     path, its workers confined to ``config.compute_root`` (``PTYCHOFLOW_ALLOWED_ROOTS``,
     set by the endpoint template); :meth:`LocalBackend.close` shuts the engine down."""
     from flows.local.compute import LocalComputeEngine
+    from flows.private_folders import ensure_private_dir
     from functions.reconstruct import reconstruct_view
 
+    ensure_private_dir(config.state_dir)  # refused when others can write it; never chmodded
     # The workers may read and write only under the compute root (PTYCHOFLOW_ALLOWED_ROOTS).
     engine = LocalComputeEngine(
         config.endpoint_config,

@@ -54,7 +54,6 @@ import re
 import shlex
 import shutil
 import signal
-import stat
 import sys
 import tempfile
 import threading
@@ -239,17 +238,11 @@ def _processes_mentioning(text: str) -> dict[int, int]:
 
 
 def _private_folder(path: pathlib.Path) -> pathlib.Path:
-    """Create ``path`` (mode 0700) or check that it is a real folder of this account."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise ConfigError(
-            f"{path}: the engines folder is not a folder owned by this account "
-            "(another user's folder or a symlink?); remove it or choose another state_dir"
-        )
-    if info.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
+    """Create ``path`` (mode 0700) or check that it is a real folder of this account that
+    nobody else can write (never chmodded: :mod:`flows.private_folders`)."""
+    from flows.private_folders import ensure_private_dir
+
+    return ensure_private_dir(path, "the engines folder")
 
 
 def _helper_records(engine_dir: pathlib.Path) -> list[dict[str, Any]]:
@@ -265,8 +258,36 @@ def _helper_records(engine_dir: pathlib.Path) -> list[dict[str, Any]]:
     return records
 
 
+def _group_members(pgid: int, not_before: int) -> dict[int, int]:
+    """This account's living processes in process group ``pgid`` that started at or after
+    ``not_before`` ticks (the group leader's recorded start): pid -> start ticks. A
+    group whose leader has exited lives on in its members (the worker pool that ``bash
+    -c '... &'`` detached); the start time keeps a reused pgid from counting."""
+    members: dict[int, int] = {}
+    uid = os.getuid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/stat", "rb") as stat_file:
+                fields = stat_file.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the command: state, ppid, pgrp, ... starttime is field 22 (index 19).
+        if len(fields) < 20 or fields[0] == b"Z" or int(fields[2]) != pgid:
+            continue
+        start = int(fields[19])
+        if start >= not_before:
+            members[int(entry)] = start
+    return members
+
+
 def _recorded_processes(records: Iterable[dict[str, Any]]) -> tuple[dict[int, int], set[int]]:
-    """Living processes of the records (pid -> start ticks) and the process groups they lead."""
+    """Living processes of the records (pid -> start ticks), the members of the process
+    groups they started (by recorded start time, :func:`_group_members`), and the groups
+    whose leader still runs."""
     alive: dict[int, int] = {}
     groups: set[int] = set()
     for record in records:
@@ -278,6 +299,14 @@ def _recorded_processes(records: Iterable[dict[str, Any]]) -> tuple[dict[int, in
                 alive[pid] = start
                 if record.get("pgid") == pid and pid_key == "pid":
                     groups.add(pid)
+        # The leader (``bash -c '... &'``) may have exited before its tether read its start
+        # time: the tether's own start is then the bound (it started before its child).
+        pgid = record.get("pgid")
+        start = record.get("start")
+        if not isinstance(start, int):
+            start = record.get("tether_start")
+        if isinstance(pgid, int) and isinstance(start, int):
+            alive.update(_group_members(pgid, start))
     return alive, groups
 
 

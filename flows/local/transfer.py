@@ -219,6 +219,14 @@ def copy_file_verified(source: Path, destination: Path) -> dict[str, Any]:
                 f"source sha256 {source_hash.hexdigest()}, copy {copy_digest}"
             )
         os.replace(partial, destination)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        if err.filename is None and err.errno is not None:
+            # "[Errno 28] No space left on device" named no file: say which copy failed.
+            raise type(err)(
+                err.errno, f"{err.strerror} (copying {source} to {destination})", str(destination)
+            ) from err
+        raise
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

@@ -48,6 +48,7 @@ class RecordingBackend(Backend):
         *,
         finish_after_s: float = 0.0,
         fail_views: Iterable[str] = (),
+        fail_reason: str = "reconstruction failed (told to fail)",
         reject_views: Iterable[str] = (),
         transient_errors: int = 0,
         runs_die_with_owner: bool = False,
@@ -56,6 +57,7 @@ class RecordingBackend(Backend):
         self.log_path = pathlib.Path(log_path)
         self.finish_after_s = finish_after_s
         self.fail_views = set(fail_views)
+        self.fail_reason = fail_reason
         self.reject_views = set(reject_views)
         self.transient_errors = transient_errors
         self.runs_die_with_owner = runs_die_with_owner
@@ -112,7 +114,7 @@ class RecordingBackend(Backend):
             return RunProgress(
                 RunStatus.FAILED,
                 stage_seconds={"transfer_in": split["transfer_in"]},
-                error=f"{record['view_file']}: reconstruction failed (told to fail)",
+                error=f"{record['view_file']}: {self.fail_reason}",
             )
         return RunProgress(
             RunStatus.SUCCEEDED,

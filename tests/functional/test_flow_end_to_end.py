@@ -245,7 +245,11 @@ def _rows(ledger_path):
         ledger.close()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
+    ids=["SIGTERM", "SIGINT", "SIGHUP"],  # SIGHUP: a dropped ssh session (issue 16)
+)
 def test_a_signal_cancels_run_flow_and_a_later_run_starts_the_views_again(site, signum):
     """Before: the rows stayed 'active' for ever (and SIGTERM left a traceback-free but
     silent mess). Now: stop, close the backend, record 'cancelled by SIG...', exit 128+n."""
@@ -276,8 +280,8 @@ def test_a_signal_cancels_run_flow_and_a_later_run_starts_the_views_again(site, 
     rows = _rows(site / "ledger.sqlite")
     assert [r.status for r in rows] == [RunStatus.CANCELLED] * 2
     assert {r.error for r in rows} == {f"cancelled by {name}"}
-    if signum == signal.SIGINT:
-        return  # the restart below is the same for both signals
+    if signum != signal.SIGTERM:
+        return  # the restart below is the same for every signal
 
     again = ptychoflow("run", "--scan", "100", "--iterations", "2", cwd=site)
     assert again.returncode == 0, again.stderr

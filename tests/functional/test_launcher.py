@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -427,3 +429,199 @@ def test_a_scan_id_with_too_many_digits_is_recorded_as_failed(config, ledger, tm
     record = ledger.scan(name)
     assert record.status is ScanState.FAILED and record.scan_id is None
     assert launcher.scan_handed_over(name)  # not retried on every sight
+
+
+class VanishingBackend(RecordingBackend):
+    """Deletes a view file, or renames the scan folder, once view000 has been handed over:
+    what a user does while earlier views of the scan run."""
+
+    def __init__(self, log_path, vanish):
+        super().__init__(log_path, finish_after_s=0.05)
+        self.vanish = vanish
+
+    def start_view(self, request):
+        started = super().start_view(request)
+        if request.view == "view000":
+            self.vanish()
+        return started
+
+
+@pytest.mark.parametrize("what", ["view deleted", "scan folder renamed"])
+def test_a_view_that_vanishes_mid_hand_over_fails_alone(config, ledger, tmp_path, what):
+    """Issue 16, item 6: the vanished view fails with its reason, every other view goes on,
+    every started view is recorded and followed to its end."""
+    config.concurrency = 1
+    write_scan(config.acquisition_root, 100, views=3)
+    scan = config.acquisition_root / "scan100"
+    if what == "view deleted":
+        backend = VanishingBackend(tmp_path / "runs.jsonl", (scan / "view001.cxi").unlink)
+    else:
+        backend = VanishingBackend(
+            tmp_path / "runs.jsonl", lambda: scan.rename(scan.with_name("scan100-moved"))
+        )
+    launcher = make_launcher(config, ledger, backend)
+    outcomes = launcher.start_scan("scan100")
+    rows = {r.view_file: r for r in launcher.wait("scan100")}
+    assert rows["view000.cxi"].status is RunStatus.SUCCEEDED  # finished, not left active
+    assert rows["view001.cxi"].status is RunStatus.FAILED
+    assert "disappeared" in rows["view001.cxi"].error
+    if what == "view deleted":
+        assert "view file disappeared (deleted or renamed)" in rows["view001.cxi"].error
+        assert rows["view002.cxi"].status is RunStatus.SUCCEEDED  # the next one started
+    else:
+        assert "scan folder" in rows["view002.cxi"].error
+    assert [o.action for o in outcomes][:2] == [ViewAction.STARTED, ViewAction.FAILED]
+
+
+# -- transient failures are retried, bounded (issue 16, item 9) --------------------------------
+
+
+def age(path, seconds=3600):
+    """Make ``path`` look unchanged for ``seconds`` (its copy ended long ago)."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_a_view_still_being_copied_is_retried_once_complete(config, ledger, tmp_path):
+    write_scan(config.acquisition_root, 100, views=2)
+    view = config.acquisition_root / "scan100" / "view001.cxi"
+    whole = view.read_bytes()
+    view.write_bytes(whole[: len(whole) // 2])  # the marker came before the copy ended
+    backend = RecordingBackend(tmp_path / "runs.jsonl")
+    launcher = make_launcher(config, ledger, backend)
+    launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    failed = ledger.get("scan100", "view001.cxi")
+    assert failed.status is RunStatus.FAILED and failed.input.size == len(whole) // 2
+    assert launcher.views_to_retry("scan100") == []  # unchanged since: not yet
+
+    view.write_bytes(whole)  # the copy ends ...
+    assert launcher.views_to_retry("scan100") == []  # ... but it just changed: settle first
+    age(view)
+    assert launcher.views_to_retry("scan100") == ["view001.cxi"]
+    assert not launcher.scan_handed_over("scan100")  # so the watcher hands it over again
+    outcomes = launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    assert [o.action for o in outcomes] == [ViewAction.SKIPPED, ViewAction.STARTED]
+    row = ledger.get("scan100", "view001.cxi")
+    assert (row.attempt, row.transient_retries) == (2, 1)
+    assert row.input.size == len(whole)
+    assert launcher.scan_handed_over("scan100")
+
+
+def test_a_broken_view_that_never_changes_is_not_retried(config, ledger, tmp_path):
+    write_scan(config.acquisition_root, 100, views=1)
+    view = config.acquisition_root / "scan100" / "view000.cxi"
+    view.write_bytes(b"not HDF5 at all" * 10)
+    age(view)
+    launcher = make_launcher(config, ledger, RecordingBackend(tmp_path / "runs.jsonl"))
+    launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    assert ledger.get("scan100", "view000.cxi").status is RunStatus.FAILED
+    assert launcher.views_to_retry("scan100") == []
+    outcomes = launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    assert [o.action for o in outcomes] == [ViewAction.SKIPPED]  # the watcher leaves it
+    assert launcher.start_scan("scan100")[0].action is ViewAction.FAILED  # a person retries
+
+
+def test_a_run_that_lost_its_backend_is_retried_a_bounded_number_of_times(
+    config, ledger, tmp_path, monkeypatch
+):
+    """Issue 16, item 9: a run that failed because the backend was unreachable (the
+    compute endpoint's 503 mid-run) is retried by the watcher's passes, each retry a new
+    attempt in the ledger, at most MAX_TRANSIENT_RETRIES times; then a person decides.
+    (A backend that is down when the view is started never fails it: the view is left
+    pending for the next pass, test_an_outage_defers_views_and_the_next_pass_starts_them.)"""
+    import flows.transient_failures
+
+    monkeypatch.setattr(flows.transient_failures, "RETRY_BACKOFF_S", 0.0)
+    write_scan(config.acquisition_root, 100, views=1)
+    age(config.acquisition_root / "scan100" / "view000.cxi")
+    backend = RecordingBackend(
+        tmp_path / "runs.jsonl",
+        fail_views={"view000"},
+        fail_reason="compute endpoint unreachable: service unavailable (503)",
+    )
+    launcher = make_launcher(config, ledger, backend)
+    launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    launcher.wait("scan100")
+    for retry in range(1, flows.transient_failures.MAX_TRANSIENT_RETRIES + 1):
+        row = ledger.get("scan100", "view000.cxi")
+        assert row.status is RunStatus.FAILED and "(503)" in row.error
+        assert launcher.views_to_retry("scan100") == ["view000.cxi"]
+        launcher.start_scan("scan100", trigger=Trigger.AUTO)
+        launcher.wait("scan100")
+        row = ledger.get("scan100", "view000.cxi")
+        assert (row.attempt, row.transient_retries) == (retry + 1, retry)
+    assert launcher.views_to_retry("scan100") == []  # bounded: a person decides now
+    assert len(backend.starts()) == flows.transient_failures.MAX_TRANSIENT_RETRIES + 1
+    backend.fail_views = set()
+    assert launcher.start_scan("scan100")[0].action is ViewAction.STARTED  # run-flow does
+
+def test_a_view_replaced_after_success_is_noticed(config, ledger, tmp_path, caplog, capsys):
+    import argparse
+
+    from flows.commands import status_command
+
+    write_scan(config.acquisition_root, 100, views=2)
+    launcher = make_launcher(config, ledger, RecordingBackend(tmp_path / "runs.jsonl"))
+    launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    launcher.wait("scan100")
+    first = ledger.get("scan100", "view001.cxi")
+    assert first.status is RunStatus.SUCCEEDED and first.input.size > 0
+    view = config.acquisition_root / "scan100" / "view001.cxi"
+    write_view_file(view, patterns=3)  # same name, new data
+    os.utime(config.acquisition_root / "scan100" / "view000.cxi")  # touched only: no change
+
+    with caplog.at_level("WARNING"):
+        outcomes = launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    assert [o.action for o in outcomes] == [ViewAction.SKIPPED, ViewAction.SKIPPED]
+    assert "view001: the view file changed after its result was made" in caplog.text
+    assert "view000" not in caplog.text
+
+    toml = tmp_path / "ptychoflow.toml"
+    toml.write_text(
+        f'acquisition_root = "{config.acquisition_root}"\nledger = "{config.ledger}"\n'
+        f'compute_root = "{config.compute_root}"\nstate_dir = "{config.state_dir}"\n'
+    )
+    status_command(argparse.Namespace(config=str(toml), scan=None, backend=None, wide=False))
+    out = capsys.readouterr().out
+    assert "warning: scan100/view001.cxi changed after its result was made" in out
+    assert "scan100/view000.cxi changed" not in out
+
+    config.rerun_changed_views = True
+    outcomes = launcher.start_scan("scan100", trigger=Trigger.AUTO)
+    assert [o.action for o in outcomes] == [ViewAction.SKIPPED, ViewAction.STARTED]
+    assert ledger.get("scan100", "view001.cxi").attempt == 2
+
+
+# -- look-alike names (issue 16, item 11) ------------------------------------------------------
+
+
+def test_suffixes_match_ignoring_case_and_look_alikes_are_refused_by_name(config, ledger, tmp_path):
+    from flows.terminal import printable
+
+    scan = config.acquisition_root / "scan100"
+    nfc = "v\u00efew.cxi"  # ï precomposed
+    nfd = "vi\u0308ew.cxi"  # i + combining diaeresis
+    names = ["view000.cxi", "view001.CXI", "view002.Cxi", "view003.cxi ", nfc, nfd]
+    names.append("view\u200b004.cxi")  # a zero-width space inside
+    for name in names:
+        write_view_file(scan / name)
+    assert sorted(view_files(config, scan)) == sorted(names)  # none silently ignored
+    launcher = make_launcher(config, ledger, RecordingBackend(tmp_path / "runs.jsonl"))
+    outcomes = {o.view_file: o for o in launcher.start_scan("scan100")}
+    for name in ("view000.cxi", "view001.CXI", "view002.Cxi"):
+        assert outcomes[name].action is ViewAction.STARTED
+    assert "starts or ends with white space" in outcomes["view003.cxi "].error
+    assert "invisible characters (U+200B)" in outcomes["view\u200b004.cxi"].error
+    # Of the two forms of one name, one runs and the other is refused, saying which.
+    first, second = sorted([nfc, nfd])
+    assert outcomes[first].action is ViewAction.STARTED
+    assert "looks identical to" in outcomes[second].error
+    assert "NFC/NFD" in outcomes[second].error
+    # What is printed tells them apart, and shows the invisible character.
+    assert printable("view\u200b004.cxi") == "view\\u200b004.cxi"
+    from flows.scans import printable_name
+
+    assert printable_name(nfd) == "vi\\u0308ew.cxi" and printable_name(nfc) == nfc
+    assert printable_name(nfd) in outcomes[nfc].error or printable_name(nfc) in (
+        outcomes[nfd].error or ""
+    )

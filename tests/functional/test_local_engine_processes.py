@@ -251,3 +251,64 @@ def test_a_stale_engine_is_killed_by_the_next_start(tmp_path):
         if owner.poll() is None:
             owner.kill()
         kill_all(processes)
+
+
+def test_a_stale_engines_detached_workers_are_found_by_group_and_start_time(tmp_path):
+    """Issue 16, item 14: ``kill -9`` of run-flow and its tethers left the worker pool
+    (started by ``bash -c '... &'``, whose leader exits at once) computing, and the next
+    start did not stop it: its record's pid was gone and its command line names no
+    engine folder. The next start now kills every member of the recorded process group
+    that started after the group's recorded leader (a reused pgid does not count)."""
+    import json
+    import uuid
+
+    from flows.local import tether
+    from flows.local.compute import reap_stale_engines
+
+    dead_owner = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_owner.wait()
+    engines_dir = tmp_path / "engines"
+    engine_dir = engines_dir / f"{dead_owner.pid}-1-{uuid.uuid4().hex[:8]}"
+    (engine_dir / "helpers").mkdir(parents=True)
+    leader = subprocess.Popen(
+        ["bash", "-c", "sleep 300 >/dev/null & sleep 300 >/dev/null & echo started; read line"],
+        start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert leader.stdout.readline().strip() == "started"
+    leader_start = tether.process_start_ticks(leader.pid)
+    leader.communicate("go\n")  # the leader is gone; its two sleepers run on in its group
+    workers = [
+        int(pid)
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and os.path.exists(f"/proc/{pid}/stat") and _pgrp(int(pid)) == leader.pid
+    ]
+    assert len(workers) == 2
+    # As the tether wrote it when ``bash`` exited before its start time could be read:
+    # no "start"; the tether's own (earlier) start bounds the group's members instead.
+    record = {"role": "worker-pool", "tether_pid": 999999, "tether_start": leader_start,
+              "pid": leader.pid, "start": None, "pgid": leader.pid,
+              "owner_pid": dead_owner.pid, "owner_start": 1, "command": ["bash"]}  # fmt: skip
+    (engine_dir / "helpers" / "999999.json").write_text(json.dumps(record))
+    try:
+        assert reap_stale_engines(engines_dir) == 2
+        for pid in workers:
+            deadline = time.monotonic() + 10
+            while tether.process_start_ticks(pid) is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert tether.process_start_ticks(pid) is None, f"worker {pid} still runs"
+        assert not engine_dir.exists()
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pgrp(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            return int(stat_file.read().rsplit(b")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -71,3 +71,32 @@ def test_watch_command_reports_a_missing_acquisition_root(tmp_path, capsys):
     config = write_config(tmp_path / "ptychoflow.toml", tmp_path / "missing")
     assert main(["watch", "--config", str(config)]) == 1
     assert "acquisition root" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "rate", ["nan", "inf", "-inf", "-5", "1e-9", "1e12", "fast"], ids=lambda r: f"rate={r}"
+)
+def test_replay_refuses_a_rate_it_cannot_keep_in_one_line(tmp_path, rate):
+    """Issue 16: nan and inf raised tracebacks, -5 was accepted and 1e-9 hung."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "replay", str(tmp_path / "src"),
+         "--to", str(tmp_path / "acq"), "--scans", "1", f"--rate={rate}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert (
+        "--rate" in done.stderr and "patterns per second" in done.stderr
+    ) or "not a number" in done.stderr
+    assert not (tmp_path / "acq").exists()
+
+
+def test_replay_function_refuses_a_rate_too(tmp_path):
+    from recon.errors import OptionsError
+    from watcher.replay import replay
+
+    with pytest.raises(OptionsError, match=r"at least 0\.01 patterns per second"):
+        replay(tmp_path / "src", tmp_path / "acq", [1], rate_hz=float("nan"))

@@ -1,6 +1,7 @@
 """The memory estimate that refuses oversized views must not fall below what the solver
 allocates: measured here with tracemalloc (NumPy's allocations), with one and two modes."""
 
+import os
 import tracemalloc
 
 import numpy as np
@@ -61,3 +62,70 @@ def test_more_probe_modes_than_memory_allows_are_refused_before_the_solve(view, 
         view, tmp_path / "out.h5", ReconOptions(iterations=2, backend="numpy"), memory_limit=limit
     )
     assert (tmp_path / "out.h5").exists() and summary["iterations"] == 2
+
+
+# -- the process's own limits: ulimit -v and the cgroup (issue 16, item 13) -------------------
+
+ULIMIT_SCRIPT = """
+import resource, sys
+from recon.memory import address_space_left, check_memory, memory_limit
+from recon.errors import InputTooLargeError
+with open("/proc/self/status") as status:
+    size = next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmSize:"))
+limit = size + 512 * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+allowed, where = memory_limit()
+assert "ulimit -v" in where, where
+assert allowed <= 512 * 2**20, allowed
+try:
+    check_memory("scan100/view000.cxi", 1000, (256, 256), (100.0, 100.0))  # ~6 GiB
+except InputTooLargeError as err:
+    print(err)
+    sys.exit(0)
+sys.exit("not refused")
+"""
+
+
+def test_ulimit_v_is_a_limit_too():
+    """MemAvailable may be far more than ``ulimit -v`` lets this process map."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", ULIMIT_SCRIPT],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "PTYCHOFLOW_MEMORY_LIMIT": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "more than the limit of" in done.stdout and "ulimit -v" in done.stdout
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_cgroup_memory_left_is_the_tightest_along_the_path(tmp_path, version):
+    """Real files laid out like /sys/fs/cgroup (v1 and v2) and /proc/self/cgroup."""
+    from recon.memory import cgroup_memory_left
+
+    gib = 2**30
+    if version == 2:
+        base, limit_name, usage_name = tmp_path, "memory.max", "memory.current"
+        proc = "0::/slice/job\n"
+    else:
+        base, limit_name, usage_name = (
+            tmp_path / "memory",
+            "memory.limit_in_bytes",
+            "memory.usage_in_bytes",
+        )
+        proc = "4:memory:/slice/job\n3:cpu:/\n"
+    outer, inner = base / "slice", base / "slice" / "job"
+    inner.mkdir(parents=True)
+    (base / limit_name).write_text("max\n" if version == 2 else "9223372036854771712\n")
+    (outer / limit_name).write_text(f"{8 * gib}\n")
+    (outer / usage_name).write_text(f"{7 * gib}\n")  # the parent has 1 GiB left
+    (inner / limit_name).write_text(f"{4 * gib}\n")
+    (inner / usage_name).write_text(f"{gib}\n")  # this one 3 GiB
+    cgroup = tmp_path / "proc-self-cgroup"
+    cgroup.write_text(proc)
+    assert cgroup_memory_left(str(cgroup), str(tmp_path)) == gib
+    (outer / limit_name).write_text("max\n" if version == 2 else "9223372036854771712\n")
+    assert cgroup_memory_left(str(cgroup), str(tmp_path)) == 3 * gib

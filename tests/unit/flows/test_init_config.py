@@ -46,6 +46,9 @@ def test_globus_backend_names_the_settings_still_missing(tmp_path):
         ('scan_pattern = "scan(["', "scan_pattern", "a regular expression (unterminated"),
         ("scan_pattern = 3", "scan_pattern", "a regular expression in quotes"),
         ('view_glob = "*/x.cxi"', "view_glob", "a file name pattern"),
+        ('view_glob = "**"', "view_glob", "'**' (recursive) is refused"),  # issue 16
+        ('view_glob = "**.cxi"', "view_glob", "'**' (recursive) is refused"),
+        ('rerun_changed_views = "yes"', "rerun_changed_views", "true or false"),
         ('marker = "../done"', "marker", "a file name in quotes"),
         ("marker = false", "marker", "a file name in quotes"),
         ("concurrency = 0", "concurrency", "a whole number >= 1"),

@@ -147,12 +147,31 @@ def test_progress_and_other_time(ledger):
     assert row.status is RunStatus.SUCCEEDED and row.stage is None
     assert row.output == {"cost": 1.5}
     wall = row.finished_at - row.submitted_at
-    assert row.stage_seconds["other"] == pytest.approx(wall)
+    assert row.stage_seconds["other"] == pytest.approx(wall, abs=0.5)
     # A late poll does not rewrite a finished row.
     again = ledger.update_progress(
         "scan100", "view000.cxi", RunProgress(RunStatus.FAILED, error="late")
     )
     assert again.status is RunStatus.SUCCEEDED and again.error is None
+
+
+@pytest.mark.parametrize("jump_s", [86400.0, -3591.0])
+def test_a_wall_clock_jump_does_not_show_in_durations(ledger, jump_s):
+    """Issue 16: durations come from a steady clock (CLOCK_BOOTTIME), so a wall clock
+    set back or forward between submission and the end changes nothing. The jump is
+    played by moving the recorded wall-clock submission time, not the machine's clock."""
+    ledger.claim(request(), "local")
+    ledger.mark_submitting("scan100", "view000.cxi")
+    db = sqlite3.connect(ledger.path)
+    db.execute("UPDATE runs SET submitted_at = submitted_at - ?", (jump_s,))
+    db.commit()
+    db.close()
+    ledger.mark_started("scan100", "view000.cxi", StartedRun("run-1"))
+    stages = {"transfer_in": 0.0, "compute": 0.0, "transfer_out": 0.0}
+    row = ledger.update_progress(
+        "scan100", "view000.cxi", RunProgress(RunStatus.SUCCEEDED, stage_seconds=stages)
+    )
+    assert 0.0 <= row.stage_seconds["other"] < 60.0  # not 86400 s, not negative
 
 
 def test_counts_and_rows_by_scan(ledger):
@@ -407,6 +426,36 @@ def test_schema_1_ledger_is_migrated_keeping_rows(tmp_path):
     assert row.status is RunStatus.SUCCEEDED and row.scan_dir == "100"
     assert ledger.scan("scan100").scan_dir == "100"
     ledger.close()
+
+
+def test_schema_2_ledger_is_migrated_to_3_keeping_its_rows(tmp_path):
+    """Schema 3 (issue 16) adds the input fingerprint and the transient-retry count."""
+    path = tmp_path / "v2.sqlite"
+    made = Ledger(path)
+    made.claim(request(), "local")
+    made.close()
+    db = sqlite3.connect(path)
+    for column in (
+        "input_size",
+        "input_mtime_ns",
+        "input_hash",
+        "transient_retries",
+        "submitted_clock",
+    ):
+        db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    try:
+        row = ledger.get("scan100", "view000.cxi")
+        assert row is not None and row.status is RunStatus.PENDING
+        assert row.input is None and row.transient_retries == 0
+    finally:
+        ledger.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    db.close()
 
 
 def test_read_only_ledger_reads_and_refuses_writes(ledger, tmp_path):

@@ -207,3 +207,69 @@ def test_gpu_lock_path_outside_the_roots_is_refused(site, monkeypatch):
     summary = reconstruct_view(str(view), str(root / "recon" / "100"), recon=CPU,
                                gpu_lock_path=str(outside / "availgpus"))  # fmt: skip
     assert summary["gpus"] == []
+
+
+# -- write races: folders opened once, used through their descriptors (issue 16, item 2) --
+
+
+def swap_during_solve(monkeypatch, swap):
+    """Run ``swap()`` between the checks and the writes: when the solver starts."""
+    import recon.api
+
+    real_solver = recon.api.reconstruct
+
+    def solver(*args, **kwargs):
+        swap()
+        return real_solver(*args, **kwargs)
+
+    monkeypatch.setattr(recon.api, "reconstruct", solver)
+
+
+def test_output_folder_swapped_for_a_link_during_the_solve_changes_nothing(site, monkeypatch):
+    root, outside, view = site
+    out = root / "recon" / "100"
+    out.mkdir(parents=True)
+    moved = root / "recon" / "moved"
+
+    def swap():
+        out.rename(moved)
+        out.symlink_to(outside, target_is_directory=True)
+
+    swap_during_solve(monkeypatch, swap)
+    summary = reconstruct_view(str(view), str(out), recon=CPU)
+    assert list(outside.iterdir()) == []  # nothing written through the link
+    assert sorted(p.name for p in moved.iterdir()) == ["view003.h5", "view003.png"]
+    assert summary["output"] == str(out / "view003.h5")  # the name it was given
+    assert summary["preview"] == str(out / "view003.png")
+    with h5py.File(moved / "view003.h5") as handle:
+        assert handle.attrs["input"] == str(view)  # the real input, not /proc/self/fd
+
+
+def test_input_swapped_for_a_link_during_the_solve_is_refused(site, monkeypatch):
+    root, outside, view = site
+    secret = pathlib.Path(write_cxi(outside / "secret.cxi"))
+    out = root / "recon" / "100"
+
+    def swap():
+        view.rename(view.with_name("moved.cxi"))
+        view.symlink_to(secret)
+
+    swap_during_solve(monkeypatch, swap)
+    with pytest.raises(PtychoflowError, match="input was replaced during the reconstruction"):
+        reconstruct_view(str(view), str(out), recon=CPU)
+    assert list(out.iterdir()) == []  # no result kept
+
+
+def test_a_link_as_the_input_is_never_opened(site):
+    """The resolved input is opened O_NOFOLLOW; a folder opened is checked where it is."""
+    root, outside, _ = site
+    out = root / "recon" / "100"
+    from functions.pinned_paths import PinnedFolder
+
+    link = root / "link-out"
+    link.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(PtychoflowError, match="not a link"):
+        PinnedFolder(link, "output folder", allowed_roots())  # not resolved: refused
+    with pytest.raises(PathNotAllowedError):
+        PinnedFolder(outside, "output folder", allowed_roots())
+    assert not out.exists()

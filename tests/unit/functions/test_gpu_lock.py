@@ -217,7 +217,7 @@ def test_path_from_environment(tmp_path, monkeypatch):
 
 def test_unwritable_state_file_names_the_path(tmp_path):
     pool = GpuPool(tmp_path / "no" / "such" / "dir" / "availgpus", gpus=[0])
-    with pytest.raises(DeviceError, match=r"cannot open the GPU lock file .*PTYCHOFLOW_GPU_LOCK"):
+    with pytest.raises(DeviceError, match=r"cannot use the folder .*no/such/dir of the GPU lock"):
         pool.claim(1, timeout=0)
 
 
@@ -301,32 +301,86 @@ def test_new_file_is_private_or_group_shared_on_purpose(tmp_path):
     assert stat.S_IMODE(shared.stat().st_mode) == 0o660  # exactly, despite umask 022
 
 
-def test_symlink_is_never_followed(shared_folder):
-    victim = shared_folder / "victim.txt"
+def test_symlink_is_never_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
     victim.write_text("do not overwrite")
-    link = shared_folder / "availgpus"
-    if os.geteuid() == 0 and shutil.which("setpriv"):
-        as_nobody("ln", "-s", str(victim), str(link))  # another user's planted link
-        assert link.lstat().st_uid == 65534
-    else:
-        link.symlink_to(victim)
+    link = tmp_path / "availgpus"
+    link.symlink_to(victim)
     with pytest.raises(DeviceError, match="is a symbolic link; refusing to follow it"):
         GpuPool(link, gpus=[0]).claim(1, timeout=0)
     assert victim.read_text() == "do not overwrite"
-    dangling = shared_folder / "availgpus2"
-    dangling.symlink_to(shared_folder / "would-be-created")
+    dangling = tmp_path / "availgpus2"
+    dangling.symlink_to(tmp_path / "would-be-created")
     with pytest.raises(DeviceError, match="symbolic link"):
         GpuPool(dangling, gpus=[0]).claim(1, timeout=0)
-    assert not (shared_folder / "would-be-created").exists()
+    assert not (tmp_path / "would-be-created").exists()
 
 
 @needs_root
-def test_another_users_file_is_refused(shared_folder):
-    planted = shared_folder / "availgpus"
-    as_nobody("sh", "-c", f"printf '' > {planted}; chmod 644 {planted}")
+def test_another_users_file_is_refused(tmp_path):
+    folder = tmp_path / "lock"
+    folder.mkdir(mode=0o755)
+    planted = folder / "availgpus"
+    planted.write_bytes(b"")
+    os.chown(planted, 65534, 65534)
+    planted.chmod(0o644)
     with pytest.raises(DeviceError, match="belongs to uid 65534, not to this user"):
         GpuPool(planted, gpus=[0]).claim(1, timeout=0)
     assert planted.read_bytes() == b""
+
+
+# -- the lock folder: squatting (issue 16, item 5) ------------------------------------------
+
+
+def test_a_folder_others_can_write_is_refused(shared_folder):
+    """/dev/shm-like folders are refused: anyone could plant or hold the file there."""
+    victim = shared_folder / "availgpus"
+    with pytest.raises(DeviceError, match=r"folder .* writable by other users \(mode 1777\)"):
+        GpuPool(victim, gpus=[0]).claim(1, timeout=0)
+    assert not victim.exists()
+
+
+def test_a_group_writable_folder_only_when_group_shared(tmp_path):
+    folder = tmp_path / "group"
+    folder.mkdir()
+    folder.chmod(0o770)
+    with pytest.raises(DeviceError, match="writable by other users"):
+        GpuPool(folder / "availgpus", gpus=[0]).claim(1, timeout=0)
+    assert GpuPool(folder / "availgpus", gpus=[0], group_shared=True).claim(1, timeout=0) == [0]
+
+
+def test_default_lock_is_in_a_private_per_user_folder(shared_folder, monkeypatch):
+    """The default is <shm>/ptychoflow-<uid>/availgpus, the folder created 0700."""
+    import functions.gpu_lock as gpu_lock
+
+    monkeypatch.delenv("PTYCHOFLOW_GPU_LOCK", raising=False)
+    monkeypatch.setattr(gpu_lock, "DEFAULT_STATE_FOLDER", str(shared_folder / "ptychoflow-{uid}"))
+    pool = GpuPool(gpus=[0])
+    folder = shared_folder / f"ptychoflow-{os.geteuid()}"
+    assert pool.path == str(folder / "availgpus")
+    assert pool.claim(1, timeout=0) == [0]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert (folder / "availgpus").is_file()
+
+
+@needs_root
+def test_a_squatter_cannot_block_the_default_lock(shared_folder, monkeypatch):
+    """Another account pre-creating the old fixed name no longer blocks the GPUs; one that
+    pre-creates our per-user folder is named in a refusal, and that folder is left alone."""
+    import functions.gpu_lock as gpu_lock
+
+    monkeypatch.delenv("PTYCHOFLOW_GPU_LOCK", raising=False)
+    monkeypatch.setattr(gpu_lock, "DEFAULT_STATE_FOLDER", str(shared_folder / "ptychoflow-{uid}"))
+    as_nobody("sh", "-c", f"printf junk > {shared_folder / 'availgpus'}")  # the old default
+    assert GpuPool(gpus=[0]).claim(1, timeout=0) == [0]
+
+    monkeypatch.setattr(gpu_lock, "DEFAULT_STATE_FOLDER", str(shared_folder / "squat-{uid}"))
+    squatted = shared_folder / f"squat-{os.geteuid()}"
+    as_nobody("mkdir", "-m", "0777", str(squatted))
+    with pytest.raises(DeviceError, match="belongs to uid 65534, not to this user"):
+        GpuPool(gpus=[0]).claim(1, timeout=0)
+    assert stat.S_IMODE(squatted.stat().st_mode) == 0o777  # never chmodded
+    assert list(squatted.iterdir()) == []
 
 
 def test_hard_link_and_writable_by_others_are_refused(tmp_path):

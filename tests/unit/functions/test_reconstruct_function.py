@@ -10,6 +10,7 @@ import inspect
 import json
 import os
 import pathlib
+import re
 import types
 
 import h5py
@@ -194,7 +195,9 @@ def test_gpus_claimed_for_the_call_and_released(fake_gpu_node, view, tmp_path):
         view, str(out), recon={"devices": 2, "iterations": 7}, gpu_lock_path=node.lock
     )
     ((input_path, output_path, options, device_ids),) = node.solver.calls
-    assert input_path == view and output_path == str(out / "view003.h5")
+    # the solver reads and writes through the descriptors opened before it (issue 16)
+    assert re.fullmatch(r"/proc/self/fd/\d+/view003\.cxi", input_path)
+    assert re.fullmatch(r"/proc/self/fd/\d+/view003\.h5", output_path)
     assert options == ReconOptions(devices=2, iterations=7)
     assert device_ids == [1, 2]  # GPUs 5 and 6 are CuPy devices 1 and 2
     me = os.getpid()
@@ -243,3 +246,11 @@ def test_cpu_reconstruction_summary(view, tmp_path):
     assert summary["iterations"] == 2 and np.isfinite(summary["final_cost"])
     assert summary["seconds"]["total"] >= summary["seconds"]["solve"] > 0
     assert json.loads(json.dumps(summary)) == summary
+
+
+def test_an_unknown_fft_choice_is_refused(tmp_path, monkeypatch):
+    """Issue 16: PTYCHOFLOW_FFT=bogus was silently ignored."""
+    monkeypatch.setenv("PTYCHOFLOW_FFT", "bogus")
+    with pytest.raises(OptionsError, match="PTYCHOFLOW_FFT='bogus' on this endpoint is not known"):
+        reconstruct_view(str(tmp_path / "scan100" / "view000.cxi"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -106,3 +106,17 @@ def test_inactive_and_unknown_views_show_as_running_and_say_so(tmp_path):
     )
     badge = env.get_template("macros.html").module.state_badge(views[0])
     assert "inactive" in str(badge) and "running" in str(badge)
+
+
+def test_a_damaged_ledger_is_named_not_shown_as_empty(tmp_path):
+    """Issue 16: a damaged or unreadable ledger showed "No scans in the ledger yet"."""
+    from portal.data import LedgerReader
+
+    path = tmp_path / "ledger.sqlite"
+    path.write_bytes(b"this is not an SQLite database" * 100)
+    reader = LedgerReader(path)
+    try:
+        assert reader.scans() == []
+        assert reader.problem is not None and str(path) in reader.problem
+    finally:
+        reader.close()

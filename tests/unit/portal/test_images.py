@@ -109,3 +109,18 @@ def test_the_portal_preview_is_drawn_by_the_preview_code(tmp_path):
     with Image.open(served) as portal, Image.open(result_path.with_suffix(".png")) as beside:
         assert np.array_equal(np.asarray(portal), np.asarray(drawn))
         assert np.array_equal(np.asarray(beside), np.asarray(drawn))
+
+
+def test_a_deleted_cache_is_made_again(result, tmp_path):
+    """Issue 16: deleting the thumbnail cache made images 404 until a restart."""
+    import shutil
+
+    images = ResultImages(tmp_path / "cache")
+    first = images.image(result, "phase-thumb")
+    assert first is not None and first.is_file()
+    shutil.rmtree(tmp_path / "cache")  # e.g. a clean-up job
+    again = images.image(result, "phase-thumb")
+    assert again is not None and again.is_file()
+    assert images.made == 2
+    (tmp_path / "cache" / images.summary(result).key / "amplitude.png").unlink()  # one file
+    assert images.image(result, "amplitude").is_file()

@@ -13,7 +13,7 @@ from portal.cli import settings_from_config
 from portal.errors import PortalConfigError
 from tests.unit.portal.conftest import settings_for
 
-TOKEN = "s3cret-token-0123456789abcdef"
+TOKEN = "s3cret-token-0123456789abcdefGHIJKLMN"  # 37 characters, 29 distinct
 
 TRAVERSALS = [
     "/scans/../../../etc/passwd",
@@ -101,7 +101,7 @@ def test_a_public_address_needs_a_token_or_a_group(site, monkeypatch):
     with pytest.raises(PortalConfigError, match=r"refusing to serve on 0\.0\.0\.0"):
         settings_from_config(site, "0.0.0.0")
     monkeypatch.setenv("PTYCHOFLOW_PORTAL_TOKEN", "short")
-    with pytest.raises(PortalConfigError, match="at least 16"):
+    with pytest.raises(PortalConfigError, match="at least 32"):
         settings_from_config(site, "0.0.0.0")
     monkeypatch.setenv("PTYCHOFLOW_PORTAL_TOKEN", TOKEN)
     assert settings_from_config(site, "0.0.0.0").policy.token == TOKEN
@@ -109,6 +109,38 @@ def test_a_public_address_needs_a_token_or_a_group(site, monkeypatch):
     site.portal.globus_group = "d3974728-6458-11e4-b72d-123139141556"
     with pytest.raises(PortalConfigError, match="client_id"):
         settings_from_config(site, "0.0.0.0")
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        (" " * 16, "at least 32"),
+        ("a" * 16, "at least 32"),
+        (" " * 40, "spaces or control characters"),
+        ("a" * 40, "only 1 distinct characters"),
+        ("abababababababababababababababab", "only 2 distinct characters"),
+        ("0123456789" * 4, "only 10 distinct characters"),
+        ("tab\there-" + "x" * 30, "spaces or control characters"),
+    ],
+)
+def test_weak_tokens_are_refused_and_the_refusal_says_how_to_make_one(
+    site, monkeypatch, token, problem
+):
+    """Issue 16, item 4: 16 spaces or 'aaaaaaaaaaaaaaaa' were accepted for 0.0.0.0."""
+    monkeypatch.setenv("PTYCHOFLOW_PORTAL_TOKEN", token)
+    with pytest.raises(PortalConfigError) as caught:
+        settings_from_config(site, "0.0.0.0")
+    assert problem in str(caught.value)
+    assert "secrets.token_urlsafe(32)" in str(caught.value)
+    assert token.strip() not in str(caught.value) or not token.strip()  # never echoed
+
+
+def test_a_random_token_is_accepted(site, monkeypatch):
+    import secrets
+
+    token = secrets.token_urlsafe(32)
+    monkeypatch.setenv("PTYCHOFLOW_PORTAL_TOKEN", token)
+    assert settings_from_config(site, "0.0.0.0").policy.token == token
 
 
 def test_serve_refuses_a_public_address_as_a_command(tmp_path):

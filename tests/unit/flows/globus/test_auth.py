@@ -124,7 +124,7 @@ def test_existing_token_file_with_wide_permissions_is_tightened(config):
     token_file.chmod(0o644)
     auth.make_app(config, environ={"PTYCHOFLOW_NATIVE_CLIENT_ID": NATIVE_ID})
     assert mode(token_file) == 0o600
-    assert mode(config.state_dir) == 0o700
+    assert mode(config.state_dir) == 0o755  # never chmodded: not ours to change (issue 16)
 
 
 def test_client_app_gets_a_token_and_uses_it(config, mocked_responses):

@@ -207,3 +207,30 @@ def test_a_folder_copy_keeps_file_and_folder_modes(roots):
     assert mode_of(back / "private") == 0o700
     assert mode_of(back) == 0o750
     assert (back / "private" / "log.txt").read_bytes() == b"log"
+
+
+def test_a_full_disk_names_the_file_being_copied(tmp_path):
+    """Issue 16: "transfer_in failed: [Errno 28] No space left on device" named no file.
+    A real 1 MiB tmpfs (root only) is the destination of a 2 MiB file."""
+    import errno
+    import os
+    import subprocess
+
+    from flows.local.transfer import copy_file_verified
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        source = tmp_path / "view000.cxi"
+        source.write_bytes(os.urandom(2 * 1024 * 1024))
+        with pytest.raises(OSError) as caught:
+            copy_file_verified(source, disk / "input" / "100" / "view000.cxi")
+        assert caught.value.errno == errno.ENOSPC
+        assert str(source) in str(caught.value) and "view000.cxi" in str(caught.value)
+        assert list((disk / "input" / "100").iterdir()) == []  # no partial file left
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
