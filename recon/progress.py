@@ -133,7 +133,10 @@ class ProgressFiles:
         self._last_json = self._clock()
         record = dict(self._latest, updated=self._wall())
         if self._has_image:
-            record["image"] = str(self.image_path)
+            # The real path: written through a pinned folder's descriptor
+            # (/proc/self/fd/N/..., functions.pinned_paths), the image is read by the portal,
+            # another process, which needs the folder's name.
+            record["image"] = os.path.realpath(self.image_path)
             record["image_iteration"] = self._image_iteration
         _write_atomically(self.json_path, json.dumps(record).encode())
 

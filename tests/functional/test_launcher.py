@@ -555,6 +555,7 @@ def test_a_run_that_lost_its_backend_is_retried_a_bounded_number_of_times(
     backend.fail_views = set()
     assert launcher.start_scan("scan100")[0].action is ViewAction.STARTED  # run-flow does
 
+
 def test_a_view_replaced_after_success_is_noticed(config, ledger, tmp_path, caplog, capsys):
     import argparse
 

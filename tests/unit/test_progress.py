@@ -102,3 +102,22 @@ def test_the_solver_drives_the_progress_files(tmp_path):
         f"{view.stem}.h5",
         f"{view.stem}.png",
     ]
+
+
+def test_an_image_written_through_a_pinned_folder_is_named_by_its_real_path(tmp_path):
+    """The compute function writes through the output folder's descriptor
+    (/proc/self/fd/N, functions.pinned_paths); the portal, another process, reads the image
+    by the name the JSON gives, so that name must be the folder's real one."""
+    import os
+
+    from functions.pinned_paths import PinnedFolder
+
+    with PinnedFolder(tmp_path, "output folder", [tmp_path]) as pinned:
+        files = ProgressFiles(pinned.path(), "v", 100, clock=Clock(), image_interval_s=3.0)
+        object_ = np.ones((32, 32), np.complex64)
+        files.progress(1, 1.0, 0.1)
+        files.monitor(1, object_, None)
+        record = read_progress(tmp_path, "v")
+        assert record["image"] == str(tmp_path / ".v.progress.png")
+        assert os.path.isfile(record["image"])
+        files.close()
