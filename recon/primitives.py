@@ -24,7 +24,10 @@ tests compare against these twins.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,13 +37,21 @@ from recon.backend import fft2, ifft2, is_cupy
 __all__ = [
     "CPU_CHUNK_BYTES",
     "GPU_PATH_ON_CPU",
+    "CostTerms",
     "backend_name",
     "chunk_patterns",
+    "cost_terms",
     "fft2",
     "gather_windows",
     "gpu_path",
+    "gradient_farfield",
     "ifft2",
+    "line_terms",
+    "mode_intensity",
     "scatter_windows",
+    "trial_batch",
+    "trial_costs",
+    "update_farfield",
 ]
 
 #: The environment variable that makes NumPy take the GPU's algorithmic path.
@@ -140,3 +151,513 @@ def scatter_windows(xp: Any, out: Any, windows: Any, corner: Any) -> None:
     # Windows overlap, so add one at a time; each add is a contiguous block.
     for index, (r, c) in enumerate(corner.tolist()):
         out[r : r + h, c : c + w] += windows[index]
+
+
+# -- fused elementwise passes (issue 20) ------------------------------------------------
+#
+# Each is one pass over the pattern-sized arrays on the GPU (a CuPy ElementwiseKernel or
+# RawKernel, compiled once); its NumPy twin evaluates the same float32 expressions in the
+# same order (the solver's plain-NumPy expressions of ``recon.cost`` and ``recon.ptycho``),
+# a block of patterns at a time, so the GPU path on NumPy allocates what the GPU allocates:
+# the outputs, no full-size temporaries. On the default CPU path a chunk is one block, so
+# the results are those of the plain expressions bit for bit. The kernels use the
+# round-to-nearest intrinsics (``__fmul_rn`` ...) so the compiler contracts nothing into
+# an FMA: each float32 operation rounds where NumPy's does. What still differs is the
+# last bit of ``logf``/``atanf`` against NumPy's and the order of float64 sums.
+
+#: Trial steps a line search evaluates per pass over the data: one on the CPU path (a
+#: trial costs a pass there and the first is usually accepted), several on the GPU path,
+#: where a pass is bound by reading the data and K costs cost about what one does.
+GPU_TRIAL_BATCH = 4
+#: The CuPy trial-cost kernel keeps this many float64 accumulators per thread.
+MAX_TRIAL_BATCH = 8
+
+POISSON = "poisson"
+AMPLITUDE = "amplitude"
+
+
+@dataclasses.dataclass(frozen=True)
+class CostTerms:
+    """What the fused cost passes read of a cost (``recon.cost``):
+
+    kind : ``poisson`` (``g(I) = I - d - d log(...)``) or ``amplitude``
+        (``(sqrt(I) - sqrt(d))^2`` with the dark floor's arctan term);
+    data : (N, H, W) float32, the counts ``d`` (poisson) or their square roots (amplitude);
+    data2 : ``d^2 + tau^2`` (poisson with a dark floor), else None;
+    mask : (H, W) float32 0/1 or None; tau : the dark floor in counts (0: textbook).
+    """
+
+    kind: str
+    data: Any
+    data2: Any
+    mask: Any
+    tau: float
+
+
+def cost_terms(cost: Any) -> CostTerms:
+    """The :class:`CostTerms` of a ``recon.cost`` cost object (its value and gradient)."""
+    from recon.cost import GaussianCost, PoissonCost
+
+    if isinstance(cost, PoissonCost):
+        return CostTerms(POISSON, cost.data, cost._data2, cost.mask, float(cost.tau))
+    if isinstance(cost, GaussianCost):
+        return CostTerms(AMPLITUDE, cost.amplitude, None, cost.mask, float(cost.tau))
+    raise TypeError(f"no fused cost terms for {type(cost).__name__}")
+
+
+def trial_batch(xp: Any) -> int:
+    """Trial steps per line-search pass: :data:`GPU_TRIAL_BATCH` on the GPU path, else 1."""
+    return GPU_TRIAL_BATCH if gpu_path(xp) else 1
+
+
+def _block(n_patterns: int, pattern_pixels: int) -> int:
+    """Patterns per block of a NumPy twin: a default-path chunk is one block."""
+    return max(1, CPU_CHUNK_BYTES // max(8 * pattern_pixels, 1))
+
+
+def _blocks(n_patterns: int, pattern_pixels: int) -> list[slice]:
+    size = _block(n_patterns, pattern_pixels)
+    return [slice(first, first + size) for first in range(0, n_patterns, size)]
+
+
+def _abs2(x: Any) -> Any:
+    return x.real * x.real + x.imag * x.imag
+
+
+def _mode_sum_numpy(far: Any) -> Any:
+    if far.shape[1] == 1:
+        return _abs2(far[:, 0])
+    return _abs2(far).sum(axis=1)
+
+
+# -- (c) |far|^2 summed over modes -------------------------------------------------------
+
+
+def mode_intensity(xp: Any, far: Any) -> Any:
+    """(N, H, W) float32 ``sum_m |far[:, m]|^2`` of (N, MODES, H, W) complex64 ``far``,
+    summed in mode order."""
+    if is_cupy(xp):
+        far = xp.ascontiguousarray(far)
+        n, modes, h, w = far.shape
+        out = xp.empty((n, h, w), dtype=np.float32)
+        _cupy_kernels(xp)["mode_intensity"](far, np.int32(modes), np.int64(h * w), out)
+        return out
+    n, _modes, h, w = far.shape
+    parts = _blocks(n, h * w)
+    if len(parts) == 1:
+        return _mode_sum_numpy(far)
+    out = np.empty((n, h, w), dtype=np.float32)
+    for part in parts:
+        out[part] = _mode_sum_numpy(far[part])
+    return out
+
+
+def line_terms(xp: Any, psi: Any, far: Any) -> tuple[Any, Any]:
+    """(cross, far2), each (N, H, W) float32, of far fields ``psi`` and a direction's far
+    fields ``far`` (N, MODES, H, W): ``cross = 2 Re sum_m conj(psi_m) far_m`` and ``far2 =
+    sum_m |far_m|^2``, so ``sum_m |psi_m + t far_m|^2 = I + t (cross + t far2)``."""
+    n, modes, h, w = far.shape
+    if is_cupy(xp):
+        psi = xp.ascontiguousarray(psi)
+        far = xp.ascontiguousarray(far)
+        cross = xp.empty((n, h, w), dtype=np.float32)
+        far2 = xp.empty((n, h, w), dtype=np.float32)
+        _cupy_kernels(xp)["line_terms"](psi, far, np.int32(modes), np.int64(h * w), cross, far2)
+        return cross, far2
+
+    def terms(p: Any, f: Any) -> Any:
+        product = p.real * f.real
+        product += p.imag * f.imag
+        product = product.sum(axis=1)
+        product *= 2
+        return product
+
+    parts = _blocks(n, h * w)
+    if len(parts) == 1:
+        return terms(psi, far), _mode_sum_numpy(far)
+    cross = np.empty((n, h, w), dtype=np.float32)
+    far2 = np.empty((n, h, w), dtype=np.float32)
+    for part in parts:
+        cross[part] = terms(psi[part], far[part])
+        far2[part] = _mode_sum_numpy(far[part])
+    return cross, far2
+
+
+def update_farfield(xp: Any, psi: Any, far: Any, step: float) -> Any:
+    """``psi += step * far`` in place (both (N, MODES, H, W) complex64, ``step`` rounded to
+    float32); returns the new (N, H, W) float32 intensity ``sum_m |psi_m|^2``."""
+    n, modes, h, w = psi.shape
+    if is_cupy(xp):
+        if not (psi.flags.c_contiguous and far.flags.c_contiguous):
+            psi += step * far
+            return mode_intensity(xp, psi)
+        out = xp.empty((n, h, w), dtype=np.float32)
+        _cupy_kernels(xp)["update_farfield"](
+            far, np.float32(step), np.int32(modes), np.int64(h * w), psi, out
+        )
+        return out
+    parts = _blocks(n, h * w)
+    if len(parts) == 1:
+        psi += step * far
+        return _mode_sum_numpy(psi)
+    out = np.empty((n, h, w), dtype=np.float32)
+    for part in parts:
+        block = psi[part]
+        block += step * far[part]
+        out[part] = _mode_sum_numpy(block)
+    return out
+
+
+# -- (b) the gradient factor times the far field -----------------------------------------
+
+
+def _gradient_factor_numpy(terms: CostTerms, intensity: Any, data: Any, mask: Any) -> Any:
+    """``recon.cost``'s ``gradient_factor``, expression for expression."""
+    from recon.cost import EPSILON
+
+    tau = terms.tau
+    if terms.kind == POISSON:
+        if tau:
+            denominator = intensity * intensity
+            denominator += tau * tau
+            factor = 1 - data * intensity / denominator
+        else:
+            factor = 1 - data / (intensity + EPSILON)
+    elif tau:
+        factor = np.sqrt(intensity)
+        factor *= data
+        factor /= intensity + tau
+        factor = 1 - factor
+    else:
+        factor = 1 - data / (np.sqrt(intensity) + EPSILON)
+    if mask is not None:
+        factor *= mask
+    return factor
+
+
+def gradient_farfield(xp: Any, terms: CostTerms, intensity: Any, farfield: Any) -> Any:
+    """(N, MODES, H, W) complex64 ``g'(I) * farfield``: the far field times the cost's
+    gradient factor (``recon.cost``, masked), what the adjoint turns into the gradient.
+
+    ``intensity`` (N, H, W) float32; ``farfield`` (N, MODES, H, W) complex64. One pass on
+    the GPU: the factor is never stored.
+    """
+    if is_cupy(xp):
+        mask = np.float32(1.0) if terms.mask is None else terms.mask
+        kernel = _cupy_kernels(xp)[f"gradient_{terms.kind}"]
+        return kernel(
+            intensity[:, None],
+            terms.data[:, None],
+            mask,
+            farfield,
+            np.float32(terms.tau),
+            np.float32(terms.tau * terms.tau),
+        )
+    n, _modes, h, w = farfield.shape
+    parts = _blocks(n, h * w)
+    if len(parts) == 1:
+        factor = _gradient_factor_numpy(terms, intensity, terms.data, terms.mask)
+        return factor[:, None] * farfield
+    out = np.empty(farfield.shape, dtype=np.result_type(farfield.dtype, np.float32))
+    for part in parts:
+        factor = _gradient_factor_numpy(terms, intensity[part], terms.data[part], terms.mask)
+        np.multiply(factor[:, None], farfield[part], out=out[part])
+    return out
+
+
+# -- (a) the line search's trial costs ---------------------------------------------------
+
+
+def _cost_terms_numpy(terms: CostTerms, intensity: Any, data: Any, data2: Any) -> Any:
+    """``recon.cost``'s ``value`` terms (before the mask and the sum), expression for
+    expression. ``intensity`` may be overwritten."""
+    from recon.cost import EPSILON
+
+    tau = terms.tau
+    if terms.kind == POISSON:
+        if tau:
+            ratio = intensity * intensity
+            ratio += tau * tau
+            ratio /= data2
+            return intensity - data - 0.5 * data * np.log(ratio)
+        return intensity - data - data * np.log((intensity + EPSILON) / (data + EPSILON))
+    root = np.sqrt(intensity)
+    residual = root - data
+    if tau:
+        root *= data
+        root += tau
+        angle = np.arctan(tau**0.5 * residual / root)
+        angle *= 2 * tau**0.5
+        angle *= data
+    residual *= residual
+    if tau:
+        residual += angle
+    return residual
+
+
+def trial_costs(
+    xp: Any,
+    terms: CostTerms,
+    intensity: Any,
+    cross: Any,
+    far2: Any,
+    steps: Sequence[float],
+) -> Any:
+    """(K,) float64 array, on the arrays' device: the cost at each trial ``steps[k]`` of the
+    intensity ``max(intensity + t (cross + t far2), 0)`` (all (N, H, W) float32, from
+    :func:`line_terms`), summed in float64. The data are read once for all K steps (at
+    most :data:`MAX_TRIAL_BATCH`); nothing is copied to the host, so a line search over
+    several partitions synchronises once, when it reads the sums."""
+    steps = [float(step) for step in steps]
+    if not 1 <= len(steps) <= MAX_TRIAL_BATCH:
+        raise ValueError(f"1 to {MAX_TRIAL_BATCH} trial steps per pass, got {len(steps)}")
+    if is_cupy(xp):
+        return _trial_costs_cupy(xp, terms, intensity, cross, far2, steps)
+    n, h, w = intensity.shape
+    parts = _blocks(n, h * w)
+    sums = np.zeros(len(steps), dtype=np.float64)
+    for k, step in enumerate(steps):
+        for part in parts:
+            trial = far2[part] * step
+            trial += cross[part]
+            trial *= step
+            trial += intensity[part]
+            # Exactly >= 0; rounding can dip below where the model is dark.
+            np.maximum(trial, 0, out=trial)
+            data2 = None if terms.data2 is None else terms.data2[part]
+            values = _cost_terms_numpy(terms, trial, terms.data[part], data2)
+            if terms.mask is not None:
+                values *= terms.mask
+            sums[k] += np.sum(values, dtype=np.float64)
+    return sums
+
+
+#: Threads per block of the trial-cost kernel (a power of two: the block reduction halves).
+_TRIAL_THREADS = 256
+#: At most this many blocks: each thread strides over the arrays and the per-block float64
+#: sums (blocks x K) are added in a fixed order, so the result is deterministic.
+_TRIAL_BLOCKS = 1024
+
+
+def _trial_costs_cupy(
+    cp: Any, terms: CostTerms, intensity: Any, cross: Any, far2: Any, steps: list[float]
+) -> Any:
+    n = intensity.size
+    hw = intensity.shape[-1] * intensity.shape[-2]
+    arrays = [cp.ascontiguousarray(a, dtype=np.float32) for a in (intensity, cross, far2)]
+    data = cp.ascontiguousarray(terms.data, dtype=np.float32)
+    aux = data if terms.data2 is None else cp.ascontiguousarray(terms.data2, dtype=np.float32)
+    mask = data if terms.mask is None else cp.ascontiguousarray(terms.mask, dtype=np.float32)
+    k = len(steps)
+    padded = steps + [0.0] * (MAX_TRIAL_BATCH - k)
+    blocks = max(1, min(_TRIAL_BLOCKS, -(-n // _TRIAL_THREADS)))
+    partial = cp.empty((blocks, k), dtype=np.float64)
+    tau = terms.tau
+    # The float32 constants NumPy rounds the Python floats of recon.cost to.
+    if terms.kind == POISSON:
+        constants = (np.float32(tau * tau), np.float32(0.0), np.float32(0.0))
+    else:
+        constants = (np.float32(tau), np.float32(tau**0.5), np.float32(2 * tau**0.5))
+    _cupy_kernels(cp)["trial_costs"](
+        (blocks,),
+        (_TRIAL_THREADS,),
+        (
+            *arrays,
+            data,
+            aux,
+            mask,
+            *(np.float64(step) for step in padded),
+            np.int64(n),
+            np.int64(hw),
+            np.int32(k),
+            np.int32(0 if terms.kind == POISSON else 1),
+            np.int32(terms.mask is not None),
+            np.int32(bool(tau)),
+            *constants,
+            partial,
+        ),
+    )
+    return partial.sum(axis=0)
+
+
+# -- the CuPy kernels --------------------------------------------------------------------
+
+# ``i`` is the loop index over (N, H, W); ``n`` and ``i`` are reserved names in CuPy kernels.
+_MODE_LOOP = """
+    const long long pat = i / hw;
+    const long long p = i - pat * hw;
+"""
+
+_ABS2 = "__fadd_rn(__fmul_rn(v.real(), v.real()), __fmul_rn(v.imag(), v.imag()))"
+
+_GRADIENT_BODY = {
+    # 1 - d / (I + EPSILON), or 1 - d I / (I^2 + tau^2); times the mask.
+    POISSON: """
+    float f;
+    if (tau == 0.0f) {
+        f = __fsub_rn(1.0f, __fdiv_rn(d, __fadd_rn(I, 1e-6f)));
+    } else {
+        const float den = __fadd_rn(__fmul_rn(I, I), tau2);
+        f = __fsub_rn(1.0f, __fdiv_rn(__fmul_rn(d, I), den));
+    }
+    """,
+    # 1 - a / (sqrt(I) + EPSILON), or 1 - sqrt(I) a / (I + tau); times the mask.
+    AMPLITUDE: """
+    float f;
+    if (tau == 0.0f) {
+        f = __fsub_rn(1.0f, __fdiv_rn(d, __fadd_rn(sqrtf(I), 1e-6f)));
+    } else {
+        f = __fdiv_rn(__fmul_rn(sqrtf(I), d), __fadd_rn(I, tau));
+        f = __fsub_rn(1.0f, f);
+    }
+    """,
+}
+
+_TRIAL_COSTS_SOURCE = r"""
+extern "C" __global__ void ptychoflow_trial_costs(
+    const float* I0, const float* cross, const float* bb, const float* d,
+    const float* aux, const float* mask,
+    const double s0, const double s1, const double s2, const double s3,
+    const double s4, const double s5, const double s6, const double s7,
+    const long long n, const long long hw, const int K, const int kind,
+    const int has_mask, const int has_tau, const float c0, const float c1, const float c2,
+    double* partial)
+{
+    __shared__ double shared[%(threads)d];
+    // The steps come as scalars (no copy to the device); rounded to float32 as NumPy does.
+    const float t[%(max_k)d] = {(float)s0, (float)s1, (float)s2, (float)s3,
+                                (float)s4, (float)s5, (float)s6, (float)s7};
+    double acc[%(max_k)d];
+    for (int k = 0; k < K; ++k) acc[k] = 0.0;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const float i0 = I0[i];
+        const float c = cross[i];
+        const float b = bb[i];
+        const float dd = d[i];
+        const float x = has_tau ? aux[i] : 0.0f;
+        const float m = has_mask ? mask[i %% hw] : 1.0f;
+        for (int k = 0; k < K; ++k) {
+            // ((b t + c) t) + I0, clipped at 0 (NaN stays NaN, as with NumPy's maximum).
+            float I = __fadd_rn(__fmul_rn(__fadd_rn(__fmul_rn(b, t[k]), c), t[k]), i0);
+            if (I < 0.0f) I = 0.0f;
+            float term;
+            if (kind == 0) {  // Poisson
+                const float diff = __fsub_rn(I, dd);
+                if (has_tau) {  // (I - d) - (0.5 d) log((I^2 + tau^2) / (d^2 + tau^2))
+                    const float ratio = __fdiv_rn(__fadd_rn(__fmul_rn(I, I), c0), x);
+                    term = __fsub_rn(diff, __fmul_rn(__fmul_rn(0.5f, dd), logf(ratio)));
+                } else {  // (I - d) - d log((I + EPSILON) / (d + EPSILON))
+                    const float ratio = __fdiv_rn(__fadd_rn(I, 1e-6f), __fadd_rn(dd, 1e-6f));
+                    term = __fsub_rn(diff, __fmul_rn(dd, logf(ratio)));
+                }
+            } else {  // amplitude; dd is sqrt(d)
+                const float root = sqrtf(I);
+                const float r = __fsub_rn(root, dd);
+                term = __fmul_rn(r, r);
+                if (has_tau) {  // + 2 sqrt(tau) a arctan(sqrt(tau) r / (sqrt(I) a + tau))
+                    const float s = __fadd_rn(__fmul_rn(root, dd), c0);
+                    float angle = atanf(__fdiv_rn(__fmul_rn(c1, r), s));
+                    angle = __fmul_rn(__fmul_rn(angle, c2), dd);
+                    term = __fadd_rn(term, angle);
+                }
+            }
+            if (has_mask) term = __fmul_rn(term, m);
+            acc[k] += (double)term;
+        }
+    }
+    for (int k = 0; k < K; ++k) {
+        shared[threadIdx.x] = acc[k];
+        __syncthreads();
+        for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+            if (threadIdx.x < half) shared[threadIdx.x] += shared[threadIdx.x + half];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) partial[(long long)blockIdx.x * K + k] = shared[0];
+        __syncthreads();
+    }
+}
+"""
+
+
+@functools.cache
+def _cupy_kernel_table(cp: Any) -> dict[str, Any]:
+    kernels = {
+        "mode_intensity": cp.ElementwiseKernel(
+            "raw complex64 far, int32 modes, int64 hw",
+            "float32 out",
+            _MODE_LOOP
+            + f"""
+            float s = 0.0f;
+            for (int m = 0; m < modes; ++m) {{
+                const complex<float> v = far[(pat * modes + m) * hw + p];
+                const float a = {_ABS2};
+                s = (m == 0) ? a : __fadd_rn(s, a);
+            }}
+            out = s;
+            """,
+            "ptychoflow_mode_intensity",
+        ),
+        "line_terms": cp.ElementwiseKernel(
+            "raw complex64 psi, raw complex64 far, int32 modes, int64 hw",
+            "float32 cross, float32 far2",
+            _MODE_LOOP
+            + f"""
+            float c = 0.0f, q = 0.0f;
+            for (int m = 0; m < modes; ++m) {{
+                const long long j = (pat * modes + m) * hw + p;
+                const complex<float> u = psi[j];
+                const complex<float> v = far[j];
+                const float cm = __fadd_rn(__fmul_rn(u.real(), v.real()),
+                                           __fmul_rn(u.imag(), v.imag()));
+                const float a = {_ABS2};
+                c = (m == 0) ? cm : __fadd_rn(c, cm);
+                q = (m == 0) ? a : __fadd_rn(q, a);
+            }}
+            cross = __fmul_rn(c, 2.0f);
+            far2 = q;
+            """,
+            "ptychoflow_line_terms",
+        ),
+        "update_farfield": cp.ElementwiseKernel(
+            "raw complex64 far, float32 t, int32 modes, int64 hw",
+            "raw complex64 psi, float32 out",
+            _MODE_LOOP
+            + f"""
+            float s = 0.0f;
+            for (int m = 0; m < modes; ++m) {{
+                const long long j = (pat * modes + m) * hw + p;
+                const complex<float> u = psi[j];
+                const complex<float> b = far[j];
+                const complex<float> v(__fadd_rn(u.real(), __fmul_rn(t, b.real())),
+                                       __fadd_rn(u.imag(), __fmul_rn(t, b.imag())));
+                psi[j] = v;
+                const float a = {_ABS2};
+                s = (m == 0) ? a : __fadd_rn(s, a);
+            }}
+            out = s;
+            """,
+            "ptychoflow_update_farfield",
+        ),
+        "trial_costs": cp.RawKernel(
+            _TRIAL_COSTS_SOURCE % {"threads": _TRIAL_THREADS, "max_k": MAX_TRIAL_BATCH},
+            "ptychoflow_trial_costs",
+        ),
+    }
+    for kind, body in _GRADIENT_BODY.items():
+        kernels[f"gradient_{kind}"] = cp.ElementwiseKernel(
+            "float32 I, float32 d, float32 mask, complex64 psi, float32 tau, float32 tau2",
+            "complex64 out",
+            body
+            + """
+            f = __fmul_rn(f, mask);
+            out = complex<float>(__fmul_rn(f, psi.real()), __fmul_rn(f, psi.imag()));
+            """,
+            f"ptychoflow_gradient_{kind}",
+        )
+    return kernels
+
+
+def _cupy_kernels(cp: Any) -> dict[str, Any]:
+    """The compiled CuPy kernels (built on first use; CuPy caches the binaries)."""
+    return _cupy_kernel_table(cp)

@@ -43,6 +43,7 @@ from recon.backend import (
     check_devices,
     copy_to,
     device_context,
+    get_array_module,
     gpu_names,
     real_inner,
     resolve_backend,
@@ -54,9 +55,19 @@ from recon.cost import dark_floor, make_cost
 from recon.errors import DeviceError, InputError
 from recon.operators import Ptycho
 from recon.options import CostFunction, ReconOptions
-from recon.primitives import backend_name, chunk_patterns
+from recon.primitives import (
+    backend_name,
+    chunk_patterns,
+    cost_terms,
+    gradient_farfield,
+    line_terms,
+    mode_intensity,
+    trial_batch,
+    update_farfield,
+)
+from recon.primitives import trial_costs as trial_cost_sums
 from recon.scan import ScanData
-from recon.solver import CGState, backtracking, dai_yuan_beta
+from recon.solver import CGState, batched_backtracking, dai_yuan_beta
 
 #: Pixels of object added beyond the furthest patch (the bilinear window needs one).
 OBJECT_MARGIN = 2
@@ -516,35 +527,37 @@ class _Reconstruction:
                     far = far_direction(part, chunk, piece)
                     # sum_m |psi_m + t b_m|^2 = I + t (2 Re sum_m conj(psi_m) b_m
                     # + t sum_m |b_m|^2): no FFT per trial.
-                    psi = chunk.farfield
-                    cross = psi.real * far.real
-                    cross += psi.imag * far.imag
-                    cross = cross.sum(axis=1)
-                    cross *= 2
-                    chunk.line = (far, cross, _intensity(far))
+                    chunk.line = (far, *line_terms(xp, chunk.farfield, far))
             pieces.append(piece)
 
-        def trial_cost(step: float) -> Callable[[_Chunk], float]:
-            def cost(chunk: _Chunk) -> float:
-                _, cross, far2 = chunk.line
-                intensity = far2 * step
-                intensity += cross
-                intensity *= step
-                intensity += chunk.intensity
-                # Exactly >= 0; rounding can dip below where the model is dark.
-                return chunk.cost.value(xp.maximum(intensity, 0, out=intensity))
+        def trial_costs(steps: list[float]) -> list[float]:
+            # Every trial of the batch in one pass per chunk (recon.primitives). The float64
+            # sums stay on the devices and are added on the home device in the order of
+            # ``_total`` (partitions, then chunks); they reach the host once per batch:
+            # one sync per line search, not one per trial and partition.
+            total = None
+            for part in self.parts:
+                with part.context():
+                    for chunk in part.chunks:
+                        _, cross, far2 = chunk.line
+                        costs = trial_cost_sums(
+                            xp, cost_terms(chunk.cost), chunk.intensity, cross, far2, steps
+                        )
+                        with device_context(xp, self.home):
+                            costs = copy_to(costs, xp, self.home)
+                            total = costs if total is None else total + costs
+            return [float(cost) for cost in to_host(total)]
 
-            return cost
-
-        search = backtracking(
-            lambda step: self._total(trial_cost(step)), self.cost, slope, first_step=2 * state.step
+        search = batched_backtracking(
+            trial_costs, self.cost, slope, first_step=2 * state.step, batch=trial_batch(xp)
         )
         for part in self.parts:
             with part.context():
                 for chunk in part.chunks:
                     if search.step > 0:
-                        chunk.farfield += search.step * chunk.line[0]
-                        chunk.intensity = _intensity(chunk.farfield)
+                        chunk.intensity = update_farfield(
+                            xp, chunk.farfield, chunk.line[0], search.step
+                        )
                     chunk.line = None
         if search.step > 0:
             self.cost = search.cost
@@ -566,10 +579,10 @@ class _Reconstruction:
                     else xp.zeros(part.shape, dtype=ACCUMULATE_REAL)
                 )
                 for chunk in part.chunks:
-                    factor = chunk.cost.gradient_factor(chunk.intensity)
-                    chunk.model.adj_object(
-                        factor[:, None] * chunk.farfield, chunk.probes_at, out=grad
+                    weighted = gradient_farfield(
+                        xp, cost_terms(chunk.cost), chunk.intensity, chunk.farfield
                     )
+                    chunk.model.adj_object(weighted, chunk.probes_at, out=grad)
                     if illum is not None:
                         power = _intensity(chunk.probes_at)
                         power = xp.broadcast_to(power, (chunk.model.n, *power.shape[1:]))
@@ -616,8 +629,10 @@ class _Reconstruction:
                     if fresh:
                         chunk.patches = chunk.model.patches.fwd(part.object)
                         power += _abs2(chunk.patches).sum(axis=0, dtype=ACCUMULATE_REAL)
-                    factor = chunk.cost.gradient_factor(chunk.intensity)
-                    chunk.model.adj_probe(factor[:, None] * chunk.farfield, chunk.patches, out=grad)
+                    weighted = gradient_farfield(
+                        xp, cost_terms(chunk.cost), chunk.intensity, chunk.farfield
+                    )
+                    chunk.model.adj_probe(weighted, chunk.patches, out=grad)
                 grads.append(grad)
                 powers.append(power)
         grad = self._gather_probe(grads, COMPLEX)
@@ -746,9 +761,7 @@ def _abs2(x: Any) -> Any:
 
 def _intensity(farfield: Any) -> Any:
     """Incoherent sum over the mode axis: (N, MODES, H, W) -> (N, H, W)."""
-    if farfield.shape[1] == 1:
-        return _abs2(farfield[:, 0])
-    return _abs2(farfield).sum(axis=1)
+    return mode_intensity(get_array_module(farfield), farfield)
 
 
 def _real_dot(a: Any, b: Any, axes: tuple[int, ...]) -> Any:
