@@ -38,6 +38,7 @@ __all__ = [
     "CPU_CHUNK_BYTES",
     "GPU_PATH_ON_CPU",
     "CostTerms",
+    "apply_ramp",
     "backend_name",
     "chunk_patterns",
     "cost_terms",
@@ -48,6 +49,7 @@ __all__ = [
     "ifft2",
     "line_terms",
     "mode_intensity",
+    "multiply_conj",
     "scatter_windows",
     "trial_batch",
     "trial_costs",
@@ -113,6 +115,14 @@ def gather_windows(xp: Any, obj: Any, corner: Any, shape: tuple[int, int]) -> An
     """(N_POS, H, W) copies of the ``obj`` windows of ``shape`` at integer ``corner``
     (N_POS, 2) int64 (row, col of each window's top-left pixel)."""
     h, w = shape
+    if is_cupy(xp):  # one gather kernel instead of fancy indexing's index grids
+        obj = xp.ascontiguousarray(obj)
+        out = xp.empty((corner.shape[0], h, w), dtype=obj.dtype)
+        corner = xp.ascontiguousarray(corner, dtype=np.int64)
+        _cupy_kernels(xp)["gather"](
+            obj, corner, np.int64(h), np.int64(w), np.int64(obj.shape[1]), out
+        )
+        return out
     if gpu_path(xp):
         rows, cols = _index_grids(xp, corner, h, w)
         return obj[rows, cols]
@@ -134,19 +144,44 @@ def scatter_windows(xp: Any, out: Any, windows: Any, corner: Any) -> None:
     ``out`` may have a wider dtype (complex128, float64) than the windows: overlapping
     contributions are then accumulated in double precision on both paths.
     """
-    _n, h, w = windows.shape
+    n, h, w = windows.shape
+    if is_cupy(xp) and out.flags.c_contiguous:
+        # One kernel: each element converted to the accumulator's precision in registers
+        # and added by atomics on the real and imaginary parts; no converted copy.
+        complex_out = xp.iscomplexobj(out)
+        if xp.iscomplexobj(windows) and not complex_out:
+            raise TypeError("complex windows cannot be added into a real array")
+        target = out.view(out.real.dtype) if complex_out else out
+        kernel = "scatter_complex" if xp.iscomplexobj(windows) else "scatter_real"
+        if not xp.iscomplexobj(windows) and complex_out:
+            kernel = "scatter_real_into_complex"
+        _cupy_kernels(xp)[kernel](
+            windows,
+            xp.ascontiguousarray(corner, dtype=np.int64),
+            np.int64(h),
+            np.int64(w),
+            np.int64(out.shape[1]),
+            target,
+        )
+        return
     if gpu_path(xp):
         rows, cols = _index_grids(xp, corner, h, w)
-        rows = xp.broadcast_to(rows, windows.shape)
-        cols = xp.broadcast_to(cols, windows.shape)
-        windows = windows.astype(out.dtype, copy=False)
         add_at = _add_at(xp)
-        if xp.iscomplexobj(windows):
-            # No complex atomics: add the real and imaginary parts through views of ``out``.
-            add_at(out.real, (rows, cols), windows.real)
-            add_at(out.imag, (rows, cols), windows.imag)
-        else:
-            add_at(out, (rows, cols), windows)
+        # A block of windows at a time, so the copy converted to the accumulator's dtype
+        # stays small (the CuPy kernel converts in registers); each part's adds keep
+        # their order, so the blocks change nothing.
+        for part in _blocks(n, h * w):
+            block = windows[part].astype(out.dtype, copy=False)
+            index = (
+                xp.broadcast_to(rows[part], block.shape),
+                xp.broadcast_to(cols[part], block.shape),
+            )
+            if xp.iscomplexobj(block):
+                # No complex atomics: add the real and imaginary parts through views.
+                add_at(out.real, index, block.real)
+                add_at(out.imag, index, block.imag)
+            else:
+                add_at(out, index, block)
         return
     # Windows overlap, so add one at a time; each add is a contiguous block.
     for index, (r, c) in enumerate(corner.tolist()):
@@ -305,6 +340,50 @@ def update_farfield(xp: Any, psi: Any, far: Any, step: float) -> Any:
         block = psi[part]
         block += step * far[part]
         out[part] = _mode_sum_numpy(block)
+    return out
+
+
+# -- products with conjugates and phase ramps, in place ---------------------------------
+
+
+def multiply_conj(xp: Any, a: Any, b: Any) -> Any:
+    """``a *= conj(b)`` in place and return ``a``; ``b`` broadcasts against ``a`` (e.g.
+    (N, 1, H, W) patches against (N, MODES, H, W)). No conjugated copy of ``b`` is made
+    (NumPy: one block of patterns at a time)."""
+    if is_cupy(xp):
+        return _cupy_kernels(xp)["multiply_conj"](a, b, a)
+    if b.shape[0] == 1:  # one b for every pattern: its conjugate is small
+        a *= b.conj()
+        return a
+    for part in _blocks(a.shape[0], a.shape[-1] * a.shape[-2]):
+        a[part] *= b[part].conj()
+    return a
+
+
+def apply_ramp(
+    xp: Any, spectrum: Any, rows: Any, cols: Any, conj: bool = False, out: Any = None
+) -> Any:
+    """``spectrum * (rows * cols)`` (or times its conjugate): the separable phase ramps
+    ``rows`` (N, 1, H, 1) and ``cols`` (N, 1, 1, W) complex64 of a Fourier shift, their
+    product rounded to complex64 as a stored ramp would be, never stored whole.
+    ``spectrum`` (N or 1, MODES, H, W); ``out``: where to write (may be ``spectrum``),
+    else a new (N, MODES, H, W) array."""
+    if is_cupy(xp):
+        kernel = _cupy_kernels(xp)["apply_ramp"]
+        if out is None:
+            return kernel(spectrum, rows, cols, np.int32(conj))
+        return kernel(spectrum, rows, cols, np.int32(conj), out)
+    n = rows.shape[0]
+    if out is None:
+        shape = (n, *spectrum.shape[1:])
+        out = np.empty(shape, dtype=np.result_type(spectrum.dtype, rows.dtype))
+    h, w = spectrum.shape[-2:]
+    for part in _blocks(n, h * w * spectrum.shape[1]):
+        ramp = rows[part] * cols[part]
+        if conj:
+            ramp = ramp.conj()
+        source = spectrum if spectrum.shape[0] == 1 else spectrum[part]
+        np.multiply(source, ramp, out=out[part])
     return out
 
 
@@ -644,6 +723,69 @@ def _cupy_kernel_table(cp: Any) -> dict[str, Any]:
             "ptychoflow_trial_costs",
         ),
     }
+    # Window gather and scatter: (N, H, W) windows at ``corner`` (N, 2) of a C-ordered
+    # (OBJ_H, OW) array; element i is window k = i / (h w), row q / w, column q % w.
+    window = """
+            const long long k = i / (h * w);
+            const long long q = i - k * h * w;
+            const long long r = corner[2 * k] + q / w;
+            const long long c = corner[2 * k + 1] + (q - (q / w) * w);
+            const long long j = r * ow + c;
+    """
+    kernels["gather"] = cp.ElementwiseKernel(
+        "raw T obj, raw int64 corner, int64 h, int64 w, int64 ow",
+        "T out",
+        window + "out = obj[j];",
+        "ptychoflow_gather_windows",
+    )
+    kernels["scatter_complex"] = cp.ElementwiseKernel(
+        "C v, raw int64 corner, int64 h, int64 w, int64 ow",
+        "raw F out",
+        window
+        + """
+            atomicAdd(&out[2 * j], (F)v.real());
+            atomicAdd(&out[2 * j + 1], (F)v.imag());
+        """,
+        "ptychoflow_scatter_complex",
+    )
+    kernels["scatter_real"] = cp.ElementwiseKernel(
+        "T v, raw int64 corner, int64 h, int64 w, int64 ow",
+        "raw F out",
+        window + "atomicAdd(&out[j], (F)v);",
+        "ptychoflow_scatter_real",
+    )
+    kernels["scatter_real_into_complex"] = cp.ElementwiseKernel(
+        "T v, raw int64 corner, int64 h, int64 w, int64 ow",
+        "raw F out",
+        window + "atomicAdd(&out[2 * j], (F)v);",
+        "ptychoflow_scatter_real_into_complex",
+    )
+    # a * conj(b), rounded as NumPy's complex64 product: (ar br + ai bi, ai br - ar bi).
+    kernels["multiply_conj"] = cp.ElementwiseKernel(
+        "complex64 a, complex64 b",
+        "complex64 out",
+        """
+        const float ar = a.real(), ai = a.imag(), br = b.real(), bi = b.imag();
+        const float re = __fadd_rn(__fmul_rn(ar, br), __fmul_rn(ai, bi));
+        const float im = __fsub_rn(__fmul_rn(ai, br), __fmul_rn(ar, bi));
+        out = complex<float>(re, im);
+        """,
+        "ptychoflow_multiply_conj",
+    )
+    kernels["apply_ramp"] = cp.ElementwiseKernel(
+        "complex64 s, complex64 r, complex64 c, int32 conj",
+        "complex64 out",
+        """
+        const float rr = r.real(), ri = r.imag(), cr = c.real(), ci = c.imag();
+        const float pr = __fsub_rn(__fmul_rn(rr, cr), __fmul_rn(ri, ci));
+        float pi = __fadd_rn(__fmul_rn(rr, ci), __fmul_rn(ri, cr));
+        if (conj) pi = -pi;
+        const float re = __fsub_rn(__fmul_rn(s.real(), pr), __fmul_rn(s.imag(), pi));
+        const float im = __fadd_rn(__fmul_rn(s.real(), pi), __fmul_rn(s.imag(), pr));
+        out = complex<float>(re, im);
+        """,
+        "ptychoflow_apply_ramp",
+    )
     for kind, body in _GRADIENT_BODY.items():
         kernels[f"gradient_{kind}"] = cp.ElementwiseKernel(
             "float32 I, float32 d, float32 mask, complex64 psi, float32 tau, float32 tau2",

@@ -53,12 +53,14 @@ from recon.backend import (
 )
 from recon.cost import dark_floor, make_cost
 from recon.errors import DeviceError, InputError
+from recon.memory import GpuClaim, check_gpu_memory
 from recon.operators import Ptycho
 from recon.options import CostFunction, ReconOptions
 from recon.primitives import (
     backend_name,
     chunk_patterns,
     cost_terms,
+    gpu_path,
     gradient_farfield,
     line_terms,
     mode_intensity,
@@ -813,6 +815,27 @@ def staged_start_end(options: ReconOptions) -> int:
     )
 
 
+def claimed_devices(options: ReconOptions, device_ids: Sequence[int] | None = None) -> list[int]:
+    """The device of each partition: ``options.devices`` of ``device_ids`` (default 0, 1,
+    ...), or all of ``device_ids``, or one."""
+    count = options.devices or (len(device_ids) if device_ids else 1)
+    devices = list(device_ids) if device_ids else list(range(count))
+    if len(devices) < count:
+        raise DeviceError(f"{count} devices were asked for but only {devices} were given")
+    return devices[:count]
+
+
+def gpu_claim_for(
+    options: ReconOptions, device_ids: Sequence[int] | None = None
+) -> GpuClaim | None:
+    """What a reconstruction with ``options`` will hold on GPUs (``recon.memory``), or None
+    when it does not take the GPU path."""
+    xp = resolve_backend(options.backend.value)
+    if not gpu_path(xp):
+        return None
+    return GpuClaim(tuple(claimed_devices(options, device_ids)), options.probe_modes)
+
+
 def reconstruct(
     scan: ScanData,
     options: ReconOptions | None = None,
@@ -840,14 +863,19 @@ def reconstruct(
     """
     options = options or ReconOptions()
     xp = resolve_backend(options.backend.value)
-    count = options.devices or (len(device_ids) if device_ids else 1)
-    devices = list(device_ids) if device_ids else list(range(count))
-    if len(devices) < count:
-        raise DeviceError(f"{count} devices were asked for but only {devices} were given")
-    devices = devices[:count]
+    devices = claimed_devices(options, device_ids)
     check_devices(xp, devices)
     if scan.n_positions < 1:
         raise InputError(f"{scan.source}: the scan has no diffraction patterns")
+    if gpu_path(xp) and start_object is None:  # before anything is put on a GPU
+        extent = np.ptp(np.asarray(scan.positions, dtype=np.float64), axis=0)
+        check_gpu_memory(
+            str(scan.source),
+            scan.n_positions,
+            scan.detector_shape,
+            (float(extent[0]), float(extent[1])),
+            GpuClaim(tuple(devices), options.probe_modes),
+        )
 
     if options.coarse_levels and start_object is None:
         return _coarse_to_fine(scan, options, devices, progress, monitor)

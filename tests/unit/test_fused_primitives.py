@@ -138,3 +138,50 @@ def test_batched_backtracking_accepts_what_backtracking_accepts(batch, accept_be
     assert sum(calls) >= one.trials and sum(calls) <= 30
     assert len(calls) == -(-max(one.trials, 1) // batch) or one.step == 0
     assert batched_backtracking(costs, 10.0, 1.0, 8.0, batch) == LineSearchResult(0.0, 10.0, 0)
+
+
+@pytest.mark.parametrize("leading", ["per-pattern", "shared"])
+def test_multiply_conj_is_the_plain_product_with_the_conjugate(path, leading):
+    psi, far, _ = far_fields(modes=2)
+    b = far[:, :1] if leading == "per-pattern" else far[:1]
+    expected = psi * b.conj()
+    out = primitives.multiply_conj(np, psi, b)
+    assert out is psi
+    np.testing.assert_array_equal(psi, expected)
+
+
+@pytest.mark.parametrize("conj", [False, True])
+@pytest.mark.parametrize("spectra", [1, 9])
+def test_apply_ramp_is_the_plain_product_with_the_stored_ramp(path, conj, spectra):
+    """The product of the separable ramps, formed block by block where it is applied,
+    equals the stored full ramp it replaces (``recon.operators.FourierShift``)."""
+    psi, _, _ = far_fields(modes=2)
+    rng = np.random.default_rng(4)
+    phase_rows = rng.uniform(-3, 3, (9, 1, 16, 1))
+    phase_cols = rng.uniform(-3, 3, (9, 1, 1, 12))
+    rows = np.exp(1j * phase_rows).astype(np.complex64)
+    cols = np.exp(1j * phase_cols).astype(np.complex64)
+    ramp = rows * cols
+    spectrum = psi[:spectra]
+    expected = spectrum * (ramp.conj() if conj else ramp)
+    np.testing.assert_array_equal(primitives.apply_ramp(np, spectrum, rows, cols, conj), expected)
+    if spectra == 9:
+        out = primitives.apply_ramp(np, spectrum, rows, cols, conj, out=spectrum)
+        assert out is spectrum
+        np.testing.assert_array_equal(spectrum, expected)
+
+
+def test_scatter_windows_in_blocks_is_the_one_block_twin(monkeypatch):
+    """The GPU path's twin converts a block of windows at a time: the same adds in the
+    same order as converting all of them at once."""
+    from tests.unit.equivalence import random_windows
+
+    _, corner, windows = random_windows(seed=3, n=60)
+    monkeypatch.setenv(primitives.GPU_PATH_ON_CPU, "1")
+    whole = np.zeros((50, 47), np.complex128)
+    primitives.scatter_windows(np, whole, windows, corner)
+    monkeypatch.setattr(primitives, "CPU_CHUNK_BYTES", 7 * 8 * 12 * 9)
+    assert len(primitives._blocks(60, 12 * 9)) == 9
+    blocks = np.zeros((50, 47), np.complex128)
+    primitives.scatter_windows(np, blocks, windows, corner)
+    np.testing.assert_array_equal(blocks, whole)

@@ -121,6 +121,28 @@ def test_fused_mode_passes_match_the_numpy_twins(cp, monkeypatch, modes):
     np.testing.assert_allclose(to_host(gpu_out), host_out, rtol=2e-7, atol=1e-12)
 
 
+def test_conjugate_and_ramp_products_match_the_numpy_twins(cp, monkeypatch):
+    """``multiply_conj`` and ``apply_ramp`` (the Fourier shift's ramps, never stored whole):
+    complex64 products rounded per operation as NumPy's, to a few ulp."""
+    monkeypatch.setenv(primitives.GPU_PATH_ON_CPU, "1")
+    psi, far, _ = far_fields(modes=2)
+    for b in (far[:, :1], far[:1]):
+        host = primitives.multiply_conj(np, psi.copy(), b)
+        gpu = primitives.multiply_conj(cp, cp.asarray(psi), cp.asarray(b))
+        np.testing.assert_allclose(to_host(gpu), host, rtol=1e-6, atol=1e-6 * np.abs(host).max())
+    rng = np.random.default_rng(4)
+    rows = np.exp(1j * rng.uniform(-3, 3, (9, 1, 16, 1))).astype(np.complex64)
+    cols = np.exp(1j * rng.uniform(-3, 3, (9, 1, 1, 12))).astype(np.complex64)
+    for spectrum in (psi, psi[:1]):
+        for conj in (False, True):
+            host = primitives.apply_ramp(np, spectrum, rows, cols, conj)
+            gpu = primitives.apply_ramp(
+                cp, cp.asarray(spectrum), cp.asarray(rows), cp.asarray(cols), conj
+            )
+            scale = np.abs(host).max()
+            np.testing.assert_allclose(to_host(gpu), host, rtol=1e-6, atol=1e-6 * scale)
+
+
 @pytest.mark.parametrize(("kind", "floor", "masked"), COST_CASES, ids=COST_IDS)
 def test_fused_cost_passes_match_the_numpy_twins(cp, monkeypatch, kind, floor, masked):
     """``gradient_farfield`` (elementwise: to a few ulp, ``sqrtf`` and division are correctly
