@@ -318,24 +318,28 @@ def line_terms(xp: Any, psi: Any, far: Any) -> tuple[Any, Any]:
     return cross, far2
 
 
-def update_farfield(xp: Any, psi: Any, far: Any, step: float) -> Any:
+def update_farfield(xp: Any, psi: Any, far: Any, step: float, out: Any = None) -> Any:
     """``psi += step * far`` in place (both (N, MODES, H, W) complex64, ``step`` rounded to
-    float32); returns the new (N, H, W) float32 intensity ``sum_m |psi_m|^2``."""
+    float32); returns the new (N, H, W) float32 intensity ``sum_m |psi_m|^2``, written into
+    ``out`` when given (the old intensity: no second intensity array)."""
     n, modes, h, w = psi.shape
     if is_cupy(xp):
+        if out is None:
+            out = xp.empty((n, h, w), dtype=np.float32)
         if not (psi.flags.c_contiguous and far.flags.c_contiguous):
             psi += step * far
-            return mode_intensity(xp, psi)
-        out = xp.empty((n, h, w), dtype=np.float32)
+            out[...] = mode_intensity(xp, psi)
+            return out
         _cupy_kernels(xp)["update_farfield"](
             far, np.float32(step), np.int32(modes), np.int64(h * w), psi, out
         )
         return out
     parts = _blocks(n, h * w)
-    if len(parts) == 1:
+    if len(parts) == 1 and out is None:
         psi += step * far
         return _mode_sum_numpy(psi)
-    out = np.empty((n, h, w), dtype=np.float32)
+    if out is None:
+        out = np.empty((n, h, w), dtype=np.float32)
     for part in parts:
         block = psi[part]
         block += step * far[part]

@@ -556,11 +556,11 @@ class _Reconstruction:
         for part in self.parts:
             with part.context():
                 for chunk in part.chunks:
-                    if search.step > 0:
-                        chunk.intensity = update_farfield(
-                            xp, chunk.farfield, chunk.line[0], search.step
-                        )
-                    chunk.line = None
+                    far = chunk.line[0]
+                    chunk.line = None  # cross and |far|^2 go before the update
+                    if search.step > 0:  # the new intensity overwrites the old
+                        update_farfield(xp, chunk.farfield, far, search.step, out=chunk.intensity)
+                    del far
         if search.step > 0:
             self.cost = search.cost
             state.step = search.step
