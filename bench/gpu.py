@@ -335,18 +335,27 @@ def simulate_on_gpu(xp: Any, n_positions: int, detector: int, photons: float, se
 def patterns_that_fit(
     allowed: float, patterns: int, detector: tuple[int, int], object_shape: tuple[float, float]
 ) -> int:
-    """The most of ``patterns`` (all, or 90 % steps down) whose GPU estimate is ``allowed``."""
-    from recon.memory import estimate_gpu_bytes
+    """The most of ``patterns`` (all, or 90 % steps down) that GPU 0 holds within
+    ``allowed`` bytes by the GPU estimate, split into as many chunks as that takes."""
+    from recon.memory import GPU_CHUNK_COUNTS, estimate_gpu_bytes
+
+    def needed(n: int) -> float:
+        return estimate_gpu_bytes(n, detector, object_shape, chunks=GPU_CHUNK_COUNTS[-1])[0]
 
     n = patterns
-    while n > 256 and estimate_gpu_bytes(n, detector, object_shape)[0] > allowed:
+    while n > 256 and needed(n) > allowed:
         n = int(n * 0.9)
     return n
 
 
 def largest(cp: Any) -> dict[str, Any]:
     """The 32768 x 256^2 view, or as many of its patterns as the GPU estimate fits."""
-    from recon.memory import estimate_gpu_bytes, format_bytes, object_shape_estimate
+    from recon.memory import (
+        estimate_gpu_bytes,
+        format_bytes,
+        gpu_chunks_for,
+        object_shape_estimate,
+    )
 
     det = (LARGEST_DETECTOR, LARGEST_DETECTOR)
     started = time.perf_counter()
@@ -359,8 +368,11 @@ def largest(cp: Any) -> dict[str, Any]:
     extent = np.ptp(scan.positions, axis=0)
     shape = object_shape_estimate((float(extent[0]), float(extent[1])), det)
 
+    def chunks(n: int) -> int:
+        return gpu_chunks_for(n, det, shape, 1, (0,), {0: int(allowed)})
+
     def needed(n: int) -> float:
-        return estimate_gpu_bytes(n, det, shape)[0]
+        return estimate_gpu_bytes(n, det, shape, chunks=chunks(n))[0]
 
     n = patterns_that_fit(allowed, LARGEST_PATTERNS, det, shape)
     if n < LARGEST_PATTERNS:
@@ -370,7 +382,8 @@ def largest(cp: Any) -> dict[str, Any]:
     whole = format_bytes(needed(LARGEST_PATTERNS))
     print(
         f"  largest: {LARGEST_PATTERNS} patterns need about {whole} by the estimate; "
-        f"{format_bytes(free)} free of {format_bytes(total)}: running {n}",
+        f"{format_bytes(free)} free of {format_bytes(total)}: running {n} in "
+        f"{chunks(n)} chunks",
         flush=True,
     )
     numbers = time_view(cp, scan, {}, iterations=4)
@@ -379,6 +392,7 @@ def largest(cp: Any) -> dict[str, Any]:
         "patterns": n,
         "fits_whole_view": n == LARGEST_PATTERNS,
         "estimate_bytes": needed(n),
+        "chunks_by_estimate": chunks(n),
         "free_bytes": int(free),
         "total_bytes": int(total),
         "made_s": made,
@@ -386,10 +400,19 @@ def largest(cp: Any) -> dict[str, Any]:
     }
     print_table(
         "The largest view on one GPU (defaults, 4 iterations; memory-pool peak vs estimate)",
-        ["view", "ms/iteration", "peak GiB", "estimate GiB", "free GiB", "bytes/pattern pixel"],
+        [
+            "view",
+            "chunks",
+            "ms/iteration",
+            "peak GiB",
+            "estimate GiB",
+            "free GiB",
+            "bytes/pattern pixel",
+        ],
         [
             [
                 row["view"],
+                str(row["chunks_by_estimate"]),
                 f"{row['ms_per_iteration']:.0f}",
                 f"{row['peak_bytes'] / 2**30:.1f}",
                 f"{row['estimate_bytes'] / 2**30:.1f}",

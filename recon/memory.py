@@ -180,21 +180,49 @@ GPU_BYTES_PER_OBJECT_PIXEL = BYTES_PER_OBJECT_PIXEL
 GPU_FIXED_OVERHEAD_BYTES = 16 * 2**20
 
 
+#: With a partition split into chunks (when one would not fit), per pattern pixel: what
+#: stays for the whole view (counts, far fields, intensities, probes at every position,
+#: cached patches, the line search's cross term and intensity, cuFFT's work area) ...
+GPU_STREAMED_BYTES_PER_PATTERN_PIXEL = 56
+#: ... plus the work arrays of one chunk (gradient, the direction's far fields), divided by
+#: the number of chunks. Traced peaks of the GPU path on NumPy with one mode: 53-60 with 4
+#: chunks, 49-56 with 8 (positions refined: 54 and 49; ``bench/memory_estimate.py`` with
+#: ``PTYCHOFLOW_GPU_CHUNKS``).
+GPU_CHUNK_WORK_BYTES_PER_PATTERN_PIXEL = 40
+#: Chunks per partition tried, in order, until a view fits (``PTYCHOFLOW_GPU_CHUNKS`` sets
+#: the count): each chunk's kernels run one after the other, so more cost launches.
+GPU_CHUNK_COUNTS = (1, 2, 4, 8, 16)
+GPU_CHUNKS_ENV = "PTYCHOFLOW_GPU_CHUNKS"
+
+
+def _gpu_bytes_per_pattern_pixel(probe_modes: int, chunks: int) -> float:
+    extra = GPU_BYTES_PER_EXTRA_MODE_PIXEL * (probe_modes - 1)
+    if chunks <= 1:
+        return GPU_BYTES_PER_PATTERN_PIXEL + extra
+    modes = 1 + (probe_modes - 1) * GPU_BYTES_PER_EXTRA_MODE_PIXEL / GPU_BYTES_PER_PATTERN_PIXEL
+    return (
+        GPU_STREAMED_BYTES_PER_PATTERN_PIXEL * modes
+        + GPU_CHUNK_WORK_BYTES_PER_PATTERN_PIXEL * modes / chunks
+    )
+
+
 def estimate_gpu_bytes(
     n_patterns: int,
     detector_shape: tuple[int, int],
     object_shape: tuple[float, float],
     probe_modes: int = 1,
     devices: Sequence[int] = (0,),
+    chunks: int = 1,
 ) -> dict[int, float]:
     """Peak bytes on each GPU (device id -> bytes) when the view's patterns are split over
-    ``devices`` (one partition per entry; a GPU named twice holds both partitions).
-    Partitions hold near-equal counts (``recon.ptycho.partition_positions``); each is
-    counted with the whole object, an upper bound for all but the first."""
+    ``devices`` (one partition per entry; a GPU named twice holds both partitions), each
+    partition in ``chunks`` chunks. Partitions hold near-equal counts
+    (``recon.ptycho.partition_positions``); each is counted with the whole object, an
+    upper bound for all but the first."""
     parts = max(len(devices), 1)
     pattern_pixels = float(math.ceil(n_patterns / parts)) * detector_shape[0] * detector_shape[1]
     object_pixels = float(object_shape[0]) * float(object_shape[1])
-    per_pixel = GPU_BYTES_PER_PATTERN_PIXEL + GPU_BYTES_PER_EXTRA_MODE_PIXEL * (probe_modes - 1)
+    per_pixel = _gpu_bytes_per_pattern_pixel(probe_modes, chunks)
     per_partition = pattern_pixels * per_pixel + object_pixels * GPU_BYTES_PER_OBJECT_PIXEL
     needed: dict[int, float] = {}
     for device in devices or (0,):
@@ -246,6 +274,34 @@ def gpu_memory_limits(devices: Sequence[int]) -> tuple[dict[int, int | None], st
     return limits, f"the free memory of the GPUs; set {GPU_MEMORY_LIMIT_ENV} to change"
 
 
+def gpu_chunks_for(
+    n_patterns: int,
+    detector_shape: tuple[int, int],
+    object_shape: tuple[float, float],
+    probe_modes: int,
+    devices: Sequence[int],
+    limits: dict[int, int | None] | None = None,
+) -> int:
+    """Chunks per partition on the GPU path: ``PTYCHOFLOW_GPU_CHUNKS`` when set, else the
+    fewest of :data:`GPU_CHUNK_COUNTS` with which every claimed GPU holds its share
+    (the most when none does: :func:`check_gpu_memory` refuses that view)."""
+    text = os.environ.get(GPU_CHUNKS_ENV)
+    if text:
+        try:
+            return max(1, int(text))
+        except ValueError:
+            raise OptionsError(f"{GPU_CHUNKS_ENV}={text!r} is not a whole number") from None
+    if limits is None:
+        limits, _ = gpu_memory_limits(sorted(set(devices)))
+    for chunks in GPU_CHUNK_COUNTS:
+        needed = estimate_gpu_bytes(
+            n_patterns, detector_shape, object_shape, probe_modes, devices, chunks
+        )
+        if all(limits.get(d) is None or b <= limits[d] for d, b in needed.items()):
+            return chunks
+    return GPU_CHUNK_COUNTS[-1]
+
+
 def check_gpu_memory(
     source: str,
     n_patterns: int,
@@ -257,12 +313,15 @@ def check_gpu_memory(
     """Refuse (InputTooLargeError naming the GPU, the estimate, what is free and what to
     change) a view that would not fit on the claimed GPUs; return the estimates."""
     object_shape = object_shape_estimate(extent_pixels, detector_shape)
-    needed = estimate_gpu_bytes(
-        n_patterns, detector_shape, object_shape, claim.probe_modes, claim.devices
-    )
     where = "the limits asked for"
     if limits is None:
-        limits, where = gpu_memory_limits(sorted(needed))
+        limits, where = gpu_memory_limits(sorted(set(claim.devices)))
+    chunks = gpu_chunks_for(
+        n_patterns, detector_shape, object_shape, claim.probe_modes, claim.devices, limits
+    )
+    needed = estimate_gpu_bytes(
+        n_patterns, detector_shape, object_shape, claim.probe_modes, claim.devices, chunks
+    )
     for device, bytes_needed in needed.items():
         allowed = limits.get(device)
         if allowed is None or bytes_needed <= allowed:
@@ -278,7 +337,8 @@ def check_gpu_memory(
             f"{source}: reconstructing this view needs about {format_bytes(bytes_needed)} on "
             f"GPU {device} ({n_patterns} patterns of {detector_shape[0]}x{detector_shape[1]} "
             f"over {len(claim.devices)} partition{'s' if len(claim.devices) > 1 else ''}, "
-            f"{parts} of them on this GPU, {modes} probe mode{'s' if modes > 1 else ''}, an "
+            f"{parts} of them on this GPU, each in {chunks} chunk{'s' if chunks > 1 else ''}, "
+            f"{modes} probe mode{'s' if modes > 1 else ''}, an "
             f"object of {object_shape[0]:.4g}x{object_shape[1]:.4g} pixels), more than the "
             f"{format_bytes(allowed)} available there ({where}); {fix}"
         )

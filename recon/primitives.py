@@ -78,11 +78,12 @@ def backend_name(xp: Any) -> str:
     return "numpy-gpu-path" if gpu_path(xp) else "numpy"
 
 
-def chunk_patterns(xp: Any, n_patterns: int, pattern_bytes: int) -> int:
+def chunk_patterns(xp: Any, n_patterns: int, pattern_bytes: int, gpu_chunks: int = 1) -> int:
     """Patterns per chunk of a partition with ``n_patterns`` patterns of ``pattern_bytes``
-    (one complex far field of every mode): all of them on the GPU path."""
+    (one complex far field of every mode): on the GPU path all of them, or a
+    ``gpu_chunks``-th when the view is split to fit the GPU's memory (``recon.memory``)."""
     if gpu_path(xp):
-        return max(1, n_patterns)
+        return max(1, -(-n_patterns // max(gpu_chunks, 1)))
     return max(1, CPU_CHUNK_BYTES // max(pattern_bytes, 1))
 
 
@@ -574,23 +575,23 @@ _MODE_LOOP = """
 _ABS2 = "__fadd_rn(__fmul_rn(v.real(), v.real()), __fmul_rn(v.imag(), v.imag()))"
 
 _GRADIENT_BODY = {
-    # 1 - d / (I + EPSILON), or 1 - d I / (I^2 + tau^2); times the mask.
+    # 1 - d / (inten + EPSILON), or 1 - d inten / (inten^2 + tau^2); times the mask.
     POISSON: """
     float f;
     if (tau == 0.0f) {
-        f = __fsub_rn(1.0f, __fdiv_rn(d, __fadd_rn(I, 1e-6f)));
+        f = __fsub_rn(1.0f, __fdiv_rn(d, __fadd_rn(inten, 1e-6f)));
     } else {
-        const float den = __fadd_rn(__fmul_rn(I, I), tau2);
-        f = __fsub_rn(1.0f, __fdiv_rn(__fmul_rn(d, I), den));
+        const float den = __fadd_rn(__fmul_rn(inten, inten), tau2);
+        f = __fsub_rn(1.0f, __fdiv_rn(__fmul_rn(d, inten), den));
     }
     """,
-    # 1 - a / (sqrt(I) + EPSILON), or 1 - sqrt(I) a / (I + tau); times the mask.
+    # 1 - a / (sqrt(inten) + EPSILON), or 1 - sqrt(inten) a / (inten + tau); times the mask.
     AMPLITUDE: """
     float f;
     if (tau == 0.0f) {
-        f = __fsub_rn(1.0f, __fdiv_rn(d, __fadd_rn(sqrtf(I), 1e-6f)));
+        f = __fsub_rn(1.0f, __fdiv_rn(d, __fadd_rn(sqrtf(inten), 1e-6f)));
     } else {
-        f = __fdiv_rn(__fmul_rn(sqrtf(I), d), __fadd_rn(I, tau));
+        f = __fdiv_rn(__fmul_rn(sqrtf(inten), d), __fadd_rn(inten, tau));
         f = __fsub_rn(1.0f, f);
     }
     """,
@@ -622,23 +623,23 @@ extern "C" __global__ void ptychoflow_trial_costs(
         const float m = has_mask ? mask[i %% hw] : 1.0f;
         for (int k = 0; k < K; ++k) {
             // ((b t + c) t) + I0, clipped at 0 (NaN stays NaN, as with NumPy's maximum).
-            float I = __fadd_rn(__fmul_rn(__fadd_rn(__fmul_rn(b, t[k]), c), t[k]), i0);
-            if (I < 0.0f) I = 0.0f;
+            float It = __fadd_rn(__fmul_rn(__fadd_rn(__fmul_rn(b, t[k]), c), t[k]), i0);
+            if (It < 0.0f) It = 0.0f;
             float term;
             if (kind == 0) {  // Poisson
-                const float diff = __fsub_rn(I, dd);
-                if (has_tau) {  // (I - d) - (0.5 d) log((I^2 + tau^2) / (d^2 + tau^2))
-                    const float ratio = __fdiv_rn(__fadd_rn(__fmul_rn(I, I), c0), x);
+                const float diff = __fsub_rn(It, dd);
+                if (has_tau) {  // (It - d) - (0.5 d) log((It^2 + tau^2) / (d^2 + tau^2))
+                    const float ratio = __fdiv_rn(__fadd_rn(__fmul_rn(It, It), c0), x);
                     term = __fsub_rn(diff, __fmul_rn(__fmul_rn(0.5f, dd), logf(ratio)));
-                } else {  // (I - d) - d log((I + EPSILON) / (d + EPSILON))
-                    const float ratio = __fdiv_rn(__fadd_rn(I, 1e-6f), __fadd_rn(dd, 1e-6f));
+                } else {  // (It - d) - d log((It + EPSILON) / (d + EPSILON))
+                    const float ratio = __fdiv_rn(__fadd_rn(It, 1e-6f), __fadd_rn(dd, 1e-6f));
                     term = __fsub_rn(diff, __fmul_rn(dd, logf(ratio)));
                 }
             } else {  // amplitude; dd is sqrt(d)
-                const float root = sqrtf(I);
+                const float root = sqrtf(It);
                 const float r = __fsub_rn(root, dd);
                 term = __fmul_rn(r, r);
-                if (has_tau) {  // + 2 sqrt(tau) a arctan(sqrt(tau) r / (sqrt(I) a + tau))
+                if (has_tau) {  // + 2 sqrt(tau) a arctan(sqrt(tau) r / (sqrt(It) a + tau))
                     const float s = __fadd_rn(__fmul_rn(root, dd), c0);
                     float angle = atanf(__fdiv_rn(__fmul_rn(c1, r), s));
                     angle = __fmul_rn(__fmul_rn(angle, c2), dd);
@@ -777,13 +778,13 @@ def _cupy_kernel_table(cp: Any) -> dict[str, Any]:
         "ptychoflow_multiply_conj",
     )
     kernels["apply_ramp"] = cp.ElementwiseKernel(
-        "complex64 s, complex64 r, complex64 c, int32 conj",
+        "complex64 s, complex64 r, complex64 c, int32 flip",
         "complex64 out",
         """
         const float rr = r.real(), ri = r.imag(), cr = c.real(), ci = c.imag();
         const float pr = __fsub_rn(__fmul_rn(rr, cr), __fmul_rn(ri, ci));
         float pi = __fadd_rn(__fmul_rn(rr, ci), __fmul_rn(ri, cr));
-        if (conj) pi = -pi;
+        if (flip) pi = -pi;
         const float re = __fsub_rn(__fmul_rn(s.real(), pr), __fmul_rn(s.imag(), pi));
         const float im = __fadd_rn(__fmul_rn(s.real(), pi), __fmul_rn(s.imag(), pr));
         out = complex<float>(re, im);
@@ -792,7 +793,7 @@ def _cupy_kernel_table(cp: Any) -> dict[str, Any]:
     )
     for kind, body in _GRADIENT_BODY.items():
         kernels[f"gradient_{kind}"] = cp.ElementwiseKernel(
-            "float32 I, float32 d, float32 mask, complex64 psi, float32 tau, float32 tau2",
+            "float32 inten, float32 d, float32 mask, complex64 psi, float32 tau, float32 tau2",
             "complex64 out",
             body
             + """

@@ -53,7 +53,7 @@ from recon.backend import (
 )
 from recon.cost import dark_floor, make_cost
 from recon.errors import DeviceError, InputError
-from recon.memory import GpuClaim, check_gpu_memory
+from recon.memory import GpuClaim, check_gpu_memory, gpu_chunks_for, object_shape_estimate
 from recon.operators import Ptycho
 from recon.options import CostFunction, ReconOptions
 from recon.primitives import (
@@ -308,6 +308,7 @@ class _Partition:
         options: ReconOptions,
         reach: int,
         floor: float,
+        gpu_chunks: int = 1,
     ):
         self.xp = xp
         self.device = device
@@ -327,7 +328,7 @@ class _Partition:
         self.origin = np.array([r0, c0], dtype=np.float64)
         modes = options.probe_modes
         pattern_bytes = det[0] * det[1] * np.dtype(COMPLEX).itemsize * modes
-        size = chunk_patterns(xp, len(indices), pattern_bytes)
+        size = chunk_patterns(xp, len(indices), pattern_bytes, gpu_chunks)
         self.chunks: list[_Chunk] = []
         with device_context(xp, device):
             mask = None if mask_corner is None else to_device(mask_corner, xp, device)
@@ -390,6 +391,20 @@ class _Reconstruction:
         # One dark floor for the whole view, whatever the chunks and devices (recon.cost).
         floor = dark_floor(data_corner, mask_corner, options.dark_floor)
         groups = partition_positions(scan.positions, len(devices))
+        # On the GPU path a partition is one chunk, or several when it would not fit the
+        # GPU's memory otherwise; then the line search keeps no far fields of the direction
+        # (they are computed again for the update, one chunk at a time).
+        gpu_chunks = 1
+        if gpu_path(xp):
+            extent = np.ptp(self.initial_positions, axis=0)
+            gpu_chunks = gpu_chunks_for(
+                scan.n_positions,
+                scan.detector_shape,
+                object_shape_estimate((float(extent[0]), float(extent[1])), scan.detector_shape),
+                options.probe_modes,
+                tuple(devices),
+            )
+        self.stream_line_search = gpu_chunks > 1
         self.parts = [
             _Partition(
                 xp,
@@ -402,6 +417,7 @@ class _Reconstruction:
                 options,
                 reach,
                 floor,
+                gpu_chunks,
             )
             for dev, idx in zip(devices, groups, strict=True)
         ]
@@ -506,8 +522,10 @@ class _Reconstruction:
         precond: Any,
         scatter: Callable[[_Partition, Any], Any],
         far_direction: Callable[[_Partition, _Chunk, Any], Any],
+        update_chunk: Callable[[_Chunk, float], None] | None = None,
     ) -> tuple[Any, list[Any], float]:
-        """DIR, LS: returns (direction on home, per-partition pieces, accepted step)."""
+        """DIR, LS: returns (direction on home, per-partition pieces, accepted step).
+        ``update_chunk(chunk, step)`` runs after each chunk's far fields took the step."""
         xp = self.xp
         with device_context(xp, self.home):
             precond_grad = precond * grad
@@ -529,7 +547,12 @@ class _Reconstruction:
                     far = far_direction(part, chunk, piece)
                     # sum_m |psi_m + t b_m|^2 = I + t (2 Re sum_m conj(psi_m) b_m
                     # + t sum_m |b_m|^2): no FFT per trial.
-                    chunk.line = (far, *line_terms(xp, chunk.farfield, far))
+                    cross, far2 = line_terms(xp, chunk.farfield, far)
+                    if self.stream_line_search:  # computed again for the update
+                        far = None
+                        chunk.direction_at = None
+                    chunk.line = (far, cross, far2)
+                    del far, cross, far2
             pieces.append(piece)
 
         def trial_costs(steps: list[float]) -> list[float]:
@@ -553,13 +576,17 @@ class _Reconstruction:
         search = batched_backtracking(
             trial_costs, self.cost, slope, first_step=2 * state.step, batch=trial_batch(xp)
         )
-        for part in self.parts:
+        for part, piece in zip(self.parts, pieces, strict=True):
             with part.context():
                 for chunk in part.chunks:
                     far = chunk.line[0]
                     chunk.line = None  # cross and |far|^2 go before the update
                     if search.step > 0:  # the new intensity overwrites the old
+                        if far is None:  # the same far field, computed again
+                            far = far_direction(part, chunk, piece)
                         update_farfield(xp, chunk.farfield, far, search.step, out=chunk.intensity)
+                        if update_chunk is not None:
+                            update_chunk(chunk, search.step)
                     del far
         if search.step > 0:
             self.cost = search.cost
@@ -651,7 +678,16 @@ class _Reconstruction:
             chunk.direction_at = chunk.model.probes_at(piece)
             return chunk.model.farfield(chunk.direction_at, chunk.patches)
 
-        direction, pieces, step = self._step(self.probe_cg, grad, precond, scatter, far_direction)
+        def update_chunk(chunk: _Chunk, step: float) -> None:
+            # Chunk by chunk, with its far field: the direction at every position is
+            # held for one chunk at a time when the line search streams.
+            if chunk.model.shift is not None:  # linear in the probe: no FFT
+                chunk.probes_at += step * chunk.direction_at
+            chunk.direction_at = None
+
+        direction, pieces, step = self._step(
+            self.probe_cg, grad, precond, scatter, far_direction, update_chunk
+        )
         if step > 0:  # UPDATE
             with device_context(xp, self.home):
                 self.probe += step * direction
@@ -661,8 +697,6 @@ class _Reconstruction:
                     for chunk in part.chunks:
                         if chunk.model.shift is None:
                             chunk.probes_at = part.probe[None]
-                        else:  # linear in the probe: no FFT
-                            chunk.probes_at += step * chunk.direction_at
             self._object_precond = None
         for part in self.parts:
             for chunk in part.chunks:

@@ -12,6 +12,8 @@ from recon.cxi import load_scan
 from recon.errors import InputTooLargeError
 from recon.memory import (
     GPU_BYTES_PER_EXTRA_MODE_PIXEL,
+    GPU_CHUNK_COUNTS,
+    GPU_CHUNKS_ENV,
     GPU_FIXED_OVERHEAD_BYTES,
     GPU_MEMORY_LIMIT_ENV,
     estimate_gpu_bytes,
@@ -20,7 +22,7 @@ from recon.memory import (
 )
 from recon.options import ReconOptions
 from recon.primitives import GPU_PATH_ON_CPU
-from recon.ptycho import reconstruct
+from recon.ptycho import _Reconstruction, reconstruct
 from recon.simulate import write_simulated_scan
 
 
@@ -31,7 +33,8 @@ def view(tmp_path_factory):
 
 
 @pytest.mark.parametrize("modes", [1, 2])
-def test_estimate_covers_the_solvers_allocations(view, modes):
+def test_estimate_covers_the_solvers_allocations(view, modes, monkeypatch):
+    monkeypatch.delenv(GPU_PATH_ON_CPU, raising=False)  # the host's estimate: the CPU path
     scan = load_scan(view)
     n, h, w = scan.data.shape
     extent = tuple(float(e) for e in np.ptp(scan.positions, axis=0))
@@ -76,10 +79,12 @@ def test_more_probe_modes_than_memory_allows_are_refused_before_the_solve(view, 
 
 
 @pytest.mark.parametrize(
-    ("modes", "devices"), [(1, [0]), (2, [0]), (1, [0, 0])], ids=["one-mode", "two-modes", "2x1"]
+    ("modes", "devices", "chunks"),
+    [(1, [0], 1), (2, [0], 1), (1, [0, 0], 1), (1, [0], 4), (2, [0], 8)],
+    ids=["one-mode", "two-modes", "2x1", "4-chunks", "two-modes-8-chunks"],
 )
 def test_gpu_estimate_covers_the_gpu_paths_traced_allocations(
-    view, monkeypatch, request, modes, devices
+    view, monkeypatch, request, modes, devices, chunks
 ):
     """The GPU path on NumPy allocates what the CuPy path allocates (the twins of
     ``recon.primitives``); its traced peak must stay under the GPU estimate, and the
@@ -89,6 +94,7 @@ def test_gpu_estimate_covers_the_gpu_paths_traced_allocations(
     monkeypatch.setenv(GPU_PATH_ON_CPU, "1")
     monkeypatch.delenv(GPU_MEMORY_LIMIT_ENV, raising=False)
     monkeypatch.setenv("PTYCHOFLOW_FFT", "scipy")
+    monkeypatch.setenv(GPU_CHUNKS_ENV, str(chunks))
     backend._cpu_fft.cache_clear()
     request.addfinalizer(backend._cpu_fft.cache_clear)
     scan = load_scan(view)
@@ -96,7 +102,12 @@ def test_gpu_estimate_covers_the_gpu_paths_traced_allocations(
     extent = tuple(float(e) for e in np.ptp(scan.positions, axis=0))
     estimate = sum(
         estimate_gpu_bytes(
-            n, (h, w), object_shape_estimate(extent, (h, w)), probe_modes=modes, devices=devices
+            n,
+            (h, w),
+            object_shape_estimate(extent, (h, w)),
+            probe_modes=modes,
+            devices=devices,
+            chunks=chunks,
         ).values()
     )
     options = ReconOptions(
@@ -123,13 +134,15 @@ def test_gpu_estimate_per_device():
 
 
 def _limit_between(view, modes, few, many):
-    """A GPU limit that the view fits on ``many`` partitions but not on ``few``."""
+    """A GPU limit that the view fits on ``many`` partitions but not on ``few``, even split
+    into the most chunks."""
     scan = load_scan(view)
     n, h, w = scan.data.shape
     extent = tuple(float(e) for e in np.ptp(scan.positions, axis=0))
     shape = object_shape_estimate(extent, (h, w))
-    low = max(estimate_gpu_bytes(n, (h, w), shape, modes, many).values())
-    high = max(estimate_gpu_bytes(n, (h, w), shape, modes, few).values())
+    most = GPU_CHUNK_COUNTS[-1]
+    low = max(estimate_gpu_bytes(n, (h, w), shape, modes, many, most).values())
+    high = max(estimate_gpu_bytes(n, (h, w), shape, modes, few, most).values())
     assert low < high
     return int((low + high) / 2)
 
@@ -159,9 +172,10 @@ def test_a_view_too_large_for_the_claimed_gpus_is_refused_before_it_is_loaded(
     with pytest.raises(InputTooLargeError) as refused:
         reconstruct_file(view, tmp_path / "out.h5", options)
     message = str(refused.value)
-    for part in ("view000.cxi", "on GPU 0", "1 partition", "2 probe modes", "more GPUs"):
+    for part in ("view000.cxi", "on GPU 0", "1 partition", "16 chunks", "2 probe modes"):
         assert part in message, message
-    assert "fewer probe modes" in message and GPU_MEMORY_LIMIT_ENV in message
+    assert "more GPUs" in message and "fewer probe modes" in message
+    assert GPU_MEMORY_LIMIT_ENV in message
     assert read and not (tmp_path / "out.h5").exists()
     # The solver refuses as well when handed the loaded view directly.
     with pytest.raises(InputTooLargeError, match="on GPU 0"):
@@ -181,3 +195,32 @@ def test_no_gpu_check_on_the_cpu_path(view, tmp_path, monkeypatch):
         view, tmp_path / "out.h5", ReconOptions(iterations=1, backend="numpy")
     )
     assert summary["backend"] == "numpy"
+
+
+def test_a_view_too_large_for_one_chunk_is_split_into_chunks(view, monkeypatch):
+    """Between the one-chunk and the four-chunk estimates the GPU path splits each
+    partition into chunks and streams the line search instead of refusing, and ends
+    where one chunk ends (the far fields computed again are the same numbers)."""
+    monkeypatch.setenv(GPU_PATH_ON_CPU, "1")
+    monkeypatch.delenv(GPU_CHUNKS_ENV, raising=False)
+    monkeypatch.delenv(GPU_MEMORY_LIMIT_ENV, raising=False)
+    scan = load_scan(view)
+    n, h, w = scan.data.shape
+    extent = tuple(float(e) for e in np.ptp(scan.positions, axis=0))
+    shape = object_shape_estimate(extent, (h, w))
+    one = estimate_gpu_bytes(n, (h, w), shape)[0]
+    four = estimate_gpu_bytes(n, (h, w), shape, chunks=4)[0]
+    two = estimate_gpu_bytes(n, (h, w), shape, chunks=2)[0]
+    assert four < two < one
+    options = ReconOptions(iterations=4, backend="numpy")
+    whole = _Reconstruction(scan, options, np, [0])
+    assert len(whole.parts[0].chunks) == 1 and not whole.stream_line_search
+    reference = reconstruct(scan, options)
+    monkeypatch.setenv(GPU_MEMORY_LIMIT_ENV, str(int((four + two) / 2)))
+    split = _Reconstruction(scan, options, np, [0])
+    assert len(split.parts[0].chunks) == 4 and split.stream_line_search
+    streamed = reconstruct(scan, options)
+    np.testing.assert_allclose(streamed.object, reference.object, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(streamed.cost, reference.cost, rtol=1e-9)
+    assert streamed.object_steps == reference.object_steps
+    assert streamed.probe_steps == reference.probe_steps
