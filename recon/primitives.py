@@ -38,6 +38,7 @@ __all__ = [
     "CPU_CHUNK_BYTES",
     "GPU_PATH_ON_CPU",
     "CostTerms",
+    "add_scaled",
     "apply_ramp",
     "backend_name",
     "chunk_patterns",
@@ -346,6 +347,20 @@ def update_farfield(xp: Any, psi: Any, far: Any, step: float, out: Any = None) -
         block += step * far[part]
         out[part] = _mode_sum_numpy(block)
     return out
+
+
+def add_scaled(xp: Any, y: Any, x: Any, step: float) -> Any:
+    """``y += step * x`` in place (complex64, ``step`` rounded to float32) in one pass, and
+    return ``y``; NumPy: a block of patterns at a time, so ``step * x`` is never whole."""
+    if is_cupy(xp):
+        return _cupy_kernels(xp)["add_scaled"](x, np.float32(step), y, y)
+    parts = _blocks(y.shape[0], y.shape[-1] * y.shape[-2])
+    if len(parts) == 1:
+        y += step * x
+        return y
+    for part in parts:
+        y[part] += step * x[part]
+    return y
 
 
 # -- products with conjugates and phase ramps, in place ---------------------------------
@@ -776,6 +791,16 @@ def _cupy_kernel_table(cp: Any) -> dict[str, Any]:
         out = complex<float>(re, im);
         """,
         "ptychoflow_multiply_conj",
+    )
+    # y + t x, rounded as NumPy's y + (t x) with t converted to complex64 (t + 0i).
+    kernels["add_scaled"] = cp.ElementwiseKernel(
+        "complex64 x, float32 t, complex64 y",
+        "complex64 out",
+        """
+        out = complex<float>(__fadd_rn(y.real(), __fmul_rn(t, x.real())),
+                             __fadd_rn(y.imag(), __fmul_rn(t, x.imag())));
+        """,
+        "ptychoflow_add_scaled",
     )
     kernels["apply_ramp"] = cp.ElementwiseKernel(
         "complex64 s, complex64 r, complex64 c, int32 flip",

@@ -57,6 +57,7 @@ from recon.memory import GpuClaim, check_gpu_memory, gpu_chunks_for, object_shap
 from recon.operators import Ptycho
 from recon.options import CostFunction, ReconOptions
 from recon.primitives import (
+    add_scaled,
     backend_name,
     chunk_patterns,
     cost_terms,
@@ -682,7 +683,7 @@ class _Reconstruction:
             # Chunk by chunk, with its far field: the direction at every position is
             # held for one chunk at a time when the line search streams.
             if chunk.model.shift is not None:  # linear in the probe: no FFT
-                chunk.probes_at += step * chunk.direction_at
+                add_scaled(xp, chunk.probes_at, chunk.direction_at, step)
             chunk.direction_at = None
 
         direction, pieces, step = self._step(

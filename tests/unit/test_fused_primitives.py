@@ -185,3 +185,11 @@ def test_scatter_windows_in_blocks_is_the_one_block_twin(monkeypatch):
     blocks = np.zeros((50, 47), np.complex128)
     primitives.scatter_windows(np, blocks, windows, corner)
     np.testing.assert_array_equal(blocks, whole)
+
+
+def test_add_scaled_is_the_plain_update(path):
+    psi, far, _ = far_fields(modes=2)
+    expected = psi + 0.375 * far
+    out = primitives.add_scaled(np, psi, far, 0.375)
+    assert out is psi
+    np.testing.assert_array_equal(psi, expected)

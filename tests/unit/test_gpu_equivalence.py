@@ -122,14 +122,17 @@ def test_fused_mode_passes_match_the_numpy_twins(cp, monkeypatch, modes):
 
 
 def test_conjugate_and_ramp_products_match_the_numpy_twins(cp, monkeypatch):
-    """``multiply_conj`` and ``apply_ramp`` (the Fourier shift's ramps, never stored whole):
-    complex64 products rounded per operation as NumPy's, to a few ulp."""
+    """``multiply_conj``, ``add_scaled`` and ``apply_ramp`` (the Fourier shift's ramps, never
+    stored whole): complex64 products rounded per operation as NumPy's, to a few ulp."""
     monkeypatch.setenv(primitives.GPU_PATH_ON_CPU, "1")
     psi, far, _ = far_fields(modes=2)
     for b in (far[:, :1], far[:1]):
         host = primitives.multiply_conj(np, psi.copy(), b)
         gpu = primitives.multiply_conj(cp, cp.asarray(psi), cp.asarray(b))
         np.testing.assert_allclose(to_host(gpu), host, rtol=1e-6, atol=1e-6 * np.abs(host).max())
+    host = primitives.add_scaled(np, psi.copy(), far, 0.375)
+    gpu = primitives.add_scaled(cp, cp.asarray(psi), cp.asarray(far), 0.375)
+    np.testing.assert_allclose(to_host(gpu), host, rtol=1e-6, atol=1e-6 * np.abs(host).max())
     rng = np.random.default_rng(4)
     rows = np.exp(1j * rng.uniform(-3, 3, (9, 1, 16, 1))).astype(np.complex64)
     cols = np.exp(1j * rng.uniform(-3, 3, (9, 1, 1, 12))).astype(np.complex64)
