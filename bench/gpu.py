@@ -18,11 +18,18 @@ to a JSON file. About 3 minutes on one H200.
    and phase SSIM against the simulated truth.
 4. Kernel time per iteration of the 1800 x 128^2 view (CUPTI through torch.profiler when
    PyTorch is installed): GPU-busy milliseconds and kernel launches per iteration.
+5. The largest view (issue 20): 32768 x 256^2 (the paper's eight-GPU Siemens star),
+   simulated on the GPU, with as many of its patterns as ``recon.memory``'s GPU estimate
+   fits in the free memory (all of them at 40 bytes per pattern pixel on a 141 GB H200):
+   ms per iteration, the memory pool's peak against the estimate.
+
+Predictions per version are in ``bench/gpu_notes.md``; add each run's numbers there.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import statistics
@@ -36,7 +43,8 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+# Appended, not prepended: bench/recon.py must not shadow the recon package.
+sys.path.append(str(REPO / "bench"))
 
 from tables import print_table  # noqa: E402  (bench/tables.py, beside this script)
 
@@ -275,13 +283,159 @@ def kernel_profile(cp: Any) -> dict[str, Any]:
     }
 
 
+#: The largest view: the paper's 32768 x 256^2 Siemens star (eight A100s there).
+LARGEST_PATTERNS = 32768
+LARGEST_DETECTOR = 256
+#: Part of the free GPU memory the largest view may be sized to (the rest: CUDA's own).
+LARGEST_FREE_FRACTION = 0.92
+
+
+def simulate_on_gpu(xp: Any, n_positions: int, detector: int, photons: float, seed: int = 0):
+    """A simulated view (``recon.simulate``'s object, probe and raster) whose patterns are
+    computed on the GPU in batches (the CPU simulator's per-pattern loop would take minutes
+    at 32768 x 256^2): bilinear patches, |FFT|^2 centred, Poisson counts. Returns ScanData.
+    ``xp``: CuPy, or NumPy to check the script on a machine without a GPU."""
+    from recon.backend import is_cupy, to_device
+    from recon.cxi import POSITION_MARGIN, validated_scan
+    from recon.operators import Ptycho
+    from recon.simulate import (
+        OVERLAP,
+        PROBE_WIDTH_FRACTION,
+        focused_probe,
+        known_object,
+        raster_positions,
+    )
+
+    rng = np.random.default_rng(seed)
+    step = (1 - OVERLAP) * PROBE_WIDTH_FRACTION * detector
+    positions = raster_positions(n_positions, step, rng)
+    shape = tuple(int(np.ceil(e)) + detector + POSITION_MARGIN for e in positions.max(axis=0))
+    obj = to_device(known_object(shape), xp)
+    probe = focused_probe(detector)
+    device_probe = to_device(probe[None], xp)
+    data = np.empty((n_positions, detector, detector), dtype=np.float32)
+    scale = None
+    batch = 1024
+    for start in range(0, n_positions, batch):
+        stop = min(start + batch, n_positions)
+        local = to_device(positions[start:stop].astype(np.float32), xp)
+        model = Ptycho(local, shape, (detector, detector), "bilinear")
+        intensity = xp.fft.fftshift(model.intensity(obj, device_probe), axes=(-2, -1))
+        if scale is None:
+            scale = photons / float(intensity.sum(axis=(1, 2)).mean())
+        counts = xp.random.poisson(intensity * scale).astype(xp.float32)
+        data[start:stop] = to_host(counts)
+        del intensity, counts, model
+    if is_cupy(xp):
+        xp.get_default_memory_pool().free_all_blocks()
+    guess = (probe * np.sqrt(scale)).astype(np.complex64)
+    return validated_scan(data, positions, probe=guess, source="<simulated on the GPU>")
+
+
+def patterns_that_fit(
+    allowed: float, patterns: int, detector: tuple[int, int], object_shape: tuple[float, float]
+) -> int:
+    """The most of ``patterns`` (all, or 90 % steps down) that GPU 0 holds within
+    ``allowed`` bytes by the GPU estimate, split into as many chunks as that takes."""
+    from recon.memory import GPU_CHUNK_COUNTS, estimate_gpu_bytes
+
+    def needed(n: int) -> float:
+        return estimate_gpu_bytes(n, detector, object_shape, chunks=GPU_CHUNK_COUNTS[-1])[0]
+
+    n = patterns
+    while n > 256 and needed(n) > allowed:
+        n = int(n * 0.9)
+    return n
+
+
+def largest(cp: Any) -> dict[str, Any]:
+    """The 32768 x 256^2 view, or as many of its patterns as the GPU estimate fits."""
+    from recon.memory import (
+        estimate_gpu_bytes,
+        format_bytes,
+        gpu_chunks_for,
+        object_shape_estimate,
+    )
+
+    det = (LARGEST_DETECTOR, LARGEST_DETECTOR)
+    started = time.perf_counter()
+    scan = simulate_on_gpu(cp, LARGEST_PATTERNS, LARGEST_DETECTOR, photons=1e7)
+    made = time.perf_counter() - started
+    pool = cp.get_default_memory_pool()
+    pool.free_all_blocks()
+    free, total = cp.cuda.runtime.memGetInfo()
+    allowed = LARGEST_FREE_FRACTION * free
+    extent = np.ptp(scan.positions, axis=0)
+    shape = object_shape_estimate((float(extent[0]), float(extent[1])), det)
+
+    def chunks(n: int) -> int:
+        return gpu_chunks_for(n, det, shape, 1, (0,), {0: int(allowed)})
+
+    def needed(n: int) -> float:
+        return estimate_gpu_bytes(n, det, shape, chunks=chunks(n))[0]
+
+    n = patterns_that_fit(allowed, LARGEST_PATTERNS, det, shape)
+    if n < LARGEST_PATTERNS:
+        scan = dataclasses.replace(
+            scan, data=scan.data[:n].copy(), positions=scan.positions[:n].copy()
+        )
+    whole = format_bytes(needed(LARGEST_PATTERNS))
+    print(
+        f"  largest: {LARGEST_PATTERNS} patterns need about {whole} by the estimate; "
+        f"{format_bytes(free)} free of {format_bytes(total)}: running {n} in "
+        f"{chunks(n)} chunks",
+        flush=True,
+    )
+    numbers = time_view(cp, scan, {}, iterations=4)
+    row = {
+        "view": f"{n}x{LARGEST_DETECTOR}^2",
+        "patterns": n,
+        "fits_whole_view": n == LARGEST_PATTERNS,
+        "estimate_bytes": needed(n),
+        "chunks_by_estimate": chunks(n),
+        "free_bytes": int(free),
+        "total_bytes": int(total),
+        "made_s": made,
+        **numbers,
+    }
+    print_table(
+        "The largest view on one GPU (defaults, 4 iterations; memory-pool peak vs estimate)",
+        [
+            "view",
+            "chunks",
+            "ms/iteration",
+            "peak GiB",
+            "estimate GiB",
+            "free GiB",
+            "bytes/pattern pixel",
+        ],
+        [
+            [
+                row["view"],
+                str(row["chunks_by_estimate"]),
+                f"{row['ms_per_iteration']:.0f}",
+                f"{row['peak_bytes'] / 2**30:.1f}",
+                f"{row['estimate_bytes'] / 2**30:.1f}",
+                f"{row['free_bytes'] / 2**30:.1f}",
+                f"{row['bytes_per_pattern_pixel']:.0f}",
+            ]
+        ],
+    )
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="gpu-bench.json", help="where to write the numbers")
     parser.add_argument("--star", default=None, help="the real Siemens star (.npz.bz2)")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--quick", action="store_true", help="no 8192x256^2 view")
-    parser.add_argument("--parts", nargs="+", default=["tests", "speed", "differences", "kernels"])
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["tests", "speed", "differences", "kernels", "largest"],
+        choices=["tests", "speed", "differences", "kernels", "largest"],
+    )
     args = parser.parse_args(argv)
     cp = cupy_module()
     if cp is None:
@@ -304,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         "speed": lambda: speed(cp, star, args.quick),
         "differences": differences,
         "kernels": lambda: kernel_profile(cp),
+        "largest": lambda: largest(cp),
     }
     if args.skip_tests:
         parts.pop("tests")

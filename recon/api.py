@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from recon.options import ReconOptions
-from recon.ptycho import ProgressCallback, reconstruct
+from recon.ptycho import ProgressCallback, gpu_claim_for, reconstruct
 
 if TYPE_CHECKING:
     from recon.beamline import BeamlineSettings
@@ -60,7 +60,7 @@ def reconstruct_file(
     import numpy as np
 
     from recon.cxi import PLANCK_TIMES_LIGHT_SPEED, load_scan
-    from recon.memory import check_memory
+    from recon.memory import check_memory, gpu_claim
     from recon.output_path import check_folder_writable, checked_output_path, result_mode
     from recon.result import write_result
 
@@ -71,14 +71,16 @@ def reconstruct_file(
 
     start = time.perf_counter()
     roots = None if allowed_roots is None else [pathlib.Path(root) for root in allowed_roots]
-    if beamline is not None:
-        from recon.beamline import load_beamline_scan
+    # The loaders' memory check, before the patterns are read, also checks the GPUs.
+    with gpu_claim(gpu_claim_for(options, device_ids)):
+        if beamline is not None:
+            from recon.beamline import load_beamline_scan
 
-        scan = load_beamline_scan(
-            input_path, beamline, memory_limit=memory_limit, allowed_roots=roots
-        )
-    else:
-        scan = load_scan(input_path, memory_limit=memory_limit, allowed_roots=roots)
+            scan = load_beamline_scan(
+                input_path, beamline, memory_limit=memory_limit, allowed_roots=roots
+            )
+        else:
+            scan = load_scan(input_path, memory_limit=memory_limit, allowed_roots=roots)
     if options.probe_modes > 1:  # the loader checked for one mode; each more costs memory
         extent = np.ptp(scan.positions, axis=0)
         check_memory(

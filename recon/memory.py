@@ -22,18 +22,36 @@ cgroup still allows (``memory.max`` less ``memory.current`` in cgroup v2,
 ``memory.limit_in_bytes`` less ``memory.usage_in_bytes`` in v1, the tightest along the
 path). A view that does not fit any of them is refused naming that limit, instead of
 dying in a ``MemoryError`` or by the OOM killer (issue 16).
+
+**GPU memory.** On the GPU path (CuPy, or NumPy with ``PTYCHOFLOW_GPU_PATH_ON_CPU=1``) every
+claimed GPU holds its partitions' patterns, far fields and work arrays and the object
+(:func:`estimate_gpu_bytes`). The model is fitted to traced peaks of the GPU path on NumPy
+(tracemalloc: the NumPy twins allocate what the CuPy kernels allocate, see
+``recon.primitives``; ``bench/memory_estimate.py`` prints them) plus one far field per
+mode for cuFFT's plan work areas, which CuPy keeps in its memory pool. A view that would
+not fit on the claimed GPUs is refused before its patterns are read: the loaders' memory
+check also checks the GPUs while :func:`gpu_claim` is active (``recon.api`` wraps the
+load in it), and :func:`recon.ptycho.reconstruct` checks before it allocates. The limit
+per GPU is ``PTYCHOFLOW_GPU_MEMORY_LIMIT`` when set, else the free memory CuPy reports
+(device and pool), else none (the GPU path on NumPy without the variable).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import math
 import os
 import re
+from collections.abc import Iterator, Sequence
 
 from recon.errors import InputTooLargeError, OptionsError
 
 #: Environment variable holding the memory limit.
 MEMORY_LIMIT_ENV = "PTYCHOFLOW_MEMORY_LIMIT"
+#: Environment variable holding the memory limit of each GPU.
+GPU_MEMORY_LIMIT_ENV = "PTYCHOFLOW_GPU_MEMORY_LIMIT"
 
 #: Bytes per diffraction-pattern pixel over the whole reconstruction with one probe mode
 #: (about 22 float32 copies; measured 84-88 with the stored counts' 4 included).
@@ -241,6 +259,190 @@ def estimate_reconstruction_bytes(
     )
 
 
+#: GPU bytes per pattern pixel on a device with one probe mode: its partitions' counts
+#: (and their square roots for the amplitude start), far fields, intensities, probes at
+#: every position, cached object patches, line-search terms and work arrays. Measured as
+#: traced peaks of the GPU path on NumPy (pocketfft, whose plans hold no arrays), 2
+#: iterations: 75-83 with defaults, 89 with positions refined, 62-64 with the bilinear
+#: model (400 x 64^2 and 150 x 128^2, ``bench/memory_estimate.py``); plus 8 for cuFFT's work
+#: areas (up to one far field, kept in CuPy's pool with the plans).
+GPU_BYTES_PER_PATTERN_PIXEL = 98
+#: GPU bytes per pattern pixel for each probe mode beyond the first (measured 35-43, plus
+#: cuFFT's work area).
+GPU_BYTES_PER_EXTRA_MODE_PIXEL = 52
+#: GPU bytes per object pixel, on each device (the first holds the whole object, its
+#: gradient, CG history and double-precision accumulators; the others their regions).
+GPU_BYTES_PER_OBJECT_PIXEL = BYTES_PER_OBJECT_PIXEL
+#: GPU work space whatever the view (CuPy's small arrays, FFT plans, kernel arguments); the
+#: CUDA context is not counted, it is not part of the free memory CuPy reports.
+GPU_FIXED_OVERHEAD_BYTES = 16 * 2**20
+
+
+#: With a partition split into chunks (when one would not fit), per pattern pixel: what
+#: stays for the whole view (counts, far fields, intensities, probes at every position,
+#: cached patches, the line search's cross term and intensity, cuFFT's work area) ...
+GPU_STREAMED_BYTES_PER_PATTERN_PIXEL = 56
+#: ... plus the work arrays of one chunk (gradient, the direction's far fields), divided by
+#: the number of chunks. Traced peaks of the GPU path on NumPy with one mode: 53-60 with 4
+#: chunks, 49-56 with 8 (positions refined: 54 and 49; ``bench/memory_estimate.py`` with
+#: ``PTYCHOFLOW_GPU_CHUNKS``).
+GPU_CHUNK_WORK_BYTES_PER_PATTERN_PIXEL = 40
+#: Chunks per partition tried, in order, until a view fits (``PTYCHOFLOW_GPU_CHUNKS`` sets
+#: the count): each chunk's kernels run one after the other, so more cost launches.
+GPU_CHUNK_COUNTS = (1, 2, 4, 8, 16)
+GPU_CHUNKS_ENV = "PTYCHOFLOW_GPU_CHUNKS"
+
+
+def _gpu_bytes_per_pattern_pixel(probe_modes: int, chunks: int) -> float:
+    extra = GPU_BYTES_PER_EXTRA_MODE_PIXEL * (probe_modes - 1)
+    if chunks <= 1:
+        return GPU_BYTES_PER_PATTERN_PIXEL + extra
+    modes = 1 + (probe_modes - 1) * GPU_BYTES_PER_EXTRA_MODE_PIXEL / GPU_BYTES_PER_PATTERN_PIXEL
+    return (
+        GPU_STREAMED_BYTES_PER_PATTERN_PIXEL * modes
+        + GPU_CHUNK_WORK_BYTES_PER_PATTERN_PIXEL * modes / chunks
+    )
+
+
+def estimate_gpu_bytes(
+    n_patterns: int,
+    detector_shape: tuple[int, int],
+    object_shape: tuple[float, float],
+    probe_modes: int = 1,
+    devices: Sequence[int] = (0,),
+    chunks: int = 1,
+) -> dict[int, float]:
+    """Peak bytes on each GPU (device id -> bytes) when the view's patterns are split over
+    ``devices`` (one partition per entry; a GPU named twice holds both partitions), each
+    partition in ``chunks`` chunks. Partitions hold near-equal counts
+    (``recon.ptycho.partition_positions``); each is counted with the whole object, an
+    upper bound for all but the first."""
+    parts = max(len(devices), 1)
+    pattern_pixels = float(math.ceil(n_patterns / parts)) * detector_shape[0] * detector_shape[1]
+    object_pixels = float(object_shape[0]) * float(object_shape[1])
+    per_pixel = _gpu_bytes_per_pattern_pixel(probe_modes, chunks)
+    per_partition = pattern_pixels * per_pixel + object_pixels * GPU_BYTES_PER_OBJECT_PIXEL
+    needed: dict[int, float] = {}
+    for device in devices or (0,):
+        needed[device] = needed.get(device, GPU_FIXED_OVERHEAD_BYTES) + per_partition
+    return needed
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuClaim:
+    """The GPUs a reconstruction will run on: one partition per entry of ``devices``."""
+
+    devices: tuple[int, ...]
+    probe_modes: int = 1
+
+
+_GPU_CLAIM: contextvars.ContextVar[GpuClaim | None] = contextvars.ContextVar(
+    "ptychoflow_gpu_claim", default=None
+)
+
+
+@contextlib.contextmanager
+def gpu_claim(claim: GpuClaim | None) -> Iterator[None]:
+    """While active, :func:`check_memory` (the loaders' check before they read patterns)
+    also checks that the view fits on the claimed GPUs. None: no GPU check."""
+    token = _GPU_CLAIM.set(claim)
+    try:
+        yield
+    finally:
+        _GPU_CLAIM.reset(token)
+
+
+def gpu_memory_limits(devices: Sequence[int]) -> tuple[dict[int, int | None], str]:
+    """(bytes each GPU may use, where that came from): ``PTYCHOFLOW_GPU_MEMORY_LIMIT`` when
+    set, else CuPy's free memory of the device plus its pool's free blocks, else None."""
+    text = os.environ.get(GPU_MEMORY_LIMIT_ENV)
+    if text:
+        limit = parse_bytes(text, GPU_MEMORY_LIMIT_ENV)
+        return {device: limit for device in devices}, f"{GPU_MEMORY_LIMIT_ENV}={text}"
+    from recon.backend import cupy_module
+
+    cp = cupy_module()
+    if cp is None:
+        return {device: None for device in devices}, "no GPU memory limit"
+    limits: dict[int, int | None] = {}
+    for device in devices:
+        with cp.cuda.Device(device):
+            free, _total = cp.cuda.runtime.memGetInfo()
+            limits[device] = int(free) + int(cp.get_default_memory_pool().free_bytes())
+    return limits, f"the free memory of the GPUs; set {GPU_MEMORY_LIMIT_ENV} to change"
+
+
+def gpu_chunks_for(
+    n_patterns: int,
+    detector_shape: tuple[int, int],
+    object_shape: tuple[float, float],
+    probe_modes: int,
+    devices: Sequence[int],
+    limits: dict[int, int | None] | None = None,
+) -> int:
+    """Chunks per partition on the GPU path: ``PTYCHOFLOW_GPU_CHUNKS`` when set, else the
+    fewest of :data:`GPU_CHUNK_COUNTS` with which every claimed GPU holds its share
+    (the most when none does: :func:`check_gpu_memory` refuses that view)."""
+    text = os.environ.get(GPU_CHUNKS_ENV)
+    if text:
+        try:
+            return max(1, int(text))
+        except ValueError:
+            raise OptionsError(f"{GPU_CHUNKS_ENV}={text!r} is not a whole number") from None
+    if limits is None:
+        limits, _ = gpu_memory_limits(sorted(set(devices)))
+    for chunks in GPU_CHUNK_COUNTS:
+        needed = estimate_gpu_bytes(
+            n_patterns, detector_shape, object_shape, probe_modes, devices, chunks
+        )
+        if all(limits.get(d) is None or b <= limits[d] for d, b in needed.items()):
+            return chunks
+    return GPU_CHUNK_COUNTS[-1]
+
+
+def check_gpu_memory(
+    source: str,
+    n_patterns: int,
+    detector_shape: tuple[int, int],
+    extent_pixels: tuple[float, float],
+    claim: GpuClaim,
+    limits: dict[int, int | None] | None = None,
+) -> dict[int, float]:
+    """Refuse (InputTooLargeError naming the GPU, the estimate, what is free and what to
+    change) a view that would not fit on the claimed GPUs; return the estimates."""
+    object_shape = object_shape_estimate(extent_pixels, detector_shape)
+    where = "the limits asked for"
+    if limits is None:
+        limits, where = gpu_memory_limits(sorted(set(claim.devices)))
+    chunks = gpu_chunks_for(
+        n_patterns, detector_shape, object_shape, claim.probe_modes, claim.devices, limits
+    )
+    needed = estimate_gpu_bytes(
+        n_patterns, detector_shape, object_shape, claim.probe_modes, claim.devices, chunks
+    )
+    for device, bytes_needed in needed.items():
+        allowed = limits.get(device)
+        if allowed is None or bytes_needed <= allowed:
+            continue
+        parts = claim.devices.count(device)
+        modes = claim.probe_modes
+        fix = (
+            "use more GPUs (devices=...)"
+            + (", fewer probe modes (probe_modes=...)" if modes > 1 else "")
+            + f", or set {GPU_MEMORY_LIMIT_ENV} if the free memory is misreported"
+        )
+        raise InputTooLargeError(
+            f"{source}: reconstructing this view needs about {format_bytes(bytes_needed)} on "
+            f"GPU {device} ({n_patterns} patterns of {detector_shape[0]}x{detector_shape[1]} "
+            f"over {len(claim.devices)} partition{'s' if len(claim.devices) > 1 else ''}, "
+            f"{parts} of them on this GPU, each in {chunks} chunk{'s' if chunks > 1 else ''}, "
+            f"{modes} probe mode{'s' if modes > 1 else ''}, an "
+            f"object of {object_shape[0]:.4g}x{object_shape[1]:.4g} pixels), more than the "
+            f"{format_bytes(allowed)} available there ({where}); {fix}"
+        )
+    return needed
+
+
 def check_memory(
     source: str,
     n_patterns: int,
@@ -270,4 +472,7 @@ def check_memory(
             f"{object_shape[0]:.4g}x{object_shape[1]:.4g} pixels), more than the limit of "
             f"{format_bytes(allowed)} ({where}){hint}"
         )
+    claim = _GPU_CLAIM.get()
+    if claim is not None:
+        check_gpu_memory(source, n_patterns, detector_shape, extent_pixels, claim)
     return needed

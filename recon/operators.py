@@ -28,7 +28,14 @@ import math
 from typing import Any
 
 from recon.backend import get_array_module
-from recon.primitives import fft2, gather_windows, ifft2, scatter_windows
+from recon.primitives import (
+    apply_ramp,
+    fft2,
+    gather_windows,
+    ifft2,
+    multiply_conj,
+    scatter_windows,
+)
 
 #: The patch models, by option value.
 PATCH_MODELS = ("fourier", "bilinear")
@@ -181,25 +188,23 @@ class FourierShift:
         self.ramp_cols = xp.exp(-2j * math.pi * shift64[:, 1, None] * self.freq_cols)[
             :, None, None, :
         ].astype(xp.complex64)
-        # The full ramps, (N_POS, 1, H, W) complex64: memory of one far field, kept because
-        # every probe step applies them three times.
-        self.ramp = self.ramp_rows * self.ramp_cols
-        self.ramp_conj = self.ramp.conj()
+        # The full ramps (N_POS, 1, H, W) are not stored (the memory of one far field, two
+        # with their conjugates): ``apply_ramp`` forms each product where it is applied.
 
     def _ramp(self) -> Any:
-        return self.ramp
+        """The full ramps (N_POS, 1, H, W) complex64 (allocated on each call)."""
+        return self.ramp_rows * self.ramp_cols
 
     def fwd(self, probe: Any) -> Any:
         _check_shape("FourierShift.fwd", probe, (None, *self.patch_shape), "probe")
-        spectrum = fft2(probe)[None]
-        return ifft2(spectrum * self._ramp())
+        return ifft2(apply_ramp(self.xp, fft2(probe)[None], self.ramp_rows, self.ramp_cols))
 
     def adj(self, shifted: Any, out: Any = None) -> Any:
         """Shift every position back and sum; adds into ``out`` when given (which may
         be complex128 to accumulate in double precision)."""
         _check_shape("FourierShift.adj", shifted, (self.n, None, *self.patch_shape), "shifted")
         spectrum = fft2(shifted)
-        spectrum *= self.ramp_conj
+        apply_ramp(self.xp, spectrum, self.ramp_rows, self.ramp_cols, conj=True, out=spectrum)
         dtype = out.dtype if out is not None else spectrum.dtype
         total = ifft2(spectrum.sum(axis=0, dtype=dtype))
         if out is None:
@@ -210,7 +215,7 @@ class FourierShift:
     def derivative(self, probe: Any) -> Any:
         """d/d shift of ``fwd(probe)``: (2, N_POS, MODES, H, W), rows then columns."""
         xp = self.xp
-        spectrum = fft2(probe)[None] * self._ramp()
+        spectrum = apply_ramp(xp, fft2(probe)[None], self.ramp_rows, self.ramp_cols)
         d_rows = (-2j * math.pi * self.freq_rows).astype(xp.complex64)[None, None, :, None]
         d_cols = (-2j * math.pi * self.freq_cols).astype(xp.complex64)[None, None, None, :]
         return xp.stack([ifft2(spectrum * d_rows), ifft2(spectrum * d_cols)])
@@ -264,6 +269,7 @@ class Ptycho:
             raise ValueError(f"patch_model {patch_model!r} is not one of {PATCH_MODELS}")
         self.patch_model = patch_model
         self.positions = positions
+        self.xp = get_array_module(positions)
         self.patch_shape = tuple(int(s) for s in patch_shape)
         self.shift: FourierShift | None
         if patch_model == "fourier":
@@ -301,8 +307,7 @@ class Ptycho:
         return self.propagation.fwd(probes_at * self.patches.fwd(obj)[:, None])
 
     def adj_object(self, farfield: Any, probes_at: Any, out: Any = None) -> Any:
-        back = self.propagation.adj(farfield)
-        back *= probes_at.conj()
+        back = multiply_conj(self.xp, self.propagation.adj(farfield), probes_at)
         return self.patches.adj(back.sum(axis=1), out=out)
 
     def fwd_probe(self, probe: Any, patches: Any) -> Any:
@@ -313,8 +318,7 @@ class Ptycho:
         return self.propagation.fwd(probes_at * patches[:, None])
 
     def adj_probe(self, farfield: Any, patches: Any, out: Any = None) -> Any:
-        back = self.propagation.adj(farfield)
-        back *= patches.conj()[:, None]
+        back = multiply_conj(self.xp, self.propagation.adj(farfield), patches[:, None])
         return self.adj_probes_at(back, out=out)
 
     def intensity(self, obj: Any, probe: Any) -> Any:

@@ -43,6 +43,7 @@ from recon.backend import (
     check_devices,
     copy_to,
     device_context,
+    get_array_module,
     gpu_names,
     real_inner,
     resolve_backend,
@@ -52,11 +53,24 @@ from recon.backend import (
 )
 from recon.cost import dark_floor, make_cost
 from recon.errors import DeviceError, InputError
+from recon.memory import GpuClaim, check_gpu_memory, gpu_chunks_for, object_shape_estimate
 from recon.operators import Ptycho
 from recon.options import CostFunction, ReconOptions
-from recon.primitives import backend_name, chunk_patterns
+from recon.primitives import (
+    add_scaled,
+    backend_name,
+    chunk_patterns,
+    cost_terms,
+    gpu_path,
+    gradient_farfield,
+    line_terms,
+    mode_intensity,
+    trial_batch,
+    update_farfield,
+)
+from recon.primitives import trial_costs as trial_cost_sums
 from recon.scan import ScanData
-from recon.solver import CGState, backtracking, dai_yuan_beta
+from recon.solver import CGState, batched_backtracking, dai_yuan_beta
 
 #: Pixels of object added beyond the furthest patch (the bilinear window needs one).
 OBJECT_MARGIN = 2
@@ -295,6 +309,7 @@ class _Partition:
         options: ReconOptions,
         reach: int,
         floor: float,
+        gpu_chunks: int = 1,
     ):
         self.xp = xp
         self.device = device
@@ -314,7 +329,7 @@ class _Partition:
         self.origin = np.array([r0, c0], dtype=np.float64)
         modes = options.probe_modes
         pattern_bytes = det[0] * det[1] * np.dtype(COMPLEX).itemsize * modes
-        size = chunk_patterns(xp, len(indices), pattern_bytes)
+        size = chunk_patterns(xp, len(indices), pattern_bytes, gpu_chunks)
         self.chunks: list[_Chunk] = []
         with device_context(xp, device):
             mask = None if mask_corner is None else to_device(mask_corner, xp, device)
@@ -377,6 +392,20 @@ class _Reconstruction:
         # One dark floor for the whole view, whatever the chunks and devices (recon.cost).
         floor = dark_floor(data_corner, mask_corner, options.dark_floor)
         groups = partition_positions(scan.positions, len(devices))
+        # On the GPU path a partition is one chunk, or several when it would not fit the
+        # GPU's memory otherwise; then the line search keeps no far fields of the direction
+        # (they are computed again for the update, one chunk at a time).
+        gpu_chunks = 1
+        if gpu_path(xp):
+            extent = np.ptp(self.initial_positions, axis=0)
+            gpu_chunks = gpu_chunks_for(
+                scan.n_positions,
+                scan.detector_shape,
+                object_shape_estimate((float(extent[0]), float(extent[1])), scan.detector_shape),
+                options.probe_modes,
+                tuple(devices),
+            )
+        self.stream_line_search = gpu_chunks > 1
         self.parts = [
             _Partition(
                 xp,
@@ -389,6 +418,7 @@ class _Reconstruction:
                 options,
                 reach,
                 floor,
+                gpu_chunks,
             )
             for dev, idx in zip(devices, groups, strict=True)
         ]
@@ -493,8 +523,10 @@ class _Reconstruction:
         precond: Any,
         scatter: Callable[[_Partition, Any], Any],
         far_direction: Callable[[_Partition, _Chunk, Any], Any],
+        update_chunk: Callable[[_Chunk, float], None] | None = None,
     ) -> tuple[Any, list[Any], float]:
-        """DIR, LS: returns (direction on home, per-partition pieces, accepted step)."""
+        """DIR, LS: returns (direction on home, per-partition pieces, accepted step).
+        ``update_chunk(chunk, step)`` runs after each chunk's far fields took the step."""
         xp = self.xp
         with device_context(xp, self.home):
             precond_grad = precond * grad
@@ -516,36 +548,47 @@ class _Reconstruction:
                     far = far_direction(part, chunk, piece)
                     # sum_m |psi_m + t b_m|^2 = I + t (2 Re sum_m conj(psi_m) b_m
                     # + t sum_m |b_m|^2): no FFT per trial.
-                    psi = chunk.farfield
-                    cross = psi.real * far.real
-                    cross += psi.imag * far.imag
-                    cross = cross.sum(axis=1)
-                    cross *= 2
-                    chunk.line = (far, cross, _intensity(far))
+                    cross, far2 = line_terms(xp, chunk.farfield, far)
+                    if self.stream_line_search:  # computed again for the update
+                        far = None
+                        chunk.direction_at = None
+                    chunk.line = (far, cross, far2)
+                    del far, cross, far2
             pieces.append(piece)
 
-        def trial_cost(step: float) -> Callable[[_Chunk], float]:
-            def cost(chunk: _Chunk) -> float:
-                _, cross, far2 = chunk.line
-                intensity = far2 * step
-                intensity += cross
-                intensity *= step
-                intensity += chunk.intensity
-                # Exactly >= 0; rounding can dip below where the model is dark.
-                return chunk.cost.value(xp.maximum(intensity, 0, out=intensity))
+        def trial_costs(steps: list[float]) -> list[float]:
+            # Every trial of the batch in one pass per chunk (recon.primitives). The float64
+            # sums stay on the devices and are added on the home device in the order of
+            # ``_total`` (partitions, then chunks); they reach the host once per batch:
+            # one sync per line search, not one per trial and partition.
+            total = None
+            for part in self.parts:
+                with part.context():
+                    for chunk in part.chunks:
+                        _, cross, far2 = chunk.line
+                        costs = trial_cost_sums(
+                            xp, cost_terms(chunk.cost), chunk.intensity, cross, far2, steps
+                        )
+                        with device_context(xp, self.home):
+                            costs = copy_to(costs, xp, self.home)
+                            total = costs if total is None else total + costs
+            return [float(cost) for cost in to_host(total)]
 
-            return cost
-
-        search = backtracking(
-            lambda step: self._total(trial_cost(step)), self.cost, slope, first_step=2 * state.step
+        search = batched_backtracking(
+            trial_costs, self.cost, slope, first_step=2 * state.step, batch=trial_batch(xp)
         )
-        for part in self.parts:
+        for part, piece in zip(self.parts, pieces, strict=True):
             with part.context():
                 for chunk in part.chunks:
-                    if search.step > 0:
-                        chunk.farfield += search.step * chunk.line[0]
-                        chunk.intensity = _intensity(chunk.farfield)
-                    chunk.line = None
+                    far = chunk.line[0]
+                    chunk.line = None  # cross and |far|^2 go before the update
+                    if search.step > 0:  # the new intensity overwrites the old
+                        if far is None:  # the same far field, computed again
+                            far = far_direction(part, chunk, piece)
+                        update_farfield(xp, chunk.farfield, far, search.step, out=chunk.intensity)
+                        if update_chunk is not None:
+                            update_chunk(chunk, search.step)
+                    del far
         if search.step > 0:
             self.cost = search.cost
             state.step = search.step
@@ -566,10 +609,10 @@ class _Reconstruction:
                     else xp.zeros(part.shape, dtype=ACCUMULATE_REAL)
                 )
                 for chunk in part.chunks:
-                    factor = chunk.cost.gradient_factor(chunk.intensity)
-                    chunk.model.adj_object(
-                        factor[:, None] * chunk.farfield, chunk.probes_at, out=grad
+                    weighted = gradient_farfield(
+                        xp, cost_terms(chunk.cost), chunk.intensity, chunk.farfield
                     )
+                    chunk.model.adj_object(weighted, chunk.probes_at, out=grad)
                     if illum is not None:
                         power = _intensity(chunk.probes_at)
                         power = xp.broadcast_to(power, (chunk.model.n, *power.shape[1:]))
@@ -616,8 +659,10 @@ class _Reconstruction:
                     if fresh:
                         chunk.patches = chunk.model.patches.fwd(part.object)
                         power += _abs2(chunk.patches).sum(axis=0, dtype=ACCUMULATE_REAL)
-                    factor = chunk.cost.gradient_factor(chunk.intensity)
-                    chunk.model.adj_probe(factor[:, None] * chunk.farfield, chunk.patches, out=grad)
+                    weighted = gradient_farfield(
+                        xp, cost_terms(chunk.cost), chunk.intensity, chunk.farfield
+                    )
+                    chunk.model.adj_probe(weighted, chunk.patches, out=grad)
                 grads.append(grad)
                 powers.append(power)
         grad = self._gather_probe(grads, COMPLEX)
@@ -634,7 +679,16 @@ class _Reconstruction:
             chunk.direction_at = chunk.model.probes_at(piece)
             return chunk.model.farfield(chunk.direction_at, chunk.patches)
 
-        direction, pieces, step = self._step(self.probe_cg, grad, precond, scatter, far_direction)
+        def update_chunk(chunk: _Chunk, step: float) -> None:
+            # Chunk by chunk, with its far field: the direction at every position is
+            # held for one chunk at a time when the line search streams.
+            if chunk.model.shift is not None:  # linear in the probe: no FFT
+                add_scaled(xp, chunk.probes_at, chunk.direction_at, step)
+            chunk.direction_at = None
+
+        direction, pieces, step = self._step(
+            self.probe_cg, grad, precond, scatter, far_direction, update_chunk
+        )
         if step > 0:  # UPDATE
             with device_context(xp, self.home):
                 self.probe += step * direction
@@ -644,8 +698,6 @@ class _Reconstruction:
                     for chunk in part.chunks:
                         if chunk.model.shift is None:
                             chunk.probes_at = part.probe[None]
-                        else:  # linear in the probe: no FFT
-                            chunk.probes_at += step * chunk.direction_at
             self._object_precond = None
         for part in self.parts:
             for chunk in part.chunks:
@@ -746,9 +798,7 @@ def _abs2(x: Any) -> Any:
 
 def _intensity(farfield: Any) -> Any:
     """Incoherent sum over the mode axis: (N, MODES, H, W) -> (N, H, W)."""
-    if farfield.shape[1] == 1:
-        return _abs2(farfield[:, 0])
-    return _abs2(farfield).sum(axis=1)
+    return mode_intensity(get_array_module(farfield), farfield)
 
 
 def _real_dot(a: Any, b: Any, axes: tuple[int, ...]) -> Any:
@@ -800,6 +850,27 @@ def staged_start_end(options: ReconOptions) -> int:
     )
 
 
+def claimed_devices(options: ReconOptions, device_ids: Sequence[int] | None = None) -> list[int]:
+    """The device of each partition: ``options.devices`` of ``device_ids`` (default 0, 1,
+    ...), or all of ``device_ids``, or one."""
+    count = options.devices or (len(device_ids) if device_ids else 1)
+    devices = list(device_ids) if device_ids else list(range(count))
+    if len(devices) < count:
+        raise DeviceError(f"{count} devices were asked for but only {devices} were given")
+    return devices[:count]
+
+
+def gpu_claim_for(
+    options: ReconOptions, device_ids: Sequence[int] | None = None
+) -> GpuClaim | None:
+    """What a reconstruction with ``options`` will hold on GPUs (``recon.memory``), or None
+    when it does not take the GPU path."""
+    xp = resolve_backend(options.backend.value)
+    if not gpu_path(xp):
+        return None
+    return GpuClaim(tuple(claimed_devices(options, device_ids)), options.probe_modes)
+
+
 def reconstruct(
     scan: ScanData,
     options: ReconOptions | None = None,
@@ -827,14 +898,19 @@ def reconstruct(
     """
     options = options or ReconOptions()
     xp = resolve_backend(options.backend.value)
-    count = options.devices or (len(device_ids) if device_ids else 1)
-    devices = list(device_ids) if device_ids else list(range(count))
-    if len(devices) < count:
-        raise DeviceError(f"{count} devices were asked for but only {devices} were given")
-    devices = devices[:count]
+    devices = claimed_devices(options, device_ids)
     check_devices(xp, devices)
     if scan.n_positions < 1:
         raise InputError(f"{scan.source}: the scan has no diffraction patterns")
+    if gpu_path(xp) and start_object is None:  # before anything is put on a GPU
+        extent = np.ptp(np.asarray(scan.positions, dtype=np.float64), axis=0)
+        check_gpu_memory(
+            str(scan.source),
+            scan.n_positions,
+            scan.detector_shape,
+            (float(extent[0]), float(extent[1])),
+            GpuClaim(tuple(devices), options.probe_modes),
+        )
 
     if options.coarse_levels and start_object is None:
         return _coarse_to_fine(scan, options, devices, progress, monitor)

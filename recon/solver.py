@@ -70,6 +70,42 @@ def backtracking(
     return LineSearchResult(0.0, cost0, max_trials)
 
 
+def batched_backtracking(
+    costs_at: Callable[[list[float]], list[float]],
+    cost0: float,
+    slope: float,
+    first_step: float,
+    batch: int,
+    *,
+    shrink: float = 0.5,
+    sufficient_decrease: float = 1e-4,
+    max_trials: int = 30,
+) -> LineSearchResult:
+    """:func:`backtracking` with the trial costs evaluated ``batch`` steps at a time:
+    ``costs_at([t_k, t_k * shrink, ...])`` returns their costs, and the first step in
+    order that satisfies the Armijo condition is taken. It accepts the same step with the
+    same cost as :func:`backtracking` (the steps are the same numbers, each cost depends
+    on its step only); a batch only evaluates up to ``batch - 1`` steps more. ``trials``
+    counts the steps up to and including the accepted one.
+    """
+    if not slope < 0:
+        return LineSearchResult(0.0, cost0, 0)
+    batch = max(1, batch)
+    step = first_step
+    trial = 0
+    while trial < max_trials:
+        steps = []
+        for _ in range(min(batch, max_trials - trial)):
+            steps.append(step)
+            step *= shrink
+        costs = costs_at(steps)
+        for offset, (tried, cost) in enumerate(zip(steps, costs, strict=True)):
+            if cost <= cost0 + sufficient_decrease * tried * slope:
+                return LineSearchResult(tried, cost, trial + offset + 1)
+        trial += len(steps)
+    return LineSearchResult(0.0, cost0, max_trials)
+
+
 @dataclasses.dataclass
 class CGState:
     """What nonlinear CG remembers about one variable between steps."""

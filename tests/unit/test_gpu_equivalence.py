@@ -30,6 +30,14 @@ from recon.ptycho import reconstruct
 from recon.simulate import simulate_view
 from recon.simulate_fourier import simulate_scan
 from tests.unit.equivalence import compare_stepwise, phase_ssim, random_windows, rel, stepwise
+from tests.unit.fused_cases import (
+    COST_CASES,
+    COST_IDS,
+    STEPS,
+    cost_for,
+    far_fields,
+    plain_intensity,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -87,6 +95,91 @@ def test_ffts_match_the_cpu_ffts(cp):
         gpu = transform(cp.asarray(x))
         assert gpu.dtype == np.complex64
         assert rel(gpu, transform(x)) < 1e-6
+
+
+@pytest.mark.parametrize("modes", [1, 3])
+def test_fused_mode_passes_match_the_numpy_twins(cp, monkeypatch, modes):
+    """``mode_intensity``, ``line_terms`` and ``update_farfield``: the kernels round each
+    float32 operation where NumPy does (no FMA contraction), so they agree to 1 ulp."""
+    monkeypatch.setenv(primitives.GPU_PATH_ON_CPU, "1")
+    psi, far, _ = far_fields(modes=modes)
+    gpu_psi, gpu_far = cp.asarray(psi), cp.asarray(far)
+    np.testing.assert_allclose(
+        to_host(primitives.mode_intensity(cp, gpu_psi)),
+        primitives.mode_intensity(np, psi),
+        rtol=2e-7,
+    )
+    for gpu, host in zip(
+        primitives.line_terms(cp, gpu_psi, gpu_far),
+        primitives.line_terms(np, psi, far),
+        strict=True,
+    ):
+        np.testing.assert_allclose(to_host(gpu), host, rtol=2e-7, atol=1e-12)
+    gpu_out = primitives.update_farfield(cp, gpu_psi, gpu_far, 0.375)
+    host_out = primitives.update_farfield(np, psi, far, 0.375)
+    np.testing.assert_allclose(to_host(gpu_psi), psi, rtol=2e-7, atol=1e-12)
+    np.testing.assert_allclose(to_host(gpu_out), host_out, rtol=2e-7, atol=1e-12)
+
+
+def test_conjugate_and_ramp_products_match_the_numpy_twins(cp, monkeypatch):
+    """``multiply_conj``, ``add_scaled`` and ``apply_ramp`` (the Fourier shift's ramps, never
+    stored whole): complex64 products rounded per operation as NumPy's, to a few ulp."""
+    monkeypatch.setenv(primitives.GPU_PATH_ON_CPU, "1")
+    psi, far, _ = far_fields(modes=2)
+    for b in (far[:, :1], far[:1]):
+        host = primitives.multiply_conj(np, psi.copy(), b)
+        gpu = primitives.multiply_conj(cp, cp.asarray(psi), cp.asarray(b))
+        np.testing.assert_allclose(to_host(gpu), host, rtol=1e-6, atol=1e-6 * np.abs(host).max())
+    host = primitives.add_scaled(np, psi.copy(), far, 0.375)
+    gpu = primitives.add_scaled(cp, cp.asarray(psi), cp.asarray(far), 0.375)
+    np.testing.assert_allclose(to_host(gpu), host, rtol=1e-6, atol=1e-6 * np.abs(host).max())
+    rng = np.random.default_rng(4)
+    rows = np.exp(1j * rng.uniform(-3, 3, (9, 1, 16, 1))).astype(np.complex64)
+    cols = np.exp(1j * rng.uniform(-3, 3, (9, 1, 1, 12))).astype(np.complex64)
+    for spectrum in (psi, psi[:1]):
+        for conj in (False, True):
+            host = primitives.apply_ramp(np, spectrum, rows, cols, conj)
+            gpu = primitives.apply_ramp(
+                cp, cp.asarray(spectrum), cp.asarray(rows), cp.asarray(cols), conj
+            )
+            scale = np.abs(host).max()
+            np.testing.assert_allclose(to_host(gpu), host, rtol=1e-6, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize(("kind", "floor", "masked"), COST_CASES, ids=COST_IDS)
+def test_fused_cost_passes_match_the_numpy_twins(cp, monkeypatch, kind, floor, masked):
+    """``gradient_farfield`` (elementwise: to a few ulp, ``sqrtf`` and division are correctly
+    rounded) and ``trial_costs`` (``logf``/``atanf`` within 2 ulp of NumPy's, summed in
+    float64 in another order: relative to the sum of the terms' magnitudes, 1e-6)."""
+    monkeypatch.setenv(primitives.GPU_PATH_ON_CPU, "1")
+    psi, far, counts = far_fields()
+    cost = cost_for(kind, floor, masked, counts)
+    gpu_cost = cost_for(kind, floor, masked, cp.asarray(counts))
+    assert gpu_cost.tau == pytest.approx(cost.tau, rel=1e-12)
+    intensity = plain_intensity(psi)
+    gpu_intensity = cp.asarray(intensity)
+    host = primitives.gradient_farfield(np, primitives.cost_terms(cost), intensity, psi)
+    gpu = primitives.gradient_farfield(
+        cp, primitives.cost_terms(gpu_cost), gpu_intensity, cp.asarray(psi)
+    )
+    assert gpu.dtype == np.complex64
+    np.testing.assert_allclose(to_host(gpu), host, rtol=1e-6, atol=1e-6 * np.abs(host).max())
+    cross, far2 = primitives.line_terms(np, psi, far)
+    cross[:, 7] -= 20  # clipped trials (fused_cases)
+    host_costs = primitives.trial_costs(
+        np, primitives.cost_terms(cost), intensity, cross, far2, STEPS
+    )
+    gpu_costs = primitives.trial_costs(
+        cp,
+        primitives.cost_terms(gpu_cost),
+        gpu_intensity,
+        cp.asarray(cross),
+        cp.asarray(far2),
+        STEPS,
+    )
+    assert gpu_costs.dtype == np.float64 and gpu_costs.shape == (len(STEPS),)
+    scale = np.abs(host_costs).max()
+    np.testing.assert_allclose(to_host(gpu_costs), host_costs, rtol=1e-6, atol=1e-6 * scale)
 
 
 # -- 2. step by step -----------------------------------------------------------------------

@@ -7,12 +7,23 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from recon import api, backend, cxi
 from recon.api import reconstruct_file
 from recon.cxi import load_scan
 from recon.errors import InputTooLargeError
-from recon.memory import estimate_reconstruction_bytes, object_shape_estimate
+from recon.memory import (
+    GPU_BYTES_PER_EXTRA_MODE_PIXEL,
+    GPU_CHUNK_COUNTS,
+    GPU_CHUNKS_ENV,
+    GPU_FIXED_OVERHEAD_BYTES,
+    GPU_MEMORY_LIMIT_ENV,
+    estimate_gpu_bytes,
+    estimate_reconstruction_bytes,
+    object_shape_estimate,
+)
 from recon.options import ReconOptions
-from recon.ptycho import reconstruct
+from recon.primitives import GPU_PATH_ON_CPU
+from recon.ptycho import _Reconstruction, reconstruct
 from recon.simulate import write_simulated_scan
 
 
@@ -23,7 +34,8 @@ def view(tmp_path_factory):
 
 
 @pytest.mark.parametrize("modes", [1, 2])
-def test_estimate_covers_the_solvers_allocations(view, modes):
+def test_estimate_covers_the_solvers_allocations(view, modes, monkeypatch):
+    monkeypatch.delenv(GPU_PATH_ON_CPU, raising=False)  # the host's estimate: the CPU path
     scan = load_scan(view)
     n, h, w = scan.data.shape
     extent = tuple(float(e) for e in np.ptp(scan.positions, axis=0))
@@ -129,3 +141,154 @@ def test_cgroup_memory_left_is_the_tightest_along_the_path(tmp_path, version):
     assert cgroup_memory_left(str(cgroup), str(tmp_path)) == gib
     (outer / limit_name).write_text("max\n" if version == 2 else "9223372036854771712\n")
     assert cgroup_memory_left(str(cgroup), str(tmp_path)) == 3 * gib
+
+
+# -- GPU memory (issue 20) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("modes", "devices", "chunks"),
+    [(1, [0], 1), (2, [0], 1), (1, [0, 0], 1), (1, [0], 4), (2, [0], 8)],
+    ids=["one-mode", "two-modes", "2x1", "4-chunks", "two-modes-8-chunks"],
+)
+def test_gpu_estimate_covers_the_gpu_paths_traced_allocations(
+    view, monkeypatch, request, modes, devices, chunks
+):
+    """The GPU path on NumPy allocates what the CuPy path allocates (the twins of
+    ``recon.primitives``); its traced peak must stay under the GPU estimate, and the
+    estimate less its fixed part must not be loose by more than 40 % (partitions sharing a
+    device: the sum). With pocketfft: FFTW's plan cache keeps arrays on the host that
+    cuFFT does not (its work areas have their own allowance in the estimate)."""
+    monkeypatch.setenv(GPU_PATH_ON_CPU, "1")
+    monkeypatch.delenv(GPU_MEMORY_LIMIT_ENV, raising=False)
+    monkeypatch.setenv("PTYCHOFLOW_FFT", "scipy")
+    monkeypatch.setenv(GPU_CHUNKS_ENV, str(chunks))
+    backend._cpu_fft.cache_clear()
+    request.addfinalizer(backend._cpu_fft.cache_clear)
+    scan = load_scan(view)
+    n, h, w = scan.data.shape
+    extent = tuple(float(e) for e in np.ptp(scan.positions, axis=0))
+    estimate = sum(
+        estimate_gpu_bytes(
+            n,
+            (h, w),
+            object_shape_estimate(extent, (h, w)),
+            probe_modes=modes,
+            devices=devices,
+            chunks=chunks,
+        ).values()
+    )
+    options = ReconOptions(
+        iterations=2, backend="numpy", probe_modes=modes, modes_start=0, devices=len(devices)
+    )
+    tracemalloc.start()
+    try:
+        reconstruct(scan, options, device_ids=devices)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    fixed = len(devices) * GPU_FIXED_OVERHEAD_BYTES
+    assert peak <= estimate and estimate - fixed <= 1.4 * peak, (peak / 2**20, estimate / 2**20)
+
+
+def test_gpu_estimate_per_device():
+    one = estimate_gpu_bytes(1000, (64, 64), (300, 300), devices=[0])
+    two = estimate_gpu_bytes(1000, (64, 64), (300, 300), devices=[0, 1])
+    shared = estimate_gpu_bytes(1000, (64, 64), (300, 300), devices=[3, 3])
+    assert set(two) == {0, 1} and two[0] == two[1] < one[0]
+    assert set(shared) == {3} and shared[3] > one[0]  # two partitions, two object copies
+    modes = estimate_gpu_bytes(1000, (64, 64), (300, 300), probe_modes=3, devices=[0])
+    assert modes[0] - one[0] == 2 * 1000 * 64 * 64 * GPU_BYTES_PER_EXTRA_MODE_PIXEL
+
+
+def _limit_between(view, modes, few, many):
+    """A GPU limit that the view fits on ``many`` partitions but not on ``few``, even split
+    into the most chunks."""
+    scan = load_scan(view)
+    n, h, w = scan.data.shape
+    extent = tuple(float(e) for e in np.ptp(scan.positions, axis=0))
+    shape = object_shape_estimate(extent, (h, w))
+    most = GPU_CHUNK_COUNTS[-1]
+    low = max(estimate_gpu_bytes(n, (h, w), shape, modes, many, most).values())
+    high = max(estimate_gpu_bytes(n, (h, w), shape, modes, few, most).values())
+    assert low < high
+    return int((low + high) / 2)
+
+
+def test_a_view_too_large_for_the_claimed_gpus_is_refused_before_it_is_loaded(
+    view, tmp_path, monkeypatch
+):
+    """With the GPU path and a GPU memory limit, one device is refused before the patterns
+    are read (the solver is never called) with what is needed, what is free and what to
+    change; two devices fit."""
+    monkeypatch.setenv(GPU_PATH_ON_CPU, "1")
+    limit = _limit_between(view, 2, [0], [0, 1])
+    monkeypatch.setenv(GPU_MEMORY_LIMIT_ENV, str(limit))
+    read = []
+    original = cxi.load_cxi
+
+    def spy(*args, **kwargs):
+        read.append(args)
+        return original(*args, **kwargs)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the solver was called")
+
+    monkeypatch.setattr(cxi, "load_cxi", spy)
+    monkeypatch.setattr(api, "reconstruct", never)
+    options = ReconOptions(iterations=2, backend="numpy", probe_modes=2, devices=1)
+    with pytest.raises(InputTooLargeError) as refused:
+        reconstruct_file(view, tmp_path / "out.h5", options)
+    message = str(refused.value)
+    for part in ("view000.cxi", "on GPU 0", "1 partition", "16 chunks", "2 probe modes"):
+        assert part in message, message
+    assert "more GPUs" in message and "fewer probe modes" in message
+    assert GPU_MEMORY_LIMIT_ENV in message
+    assert read and not (tmp_path / "out.h5").exists()
+    # The solver refuses as well when handed the loaded view directly.
+    with pytest.raises(InputTooLargeError, match="on GPU 0"):
+        reconstruct(load_scan(view), options)
+    # Two GPUs hold it.
+    monkeypatch.undo()
+    monkeypatch.setenv(GPU_PATH_ON_CPU, "1")
+    monkeypatch.setenv(GPU_MEMORY_LIMIT_ENV, str(limit))
+    summary = reconstruct_file(view, tmp_path / "out.h5", options.replace(devices=2))
+    assert summary["iterations"] == 2 and summary["backend"] == "numpy-gpu-path"
+
+
+def test_no_gpu_check_on_the_cpu_path(view, tmp_path, monkeypatch):
+    monkeypatch.delenv(GPU_PATH_ON_CPU, raising=False)
+    monkeypatch.setenv(GPU_MEMORY_LIMIT_ENV, "1MB")
+    summary = reconstruct_file(
+        view, tmp_path / "out.h5", ReconOptions(iterations=1, backend="numpy")
+    )
+    assert summary["backend"] == "numpy"
+
+
+def test_a_view_too_large_for_one_chunk_is_split_into_chunks(view, monkeypatch):
+    """Between the one-chunk and the four-chunk estimates the GPU path splits each
+    partition into chunks and streams the line search instead of refusing, and ends
+    where one chunk ends (the far fields computed again are the same numbers)."""
+    monkeypatch.setenv(GPU_PATH_ON_CPU, "1")
+    monkeypatch.delenv(GPU_CHUNKS_ENV, raising=False)
+    monkeypatch.delenv(GPU_MEMORY_LIMIT_ENV, raising=False)
+    scan = load_scan(view)
+    n, h, w = scan.data.shape
+    extent = tuple(float(e) for e in np.ptp(scan.positions, axis=0))
+    shape = object_shape_estimate(extent, (h, w))
+    one = estimate_gpu_bytes(n, (h, w), shape)[0]
+    four = estimate_gpu_bytes(n, (h, w), shape, chunks=4)[0]
+    two = estimate_gpu_bytes(n, (h, w), shape, chunks=2)[0]
+    assert four < two < one
+    options = ReconOptions(iterations=4, backend="numpy")
+    whole = _Reconstruction(scan, options, np, [0])
+    assert len(whole.parts[0].chunks) == 1 and not whole.stream_line_search
+    reference = reconstruct(scan, options)
+    monkeypatch.setenv(GPU_MEMORY_LIMIT_ENV, str(int((four + two) / 2)))
+    split = _Reconstruction(scan, options, np, [0])
+    assert len(split.parts[0].chunks) == 4 and split.stream_line_search
+    streamed = reconstruct(scan, options)
+    np.testing.assert_allclose(streamed.object, reference.object, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(streamed.cost, reference.cost, rtol=1e-9)
+    assert streamed.object_steps == reference.object_steps
+    assert streamed.probe_steps == reference.probe_steps
