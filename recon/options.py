@@ -130,6 +130,13 @@ class ReconOptions:
     """Iterations without a new lowest held-out cost before stopping (with
     ``holdout_fraction`` > 0)."""
 
+    object_tv: float | None = None
+    """Total-variation penalty on the object against fitting photon noise
+    (``recon.regularise``): a dimensionless weight, scaled by the square root of the mean
+    illumination so it smooths the same share of the shot noise at any dose. None (the
+    default): chosen from the data's mean counts per pattern (``recon.ptycho.
+    LOW_DOSE_COUNTS``, LOW_DOSE_OBJECT_TV). 0 turns it off."""
+
     devices: int | None = None
     """Number of devices (GPUs, or partitions on the CPU) to split the view over.
     None chooses from the view size (small views use one device)."""
@@ -176,6 +183,15 @@ class ReconOptions:
             raise OptionsError(
                 f"option dark_floor={floor!r} must be a number from 0 to below 1 "
                 "(a fraction of the mean intensity, e.g. 1e-5; 0 turns it off)"
+            )
+        tv = self.object_tv
+        if tv is not None and (
+            isinstance(tv, bool) or not isinstance(tv, int | float) or not 0 <= tv < 100
+        ):
+            raise OptionsError(
+                f"option object_tv={tv!r} must be a number from 0 to below 100 "
+                "(e.g. 0.5; 0 turns the total-variation penalty off, null chooses it "
+                "from the counts)"
             )
         fraction = self.holdout_fraction
         if (

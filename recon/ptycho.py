@@ -55,6 +55,7 @@ from recon.errors import DeviceError, InputError
 from recon.operators import Ptycho
 from recon.options import CostFunction, ReconOptions
 from recon.primitives import backend_name, chunk_patterns
+from recon.regularise import tv_gradient, tv_value, tv_weight
 from recon.scan import ScanData
 from recon.solver import CGState, backtracking, dai_yuan_beta
 
@@ -107,6 +108,18 @@ POSITION_REGULARISATION = 1e-3
 #: quarter of the cost per iteration); patterns are not binned below this size.
 COARSE_ITERATION_FRACTION = 0.5
 MIN_COARSE_DETECTOR = 16
+
+#: ``object_tv=None``: below this many mean counts per pattern the data are low dose and
+#: the object's total variation is penalised with weight LOW_DOSE_OBJECT_TV.
+LOW_DOSE_COUNTS = 3e4
+#: Measured (``recon.simulate_hard``, 64 px, 1e3 photons, 200 iterations, seeds 11 / 12):
+#: no penalty 0.904 / 0.917 phase SSIM, held-out stopping (5 %) 0.895 / 0.911, weight 0.1
+#: 0.920 / 0.924, weight 0.3 0.913 / 0.920, weight 1 (60 iterations) 0.83.
+LOW_DOSE_OBJECT_TV = 0.1
+#: The penalty acts from this fraction of the iterations: from the first iteration it kept
+#: a rough probe guess from growing (the object stays flat where the guess is too small;
+#: 1e3 photons, 60 iterations, weight 1: 0.31 from the start, 0.83 from half way).
+TV_START_FRACTION = 0.5
 
 #: progress(iteration, cost, seconds of that iteration)
 ProgressCallback = Callable[[int, float, float], None]
@@ -410,6 +423,11 @@ class _Reconstruction:
         self.object_cg = CGState()
         self.probe_cg = CGState()
         self._object_precond: Any = None  # depends on the probe only; reset when it changes
+        # Total variation of the object (recon.regularise): its weight in counts is set
+        # from the illumination at the first object step.
+        self.object_tv = object_tv_weight(options, scan)
+        self.tv_weight: float | None = None if self.object_tv else 0.0
+        self.tv_active = False  # from TV_START_FRACTION of the iterations (reconstruct)
         self._probe_precond: Any = None  # depends on the object only; reset when it changes
 
     def add_modes(self, modes: int) -> None:
@@ -493,8 +511,13 @@ class _Reconstruction:
         precond: Any,
         scatter: Callable[[_Partition, Any], Any],
         far_direction: Callable[[_Partition, _Chunk, Any], Any],
+        penalty: Callable[[Any, float], float] | None = None,
     ) -> tuple[Any, list[Any], float]:
-        """DIR, LS: returns (direction on home, per-partition pieces, accepted step)."""
+        """DIR, LS: returns (direction on home, per-partition pieces, accepted step).
+
+        ``penalty(direction, step)``: a term added to the cost in the line search (the
+        object's regulariser at the trial step, on home); ``grad`` already holds its
+        gradient. ``self.cost`` stays the data cost."""
         xp = self.xp
         with device_context(xp, self.home):
             precond_grad = precond * grad
@@ -536,9 +559,27 @@ class _Reconstruction:
 
             return cost
 
-        search = backtracking(
-            lambda step: self._total(trial_cost(step)), self.cost, slope, first_step=2 * state.step
-        )
+        if penalty is None:
+            search = backtracking(
+                lambda step: self._total(trial_cost(step)),
+                self.cost,
+                slope,
+                first_step=2 * state.step,
+            )
+        else:
+            with device_context(xp, self.home):
+                start_penalty = penalty(direction, 0.0)
+            search = backtracking(
+                lambda step: self._total(trial_cost(step)) + penalty(direction, step),
+                self.cost + start_penalty,
+                slope,
+                first_step=2 * state.step,
+            )
+            if search.step > 0:
+                with device_context(xp, self.home):
+                    search.cost -= penalty(direction, search.step)
+            else:
+                search.cost = self.cost
         for part in self.parts:
             with part.context():
                 for chunk in part.chunks:
@@ -580,9 +621,20 @@ class _Reconstruction:
         if self._object_precond is None:
             illumination = self._gather_object(illums, REAL)
             with device_context(xp, self.home):
+                if self.tv_weight is None:  # fixed at the first step: one cost throughout
+                    self.tv_weight = tv_weight(self.object_tv, illumination)
                 self._object_precond = 1 / (
                     illumination + PRECONDITIONER_ALPHA * illumination.max()
                 )
+        penalty = None
+        if self.tv_weight and self.tv_active:
+            weight = self.tv_weight
+            with device_context(xp, self.home):
+                grad += tv_gradient(self.object, weight)
+
+            def penalty(direction: Any, step: float) -> float:
+                trial = self.object + step * direction if step else self.object
+                return tv_value(trial, weight)
 
         def scatter(part: _Partition, direction: Any) -> Any:
             return copy_to(direction[part.region], xp, part.device).copy()
@@ -591,7 +643,7 @@ class _Reconstruction:
             return chunk.model.fwd_object(piece, chunk.probes_at)
 
         direction, pieces, step = self._step(
-            self.object_cg, grad, self._object_precond, scatter, far_direction
+            self.object_cg, grad, self._object_precond, scatter, far_direction, penalty
         )
         if step > 0:  # UPDATE
             self._object_changed()
@@ -767,6 +819,16 @@ def fit_affine(reported: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return solution.T
 
 
+def object_tv_weight(options: ReconOptions, scan: ScanData) -> float:
+    """The dimensionless total-variation weight (``recon.regularise``) for this view:
+    ``options.object_tv``, or with None, LOW_DOSE_OBJECT_TV when the data's mean counts per
+    pattern are below LOW_DOSE_COUNTS and 0 otherwise."""
+    if options.object_tv is not None:
+        return float(options.object_tv)
+    counts = float(np.mean(np.sum(scan.data, axis=(1, 2), dtype=np.float64)))
+    return LOW_DOSE_OBJECT_TV if counts < LOW_DOSE_COUNTS else 0.0
+
+
 def amplitude_switch(options: ReconOptions) -> int:
     """Iterations run on the amplitude cost before ``options.cost`` takes over (0: none)."""
     if options.cost is CostFunction.GAUSSIAN:
@@ -852,7 +914,11 @@ def reconstruct(
     if position_start is None:
         position_start = round(POSITION_START_FRACTION * options.iterations)
     modes_start = modes_start_iteration(options)
+    tv_start = round(TV_START_FRACTION * options.iterations)
     for iteration in range(options.iterations):
+        if iteration == tv_start and state.object_tv:
+            state.tv_active = True
+            state.object_cg.restart()  # the object's cost changes
         if switch and iteration == switch:
             state.use_cost(start=False)
         if modes_start and iteration == modes_start:
