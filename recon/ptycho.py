@@ -170,6 +170,8 @@ class ReconResult:
     stage's scale, rotation and shear error; None otherwise."""
     device_names: list[str] = dataclasses.field(default_factory=list)
     """The GPU model of each device (CuPy), e.g. ``NVIDIA H200``; empty on the CPU."""
+    object_tv: float = 0.0
+    """The total-variation weight applied (``object_tv``, or the low-dose default; 0: none)."""
     start_defocus_px: float | None = None
     """With ``defocus_search``: the geometric spot diameter (pixels; 0 the guess itself,
     negative the other side of the focus) of the probe guess the solver started from;
@@ -988,6 +990,7 @@ def reconstruct(
         devices=devices,
         backend=backend_name(xp),
         device_names=gpu_names(xp, devices),
+        object_tv=state.object_tv,
         start_defocus_px=defocus,
     )
 

@@ -68,3 +68,25 @@ def test_options_validate_object_tv():
     for bad in (-1, 100, "smooth", True):
         with pytest.raises(OptionsError, match="object_tv"):
             ReconOptions(object_tv=bad)
+
+
+def test_the_result_file_records_the_applied_weight(tmp_path):
+    from recon.api import reconstruct_file
+    from recon.result import read_result
+    from recon.simulate import write_simulated_scan
+
+    low = write_simulated_scan(
+        tmp_path / "low", n_views=1, n_positions=36, detector=32, photons=1e3
+    )
+    summary = reconstruct_file(
+        low[0], tmp_path / "low.h5", ReconOptions(iterations=4, backend="numpy")
+    )
+    assert read_result(summary["output"])["object_tv_applied"] == LOW_DOSE_OBJECT_TV
+    high = write_simulated_scan(
+        tmp_path / "high", n_views=1, n_positions=36, detector=32, photons=1e6
+    )
+    summary = reconstruct_file(
+        high[0], tmp_path / "high.h5", ReconOptions(iterations=4, backend="numpy")
+    )
+    written = read_result(summary["output"])
+    assert "object_tv_applied" not in written and "start_defocus_px" not in written
