@@ -15,7 +15,9 @@
    (``recon.metrics.compare_objects``), then a summary against the goals of issue 10.
    Our solver gets ``probe_modes`` / ``refine_positions`` for the cases that need them
    when ``ReconOptions`` has those fields; Pty-chi gets the same (modes, position
-   correction).
+   correction). Everything else is our defaults, which decide from the data: the
+   low-dose cases get the total-variation penalty (``object_tv``, below 3e4 counts per
+   pattern) and the sparse ones the defocus search (``defocus_search``).
 2. ``--speed``: seconds per iteration and peak memory of our solver for the real
    Siemens-star view (516 x 128 x 128) and a simulated 1800 x 128 x 128 view, at 1, 2
    and 4 partitions, NumPy (and CuPy when a GPU is usable).
@@ -24,6 +26,7 @@
     python bench/recon.py --full         # 128 px, 400 positions, 100 iterations (~1 h)
     python bench/recon.py --cases star two-mode --skip-ptychi
     python bench/recon.py --cases hard --skip-ptychi
+    python bench/recon.py --cases low-dose sparse --no-repeat   # issue 18 items 1-2
     python bench/recon.py --speed --skip-fidelity
 
 Pty-chi needs the bench extra: ``pip install -e '.[bench]'``.

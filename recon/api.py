@@ -137,6 +137,12 @@ def reconstruct_file(
         refined = result.positions
     if getattr(result, "device_names", None):
         extra_attrs = {**extra_attrs, "device_names": list(result.device_names)}
+    # What the defaults decided from the data (issue 18): the low-dose penalty's weight and
+    # the sparse scan's chosen probe defocus.
+    if getattr(result, "object_tv", 0.0):
+        extra_attrs = {**extra_attrs, "object_tv_applied": float(result.object_tv)}
+    if getattr(result, "start_defocus_px", None) is not None:
+        extra_attrs = {**extra_attrs, "start_defocus_px": float(result.start_defocus_px)}
     h5_path, png_path = write_result(
         output_path,
         object=result.object,

@@ -60,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stops falling, keeping the best iterate: against fitting the noise (default 0: off)",
     )
     parser.add_argument(
+        "--object-tv",
+        type=float,
+        default=None,
+        metavar="WEIGHT",
+        help="total-variation penalty on the object against fitting photon noise (e.g. 0.1; "
+        "0: off; default: 0.1 below 3e4 mean counts per pattern, else off)",
+    )
+    parser.add_argument(
         "--holdout-patience",
         type=int,
         default=None,
@@ -290,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
         "holdout_fraction": args.holdout,
         "holdout_patience": args.holdout_patience,
         "dark_floor": args.dark_floor,
+        "object_tv": args.object_tv,
     }
     options = ReconOptions.from_dict({k: v for k, v in changes.items() if v is not None})
     beamline = beamline_settings(args)
