@@ -91,15 +91,16 @@ class ReconOptions:
     correction removed so the object does not drift."""
 
     position_start: int | None = None
-    """First iteration (0-based) at which positions are refined, once object and probe have
-    form; None: after 50 % of the iterations (independent scans, 1 px RMS errors, Gaussian
-    guess, 60 iterations, three noise seeds: from 30 % phase SSIM 0.944-0.999, from 40 %
-    0.979-0.999, from 50 % 0.997-0.999; positions moved earlier follow an object that is
-    still forming)."""
+    """First iteration (0-based) at which positions are refined by gradient steps, once
+    object and probe have form; None: after 60 % of the iterations with the position search
+    (``position_search``; its passes end there), after 50 % without it (independent scans,
+    1 px RMS errors, Gaussian guess, 60 iterations, three noise seeds, without the search:
+    from 30 % phase SSIM 0.944-0.999, from 40 % 0.979-0.999, from 50 % 0.997-0.999;
+    positions moved earlier follow an object that is still forming)."""
 
     position_search: int | None = None
     """With ``refine_positions``: radius in pixels of a search for errors of several pixels
-    (a global scan error, an encoder jump), which the gradient steps alone cannot catch.
+    (random encoder errors, jumps), which the gradient steps alone cannot catch.
     From 30 % to 60 % of the iterations, every 3 iterations, each position is moved to the
     shift within this radius whose modelled pattern best matches its measured one (the
     amplitude misfit under the current object and probe); the scale, rotation and shear

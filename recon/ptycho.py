@@ -384,6 +384,13 @@ class _Reconstruction:
         )
         self.max_correction = max(MAX_POSITION_CORRECTION, 1.5 * self.search_radius)
         reach = math.ceil(self.max_correction) if options.refine_positions else 0
+        # With the search, positions may move below the reported ones' smallest: the solver
+        # works on a grid with ``pad`` more pixels before row and column 0 (``object_view``
+        # and ``reported_grid`` give the reported positions' grid).
+        self.pad = reach if self.search_radius else 0
+        if self.pad:
+            padded = np.asarray(scan.positions, dtype=np.float64) + self.pad
+            scan = dataclasses.replace(scan, positions=padded)
         self.object_shape = object_shape_for(scan.positions, scan.detector_shape, extra=reach)
         self.initial_positions = np.asarray(scan.positions, dtype=np.float64)
         self.positions = self.initial_positions.copy()
@@ -418,9 +425,11 @@ class _Reconstruction:
         probe = initial_probe(scan, 1 if modes_start_iteration(options) else options.probe_modes)
         first_object = np.ones(self.object_shape, dtype=COMPLEX)
         if start_object is not None:
-            rows = min(self.object_shape[0], start_object.shape[0])
-            cols = min(self.object_shape[1], start_object.shape[1])
-            first_object[:rows, :cols] = start_object[:rows, :cols]
+            rows = min(self.object_shape[0] - self.pad, start_object.shape[0])
+            cols = min(self.object_shape[1] - self.pad, start_object.shape[1])
+            first_object[self.pad : self.pad + rows, self.pad : self.pad + cols] = start_object[
+                :rows, :cols
+            ]
         with device_context(xp, self.home):
             self.object = to_device(first_object, xp, self.home)
             self.probe = to_device(probe, xp, self.home)
@@ -433,6 +442,14 @@ class _Reconstruction:
         self.probe_cg = CGState()
         self._object_precond: Any = None  # depends on the probe only; reset when it changes
         self._probe_precond: Any = None  # depends on the object only; reset when it changes
+
+    def object_view(self) -> Any:
+        """The object on the reported positions' grid (a view of the solver's array)."""
+        return self.object[self.pad :, self.pad :]
+
+    def reported_grid(self, positions: np.ndarray) -> np.ndarray:
+        """Solver-grid ``positions`` on the reported positions' grid."""
+        return positions - self.pad
 
     def add_modes(self, modes: int) -> None:
         """Split the current probe into ``modes`` incoherent modes (``with_extra_modes``:
@@ -1053,15 +1070,17 @@ def reconstruct(
             raise InputError(
                 f"{scan.source}: the cost became {costs[-1]} at iteration {iteration + 1}"
             )
-        if monitor is not None and monitor(iteration + 1, state.object, state.probe):
+        if monitor is not None and monitor(iteration + 1, state.object_view(), state.probe):
             break
 
     return ReconResult(
-        object=to_host(state.object),
+        object=np.ascontiguousarray(to_host(state.object_view())),
         probe=to_host(state.probe),
         cost=np.asarray(costs, dtype=np.float64),
         positions=scan.positions,
-        refined_positions=state.positions.astype(REAL) if options.refine_positions else None,
+        refined_positions=(
+            state.reported_grid(state.positions).astype(REAL) if options.refine_positions else None
+        ),
         position_affine=(
             fit_affine(state.initial_positions, state.positions)
             if options.refine_positions
