@@ -111,6 +111,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="refine the scan positions (encoder errors of a pixel or more)",
     )
     parser.add_argument(
+        "--position-search",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="with --refine-positions: radius of the search for positions several pixels "
+        "off (default: an eighth of the detector's side; 0: gradient steps only)",
+    )
+    parser.add_argument(
         "--patch-model",
         choices=["fourier", "bilinear"],
         default=None,
@@ -295,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
         "modes_start": args.modes_start,
         "patch_model": args.patch_model,
         "refine_positions": args.refine_positions or None,
+        "position_search": args.position_search,
         "holdout_fraction": args.holdout,
         "holdout_patience": args.holdout_patience,
         "dark_floor": args.dark_floor,

@@ -91,11 +91,23 @@ class ReconOptions:
     correction removed so the object does not drift."""
 
     position_start: int | None = None
-    """First iteration (0-based) at which positions are refined, once object and probe have
-    form; None: after 50 % of the iterations (independent scans, 1 px RMS errors, Gaussian
-    guess, 60 iterations, three noise seeds: from 30 % phase SSIM 0.944-0.999, from 40 %
-    0.979-0.999, from 50 % 0.997-0.999; positions moved earlier follow an object that is
-    still forming)."""
+    """First iteration (0-based) at which positions are refined by gradient steps, once
+    object and probe have form; None: after 60 % of the iterations with the position search
+    (``position_search``; its passes end there), after 50 % without it (independent scans,
+    1 px RMS errors, Gaussian guess, 60 iterations, three noise seeds, without the search:
+    from 30 % phase SSIM 0.944-0.999, from 40 % 0.979-0.999, from 50 % 0.997-0.999;
+    positions moved earlier follow an object that is still forming)."""
+
+    position_search: int | None = None
+    """With ``refine_positions``: radius in pixels of a search for errors of several pixels
+    (random encoder errors, jumps), which the gradient steps alone cannot catch.
+    From 30 % to 60 % of the iterations, every 3 iterations, each position is moved to the
+    shift within this radius whose modelled pattern best matches its measured one (the
+    amplitude misfit under the current object and probe); the scale, rotation and shear
+    part of those moves is left to the gradient steps, which then run from 60 %. None: an
+    eighth of the detector's side (8 px at 64 px); 0: no search (the gradient steps from
+    ``position_start``). The object grows by 1.5 radii so moved windows fit. Each pass
+    costs about as much as 10 iterations at the default radius."""
 
     coarse_levels: int = 0
     """Multi-resolution start: first reconstruct the view from the central half of every
@@ -184,6 +196,8 @@ class ReconOptions:
             )
         _check_int("holdout_patience", self.holdout_patience, minimum=1)
         _check_int("coarse_levels", self.coarse_levels, minimum=0)
+        if self.position_search is not None:
+            _check_int("position_search", self.position_search, minimum=0)
         start = self.amplitude_start
         if isinstance(start, bool) or not isinstance(start, int | float) or not 0 <= start < 1:
             raise OptionsError(

@@ -31,6 +31,15 @@ class StageAffine:
     rotation_deg: float = 0.0
     shear: float = 0.0
 
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray) -> StageAffine:
+        """The scale, rotation and shear of a (2, 2) ``matrix`` (inverse of ``matrix``)."""
+        scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+        angle = math.atan2(matrix[1, 0], matrix[0, 0])
+        cos, sin = math.cos(angle), math.sin(angle)
+        shear = (cos * matrix[0, 1] + sin * matrix[1, 1]) / scale
+        return cls(scale=scale, rotation_deg=math.degrees(angle), shear=float(shear))
+
     def matrix(self) -> np.ndarray:
         """(2, 2) acting on (row, col) offsets from the scan's centre."""
         angle = math.radians(self.rotation_deg)
@@ -121,6 +130,8 @@ HARD_CASES: dict[str, dict] = {
     "strong phase 2.5pi": {"phase": 2.5 * math.pi, "photons": 1e6},
     # 1.5 and 2.5 px at 64 px are the 3 and 5 px of a 128 px scan: the same errors
     # relative to the beam and the step (see README).
+    "positions off 1.5 px": {"position_error_px": 1.5, "photons": 1e6},
+    "positions off 2.5 px": {"position_error_px": 2.5, "photons": 1e6},
     "positions off 1.5 px + affine": {
         "position_error_px": 1.5,
         "affine": StageAffine(scale=1.02, rotation_deg=1.5, shear=0.01),

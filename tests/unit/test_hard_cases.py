@@ -1,12 +1,21 @@
 """Fidelity on the hard scans of issue 18 (``recon.simulate_hard``): one slow test per
 kind, each with a floor below the score measured with the default options."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from recon.errors import OptionsError
 from recon.metrics import compare_objects, illuminated_region
 from recon.options import ReconOptions
-from recon.ptycho import reconstruct
+from recon.ptycho import (
+    _Reconstruction,
+    fit_affine,
+    position_search_iterations,
+    position_search_radius,
+    reconstruct,
+)
 from recon.simulate_hard import HARD_CASES, StageAffine, simulate_hard_scan
 
 
@@ -93,3 +102,53 @@ def test_sparse_overlap_with_the_default_defocus_search(seed):
     result = reconstruct(simulation.to_scan(), ReconOptions(iterations=60, backend="numpy"))
     assert result.start_defocus_px not in (None, 0.0)
     assert _phase_ssim(result, simulation) >= 0.95, _phase_ssim(result, simulation)
+
+
+def _position_rms(positions, truth):
+    """RMS distance (pixels) to the truth after removing the mean difference: a global
+    shift of positions and object together is not in the data."""
+    error = np.asarray(positions, np.float64) - truth
+    error -= error.mean(axis=0)
+    return float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
+
+
+def test_one_search_pass_finds_positions_pixels_off_under_the_true_object_and_probe():
+    """The search alone: from 2.5 px RMS random errors (beyond the gradient steps' reach),
+    one pass against the true object and probe leaves little beyond the errors' affine
+    part, which it leaves to the gradient steps (0.4 px of 60 random errors); the default
+    radius is an eighth of the detector."""
+    simulation = simulate_hard_scan(n_positions=60, position_error_px=2.5, photons=1e6, seed=3)
+    scan = dataclasses.replace(simulation.to_scan(), probe=simulation.true_probe[0])
+    options = ReconOptions(iterations=10, refine_positions=True, backend="numpy")
+    assert position_search_radius(options, scan.detector_shape) == 8
+    assert position_search_radius(options.replace(refine_positions=False), (64, 64)) == 0
+    state = _Reconstruction(scan, options, np, [0], simulation.true_object)
+    before = _position_rms(state.reported_grid(state.positions), simulation.true_positions)
+    moved = state.position_search(8)
+    found = state.reported_grid(state.positions)  # the solver pads its grid for the search
+    after = _position_rms(found, simulation.true_positions)
+    assert before == pytest.approx(2.5, rel=0.01)
+    assert moved > 1.5
+    assert after <= 0.6, after
+    # What is left is the random errors' affine part (the search removes its own).
+    fitted = fit_affine(found, simulation.true_positions)
+    centre = found.mean(axis=0)
+    mapped = centre + (found - centre) @ fitted[:, :2].T + fitted[:, 2]
+    assert _position_rms(mapped, simulation.true_positions) <= 0.2
+    # The mean move is removed, and so is the affine part (left to the gradient steps).
+    offset = found - scan.positions
+    assert np.all(np.abs(offset.mean(axis=0)) < 1e-9)
+    centred = scan.positions - scan.positions.mean(axis=0)
+    linear, *_ = np.linalg.lstsq(centred, offset, rcond=None)
+    assert np.all(np.abs(linear) < 1e-9)
+
+
+def test_search_passes_run_from_30_to_60_percent_and_move_the_gradient_steps_there():
+    options = ReconOptions(iterations=100, refine_positions=True)
+    assert sorted(position_search_iterations(options, (64, 64))) == list(range(30, 60, 3))
+    assert not position_search_iterations(options.replace(position_search=0), (64, 64))
+    assert not position_search_iterations(options.replace(refine_positions=False), (64, 64))
+    # A given gradient start ends the passes there (at least one pass).
+    assert sorted(position_search_iterations(options.replace(position_start=5), (64, 64))) == [30]
+    with pytest.raises(OptionsError, match="position_search"):
+        ReconOptions(position_search=-1)
