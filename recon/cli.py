@@ -60,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stops falling, keeping the best iterate: against fitting the noise (default 0: off)",
     )
     parser.add_argument(
+        "--defocus-search",
+        choices=["auto", "on", "off"],
+        default=None,
+        help="start the probe from the best of its guess and four defocused versions "
+        "(default auto: on for sparse scans, median step >= 0.13 of the detector width)",
+    )
+    parser.add_argument(
         "--object-tv",
         type=float,
         default=None,
@@ -308,6 +315,7 @@ def run(args: argparse.Namespace) -> int:
         "holdout_patience": args.holdout_patience,
         "dark_floor": args.dark_floor,
         "object_tv": args.object_tv,
+        "defocus_search": {"on": True, "off": False}.get(args.defocus_search or "auto"),
     }
     options = ReconOptions.from_dict({k: v for k, v in changes.items() if v is not None})
     beamline = beamline_settings(args)
