@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import statistics
 import subprocess
@@ -50,6 +51,7 @@ from tables import print_table  # noqa: E402  (bench/tables.py, beside this scri
 
 from recon.backend import cupy_module, to_host  # noqa: E402
 from recon.options import ReconOptions  # noqa: E402
+from recon.primitives import FUSED_KERNELS_ENV  # noqa: E402
 from recon.ptycho import reconstruct  # noqa: E402
 
 STAR_CANDIDATES = (
@@ -145,8 +147,17 @@ def speed(cp: Any, star: pathlib.Path | None, quick: bool) -> list[dict[str, Any
         started = time.perf_counter()
         scan = make()
         made = time.perf_counter() - started
-        for variant, changes in VARIANTS:
-            numbers = time_view(cp, scan, changes, iterations)
+        variants = list(VARIANTS)
+        if name.startswith("1800"):  # the fused kernels against the same code unfused
+            variants.append(("defaults, unfused", {}))
+        for variant, changes in variants:
+            unfused = variant.endswith("unfused")
+            if unfused:
+                os.environ[FUSED_KERNELS_ENV] = "0"
+            try:
+                numbers = time_view(cp, scan, changes, iterations)
+            finally:
+                os.environ.pop(FUSED_KERNELS_ENV, None)
             rows.append({"view": name, "variant": variant, "made_s": made, **numbers})
             print(f"  {name} {variant}: {numbers['ms_per_iteration']:.1f} ms/it", flush=True)
         del scan

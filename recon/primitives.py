@@ -117,7 +117,7 @@ def gather_windows(xp: Any, obj: Any, corner: Any, shape: tuple[int, int]) -> An
     """(N_POS, H, W) copies of the ``obj`` windows of ``shape`` at integer ``corner``
     (N_POS, 2) int64 (row, col of each window's top-left pixel)."""
     h, w = shape
-    if is_cupy(xp):  # one gather kernel instead of fancy indexing's index grids
+    if _fused(xp):  # one gather kernel instead of fancy indexing's index grids
         obj = xp.ascontiguousarray(obj)
         out = xp.empty((corner.shape[0], h, w), dtype=obj.dtype)
         corner = xp.ascontiguousarray(corner, dtype=np.int64)
@@ -147,7 +147,7 @@ def scatter_windows(xp: Any, out: Any, windows: Any, corner: Any) -> None:
     contributions are then accumulated in double precision on both paths.
     """
     n, h, w = windows.shape
-    if is_cupy(xp) and out.flags.c_contiguous:
+    if _fused(xp) and out.flags.c_contiguous:
         # One kernel: each element converted to the accumulator's precision in registers
         # and added by atomics on the real and imaginary parts; no converted copy.
         complex_out = xp.iscomplexobj(out)
@@ -172,7 +172,7 @@ def scatter_windows(xp: Any, out: Any, windows: Any, corner: Any) -> None:
         # A block of windows at a time, so the copy converted to the accumulator's dtype
         # stays small (the CuPy kernel converts in registers); each part's adds keep
         # their order, so the blocks change nothing.
-        for part in _blocks(n, h * w):
+        for part in _blocks(n, h * w, xp):
             block = windows[part].astype(out.dtype, copy=False)
             index = (
                 xp.broadcast_to(rows[part], block.shape),
@@ -201,6 +201,17 @@ def scatter_windows(xp: Any, out: Any, windows: Any, corner: Any) -> None:
 # round-to-nearest intrinsics (``__fmul_rn`` ...) so the compiler contracts nothing into
 # an FMA: each float32 operation rounds where NumPy's does. What still differs is the
 # last bit of ``logf``/``atanf`` against NumPy's and the order of float64 sums.
+
+#: ``PTYCHOFLOW_FUSED_KERNELS=0`` runs the NumPy twins' code on CuPy arrays instead of the
+#: fused kernels (one CuPy call per operation, as before the kernels): the same algorithm,
+#: to compare speed on a GPU, or to step around a kernel that misbehaves.
+FUSED_KERNELS_ENV = "PTYCHOFLOW_FUSED_KERNELS"
+
+
+def _fused(xp: Any) -> bool:
+    """True where the CuPy kernels run (CuPy, unless ``PTYCHOFLOW_FUSED_KERNELS=0``)."""
+    return is_cupy(xp) and os.environ.get(FUSED_KERNELS_ENV, "1") != "0"
+
 
 #: Trial steps a line search evaluates per pass over the data: one on the CPU path (a
 #: trial costs a pass there and the first is usually accepted), several on the GPU path,
@@ -252,7 +263,10 @@ def _block(n_patterns: int, pattern_pixels: int) -> int:
     return max(1, CPU_CHUNK_BYTES // max(8 * pattern_pixels, 1))
 
 
-def _blocks(n_patterns: int, pattern_pixels: int) -> list[slice]:
+def _blocks(n_patterns: int, pattern_pixels: int, xp: Any = np) -> list[slice]:
+    """Blocks of patterns for a twin: one on CuPy (the twins' code run unfused there)."""
+    if is_cupy(xp):
+        return [slice(0, n_patterns)]
     size = _block(n_patterns, pattern_pixels)
     return [slice(first, first + size) for first in range(0, n_patterns, size)]
 
@@ -273,17 +287,17 @@ def _mode_sum_numpy(far: Any) -> Any:
 def mode_intensity(xp: Any, far: Any) -> Any:
     """(N, H, W) float32 ``sum_m |far[:, m]|^2`` of (N, MODES, H, W) complex64 ``far``,
     summed in mode order."""
-    if is_cupy(xp):
+    if _fused(xp):
         far = xp.ascontiguousarray(far)
         n, modes, h, w = far.shape
         out = xp.empty((n, h, w), dtype=np.float32)
         _cupy_kernels(xp)["mode_intensity"](far, np.int32(modes), np.int64(h * w), out)
         return out
     n, _modes, h, w = far.shape
-    parts = _blocks(n, h * w)
+    parts = _blocks(n, h * w, xp)
     if len(parts) == 1:
         return _mode_sum_numpy(far)
-    out = np.empty((n, h, w), dtype=np.float32)
+    out = xp.empty((n, h, w), dtype=np.float32)
     for part in parts:
         out[part] = _mode_sum_numpy(far[part])
     return out
@@ -294,7 +308,7 @@ def line_terms(xp: Any, psi: Any, far: Any) -> tuple[Any, Any]:
     fields ``far`` (N, MODES, H, W): ``cross = 2 Re sum_m conj(psi_m) far_m`` and ``far2 =
     sum_m |far_m|^2``, so ``sum_m |psi_m + t far_m|^2 = I + t (cross + t far2)``."""
     n, modes, h, w = far.shape
-    if is_cupy(xp):
+    if _fused(xp):
         psi = xp.ascontiguousarray(psi)
         far = xp.ascontiguousarray(far)
         cross = xp.empty((n, h, w), dtype=np.float32)
@@ -309,11 +323,11 @@ def line_terms(xp: Any, psi: Any, far: Any) -> tuple[Any, Any]:
         product *= 2
         return product
 
-    parts = _blocks(n, h * w)
+    parts = _blocks(n, h * w, xp)
     if len(parts) == 1:
         return terms(psi, far), _mode_sum_numpy(far)
-    cross = np.empty((n, h, w), dtype=np.float32)
-    far2 = np.empty((n, h, w), dtype=np.float32)
+    cross = xp.empty((n, h, w), dtype=np.float32)
+    far2 = xp.empty((n, h, w), dtype=np.float32)
     for part in parts:
         cross[part] = terms(psi[part], far[part])
         far2[part] = _mode_sum_numpy(far[part])
@@ -325,7 +339,7 @@ def update_farfield(xp: Any, psi: Any, far: Any, step: float, out: Any = None) -
     float32); returns the new (N, H, W) float32 intensity ``sum_m |psi_m|^2``, written into
     ``out`` when given (the old intensity: no second intensity array)."""
     n, modes, h, w = psi.shape
-    if is_cupy(xp):
+    if _fused(xp):
         if out is None:
             out = xp.empty((n, h, w), dtype=np.float32)
         if not (psi.flags.c_contiguous and far.flags.c_contiguous):
@@ -336,12 +350,12 @@ def update_farfield(xp: Any, psi: Any, far: Any, step: float, out: Any = None) -
             far, np.float32(step), np.int32(modes), np.int64(h * w), psi, out
         )
         return out
-    parts = _blocks(n, h * w)
+    parts = _blocks(n, h * w, xp)
     if len(parts) == 1 and out is None:
         psi += step * far
         return _mode_sum_numpy(psi)
     if out is None:
-        out = np.empty((n, h, w), dtype=np.float32)
+        out = xp.empty((n, h, w), dtype=np.float32)
     for part in parts:
         block = psi[part]
         block += step * far[part]
@@ -352,9 +366,9 @@ def update_farfield(xp: Any, psi: Any, far: Any, step: float, out: Any = None) -
 def add_scaled(xp: Any, y: Any, x: Any, step: float) -> Any:
     """``y += step * x`` in place (complex64, ``step`` rounded to float32) in one pass, and
     return ``y``; NumPy: a block of patterns at a time, so ``step * x`` is never whole."""
-    if is_cupy(xp):
+    if _fused(xp):
         return _cupy_kernels(xp)["add_scaled"](x, np.float32(step), y, y)
-    parts = _blocks(y.shape[0], y.shape[-1] * y.shape[-2])
+    parts = _blocks(y.shape[0], y.shape[-1] * y.shape[-2], xp)
     if len(parts) == 1:
         y += step * x
         return y
@@ -370,12 +384,12 @@ def multiply_conj(xp: Any, a: Any, b: Any) -> Any:
     """``a *= conj(b)`` in place and return ``a``; ``b`` broadcasts against ``a`` (e.g.
     (N, 1, H, W) patches against (N, MODES, H, W)). No conjugated copy of ``b`` is made
     (NumPy: one block of patterns at a time)."""
-    if is_cupy(xp):
+    if _fused(xp):
         return _cupy_kernels(xp)["multiply_conj"](a, b, a)
     if b.shape[0] == 1:  # one b for every pattern: its conjugate is small
         a *= b.conj()
         return a
-    for part in _blocks(a.shape[0], a.shape[-1] * a.shape[-2]):
+    for part in _blocks(a.shape[0], a.shape[-1] * a.shape[-2], xp):
         a[part] *= b[part].conj()
     return a
 
@@ -388,7 +402,7 @@ def apply_ramp(
     product rounded to complex64 as a stored ramp would be, never stored whole.
     ``spectrum`` (N or 1, MODES, H, W); ``out``: where to write (may be ``spectrum``),
     else a new (N, MODES, H, W) array."""
-    if is_cupy(xp):
+    if _fused(xp):
         kernel = _cupy_kernels(xp)["apply_ramp"]
         if out is None:
             return kernel(spectrum, rows, cols, np.int32(conj))
@@ -396,21 +410,21 @@ def apply_ramp(
     n = rows.shape[0]
     if out is None:
         shape = (n, *spectrum.shape[1:])
-        out = np.empty(shape, dtype=np.result_type(spectrum.dtype, rows.dtype))
+        out = xp.empty(shape, dtype=np.result_type(spectrum.dtype, rows.dtype))
     h, w = spectrum.shape[-2:]
-    for part in _blocks(n, h * w * spectrum.shape[1]):
+    for part in _blocks(n, h * w * spectrum.shape[1], xp):
         ramp = rows[part] * cols[part]
         if conj:
             ramp = ramp.conj()
         source = spectrum if spectrum.shape[0] == 1 else spectrum[part]
-        np.multiply(source, ramp, out=out[part])
+        xp.multiply(source, ramp, out=out[part])
     return out
 
 
 # -- (b) the gradient factor times the far field -----------------------------------------
 
 
-def _gradient_factor_numpy(terms: CostTerms, intensity: Any, data: Any, mask: Any) -> Any:
+def _gradient_factor_numpy(xp: Any, terms: CostTerms, intensity: Any, data: Any, mask: Any) -> Any:
     """``recon.cost``'s ``gradient_factor``, expression for expression."""
     from recon.cost import EPSILON
 
@@ -423,12 +437,12 @@ def _gradient_factor_numpy(terms: CostTerms, intensity: Any, data: Any, mask: An
         else:
             factor = 1 - data / (intensity + EPSILON)
     elif tau:
-        factor = np.sqrt(intensity)
+        factor = xp.sqrt(intensity)
         factor *= data
         factor /= intensity + tau
         factor = 1 - factor
     else:
-        factor = 1 - data / (np.sqrt(intensity) + EPSILON)
+        factor = 1 - data / (xp.sqrt(intensity) + EPSILON)
     if mask is not None:
         factor *= mask
     return factor
@@ -441,7 +455,7 @@ def gradient_farfield(xp: Any, terms: CostTerms, intensity: Any, farfield: Any) 
     ``intensity`` (N, H, W) float32; ``farfield`` (N, MODES, H, W) complex64. One pass on
     the GPU: the factor is never stored.
     """
-    if is_cupy(xp):
+    if _fused(xp):
         mask = np.float32(1.0) if terms.mask is None else terms.mask
         kernel = _cupy_kernels(xp)[f"gradient_{terms.kind}"]
         return kernel(
@@ -453,21 +467,21 @@ def gradient_farfield(xp: Any, terms: CostTerms, intensity: Any, farfield: Any) 
             np.float32(terms.tau * terms.tau),
         )
     n, _modes, h, w = farfield.shape
-    parts = _blocks(n, h * w)
+    parts = _blocks(n, h * w, xp)
     if len(parts) == 1:
-        factor = _gradient_factor_numpy(terms, intensity, terms.data, terms.mask)
+        factor = _gradient_factor_numpy(xp, terms, intensity, terms.data, terms.mask)
         return factor[:, None] * farfield
-    out = np.empty(farfield.shape, dtype=np.result_type(farfield.dtype, np.float32))
+    out = xp.empty(farfield.shape, dtype=np.result_type(farfield.dtype, np.float32))
     for part in parts:
-        factor = _gradient_factor_numpy(terms, intensity[part], terms.data[part], terms.mask)
-        np.multiply(factor[:, None], farfield[part], out=out[part])
+        factor = _gradient_factor_numpy(xp, terms, intensity[part], terms.data[part], terms.mask)
+        xp.multiply(factor[:, None], farfield[part], out=out[part])
     return out
 
 
 # -- (a) the line search's trial costs ---------------------------------------------------
 
 
-def _cost_terms_numpy(terms: CostTerms, intensity: Any, data: Any, data2: Any) -> Any:
+def _cost_terms_numpy(xp: Any, terms: CostTerms, intensity: Any, data: Any, data2: Any) -> Any:
     """``recon.cost``'s ``value`` terms (before the mask and the sum), expression for
     expression. ``intensity`` may be overwritten."""
     from recon.cost import EPSILON
@@ -478,14 +492,14 @@ def _cost_terms_numpy(terms: CostTerms, intensity: Any, data: Any, data2: Any) -
             ratio = intensity * intensity
             ratio += tau * tau
             ratio /= data2
-            return intensity - data - 0.5 * data * np.log(ratio)
-        return intensity - data - data * np.log((intensity + EPSILON) / (data + EPSILON))
-    root = np.sqrt(intensity)
+            return intensity - data - 0.5 * data * xp.log(ratio)
+        return intensity - data - data * xp.log((intensity + EPSILON) / (data + EPSILON))
+    root = xp.sqrt(intensity)
     residual = root - data
     if tau:
         root *= data
         root += tau
-        angle = np.arctan(tau**0.5 * residual / root)
+        angle = xp.arctan(tau**0.5 * residual / root)
         angle *= 2 * tau**0.5
         angle *= data
     residual *= residual
@@ -510,11 +524,11 @@ def trial_costs(
     steps = [float(step) for step in steps]
     if not 1 <= len(steps) <= MAX_TRIAL_BATCH:
         raise ValueError(f"1 to {MAX_TRIAL_BATCH} trial steps per pass, got {len(steps)}")
-    if is_cupy(xp):
+    if _fused(xp):
         return _trial_costs_cupy(xp, terms, intensity, cross, far2, steps)
     n, h, w = intensity.shape
-    parts = _blocks(n, h * w)
-    sums = np.zeros(len(steps), dtype=np.float64)
+    parts = _blocks(n, h * w, xp)
+    sums = xp.zeros(len(steps), dtype=np.float64)
     for k, step in enumerate(steps):
         for part in parts:
             trial = far2[part] * step
@@ -522,12 +536,12 @@ def trial_costs(
             trial *= step
             trial += intensity[part]
             # Exactly >= 0; rounding can dip below where the model is dark.
-            np.maximum(trial, 0, out=trial)
+            xp.maximum(trial, 0, out=trial)
             data2 = None if terms.data2 is None else terms.data2[part]
-            values = _cost_terms_numpy(terms, trial, terms.data[part], data2)
+            values = _cost_terms_numpy(xp, terms, trial, terms.data[part], data2)
             if terms.mask is not None:
                 values *= terms.mask
-            sums[k] += np.sum(values, dtype=np.float64)
+            sums[k] += xp.sum(values, dtype=np.float64)
     return sums
 
 

@@ -194,6 +194,17 @@ def test_every_step_agrees_with_the_gpu_path_on_numpy(cp, fourier_view, monkeypa
     assert compare_stepwise(stepwise(fourier_view, np), stepwise(fourier_view, cp)) == []
 
 
+def test_unfused_fallback_steps_like_the_kernels(cp, fourier_view, monkeypatch):
+    """``PTYCHOFLOW_FUSED_KERNELS=0`` (the twins' code on CuPy arrays) against the kernels,
+    and the streamed line search (4 chunks) against one chunk, step by step."""
+    kernels = stepwise(fourier_view, cp)
+    monkeypatch.setenv(primitives.FUSED_KERNELS_ENV, "0")
+    assert compare_stepwise(kernels, stepwise(fourier_view, cp)) == []
+    monkeypatch.delenv(primitives.FUSED_KERNELS_ENV)
+    monkeypatch.setenv("PTYCHOFLOW_GPU_CHUNKS", "4")
+    assert compare_stepwise(kernels, stepwise(fourier_view, cp)) == []
+
+
 def test_two_partitions_sharing_one_gpu_step_like_two_numpy_partitions(cp, fourier_view):
     """The PtyGer hybrid (gather-scatter of the direction, all-reduce of the line search)
     runs on one GPU when partitions share it."""
