@@ -107,7 +107,8 @@ class ReconOptions:
     part of those moves is left to the gradient steps, which then run from 60 %. None: an
     eighth of the detector's side (8 px at 64 px); 0: no search (the gradient steps from
     ``position_start``). The object grows by 1.5 radii so moved windows fit. Each pass
-    costs about as much as 10 iterations at the default radius."""
+    costs about as much as 10 iterations at the default radius. The coarse levels of
+    ``coarse_levels`` do not search (gradient steps only); the full view does."""
 
     coarse_levels: int = 0
     """Multi-resolution start: first reconstruct the view from the central half of every

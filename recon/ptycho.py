@@ -389,7 +389,9 @@ class _Reconstruction:
         # and ``reported_grid`` give the reported positions' grid).
         self.pad = reach if self.search_radius else 0
         if self.pad:
-            padded = np.asarray(scan.positions, dtype=np.float64) + self.pad
+            # float32 like the reported ones, so every partition's local positions (less an
+            # integer origin) are exact and the partitions agree.
+            padded = (np.asarray(scan.positions, dtype=np.float64) + self.pad).astype(REAL)
             scan = dataclasses.replace(scan, positions=padded)
         self.object_shape = object_shape_for(scan.positions, scan.detector_shape, extra=reach)
         self.initial_positions = np.asarray(scan.positions, dtype=np.float64)
@@ -1166,6 +1168,7 @@ def _coarse_to_fine(
         probe_modes=1,
         modes_start=None,
         position_start=None,
+        position_search=0,  # the full view searches; its object has the detail to judge by
         holdout_fraction=0.0,
     )
     first = reconstruct(coarse, coarse_options, device_ids=devices)
