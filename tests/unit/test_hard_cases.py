@@ -61,11 +61,13 @@ def _position_rms(positions, truth):
     return float(np.sqrt(np.mean(np.sum(error**2, axis=1))))
 
 
-def test_one_search_pass_finds_positions_pixels_off_under_the_true_object_and_probe():
+@pytest.mark.parametrize("stride", [1, 2])
+def test_one_search_pass_finds_positions_pixels_off_under_the_true_object_and_probe(stride):
     """The search alone: from 2.5 px RMS random errors (beyond the gradient steps' reach),
     one pass against the true object and probe leaves little beyond the errors' affine
     part, which it leaves to the gradient steps (0.4 px of 60 random errors); the default
-    radius is an eighth of the detector."""
+    radius is an eighth of the detector. With ``stride`` 2 (radii above 8 px) a 2 px grid
+    is tried first, then the best one's neighbours."""
     simulation = simulate_hard_scan(n_positions=60, position_error_px=2.5, photons=1e6, seed=3)
     scan = dataclasses.replace(simulation.to_scan(), probe=simulation.true_probe[0])
     options = ReconOptions(iterations=10, refine_positions=True, backend="numpy")
@@ -73,7 +75,7 @@ def test_one_search_pass_finds_positions_pixels_off_under_the_true_object_and_pr
     assert position_search_radius(options.replace(refine_positions=False), (64, 64)) == 0
     state = _Reconstruction(scan, options, np, [0], simulation.true_object)
     before = _position_rms(state.reported_grid(state.positions), simulation.true_positions)
-    moved = state.position_search(8)
+    moved = state.position_search(8, stride)
     found = state.reported_grid(state.positions)  # the solver pads its grid for the search
     after = _position_rms(found, simulation.true_positions)
     assert before == pytest.approx(2.5, rel=0.01)
