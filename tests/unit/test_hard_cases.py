@@ -70,7 +70,7 @@ def test_one_search_pass_finds_positions_pixels_off_under_the_true_object_and_pr
     is tried first, then the best one's neighbours."""
     simulation = simulate_hard_scan(n_positions=60, position_error_px=2.5, photons=1e6, seed=3)
     scan = dataclasses.replace(simulation.to_scan(), probe=simulation.true_probe[0])
-    options = ReconOptions(iterations=10, refine_positions=True, backend="numpy")
+    options = ReconOptions(iterations=100, refine_positions=True, backend="numpy")
     assert position_search_radius(options, scan.detector_shape) == 8
     assert position_search_radius(options.replace(refine_positions=False), (64, 64)) == 0
     state = _Reconstruction(scan, options, np, [0], simulation.true_object)
@@ -101,6 +101,13 @@ def test_search_passes_run_from_30_to_60_percent_and_move_the_gradient_steps_the
     assert not position_search_iterations(options.replace(refine_positions=False), (64, 64))
     # A given gradient start ends the passes there (at least one pass).
     assert sorted(position_search_iterations(options.replace(position_start=5), (64, 64))) == [30]
+    # Under 100 iterations no search unless asked for; its first pass not before 30.
+    short = options.replace(iterations=60)
+    assert not position_search_iterations(short, (64, 64))
+    assert sorted(position_search_iterations(short.replace(position_search=8), (64, 64))) == [
+        30,
+        33,
+    ]
     with pytest.raises(OptionsError, match="position_search"):
         ReconOptions(position_search=-1)
 
@@ -152,3 +159,20 @@ def test_a_global_affine_stage_error_is_fitted():
     assert fitted.rotation_deg == pytest.approx(truth.rotation_deg, abs=0.5)
     assert fitted.shear == pytest.approx(truth.shear, abs=0.01)
     assert fitted.scale > 1.01  # the stage's 2 %, not identity
+
+
+def test_partitions_agree_with_the_position_search():
+    """The search is per position and its moves are reduced on the host: two partitions
+    give the one-partition result (summation order aside)."""
+    simulation = simulate_hard_scan(
+        detector=32, n_positions=40, position_error_px=1.5, photons=1e6, seed=5
+    )
+    options = ReconOptions(
+        iterations=8, probe_warmup=1, refine_positions=True, position_search=3, backend="numpy"
+    )
+    assert sorted(position_search_iterations(options, (32, 32))) == [4]
+    one, two = (reconstruct(simulation.to_scan(), options.replace(devices=n)) for n in (1, 2))
+    assert not np.array_equal(one.refined_positions, one.positions)
+    np.testing.assert_allclose(two.refined_positions, one.refined_positions, atol=1e-3)
+    np.testing.assert_allclose(two.cost, one.cost, rtol=1e-4)
+    assert one.object.shape == two.object.shape
