@@ -125,8 +125,8 @@ def _positions_run(name, seed, iterations):
 @pytest.mark.slow
 def test_positions_off_by_3_px_of_a_128_px_scan_are_found():
     """1.5 px RMS random errors at 64 px (3 px at 128 px), default options with
-    ``refine_positions``: measured 0.05-0.06 px RMS left and phase SSIM 0.999 in 100
-    iterations (seeds 11, 12; 0.02 px in 200)."""
+    ``refine_positions``: measured 0.11 / 0.05 px RMS left and phase SSIM 0.998 / 0.999 in
+    100 iterations (seeds 11 / 12; 0.015 / 0.020 px in 200)."""
     _, _, rms, ssim = _positions_run("positions off 1.5 px", 11, 100)
     assert rms <= 0.2, rms
     assert ssim >= 0.99, ssim
@@ -135,8 +135,9 @@ def test_positions_off_by_3_px_of_a_128_px_scan_are_found():
 @pytest.mark.slow
 def test_positions_off_by_5_px_of_a_128_px_scan_are_found():
     """2.5 px RMS random errors at 64 px (5 px at 128 px), 200 iterations: measured
-    0.03 px RMS left and phase SSIM 0.999 at seed 11. Not yet robust: at seed 12 the
-    search leaves 0.8 px and a slow scale drift follows (0.88 px, SSIM 0.79)."""
+    0.026 px RMS left and phase SSIM 0.999 at seed 11. Not yet robust: at seed 12 the
+    search leaves 0.8 px and a slow scale drift follows (0.86 px, SSIM 0.77), and which
+    seed fails changes with the iteration count and float32 rounding (README)."""
     _, _, rms, ssim = _positions_run("positions off 2.5 px", 11, 200)
     assert rms <= 0.3, rms
     assert ssim >= 0.98, ssim
@@ -145,9 +146,10 @@ def test_positions_off_by_5_px_of_a_128_px_scan_are_found():
 @pytest.mark.slow
 def test_a_global_affine_stage_error_is_fitted():
     """1.5 px RMS random errors plus a stage error of 2 % scale, 1.5 degrees rotation and
-    1 % shear, 200 iterations: measured 0.06 px RMS left, phase SSIM 0.999, the fitted
-    map scale 1.0205 / rotation 1.52 deg / shear 0.018 against 1.0199 / 1.66 / 0.020
-    (the truth's own fit, random errors included; seed 12)."""
+    1 % shear, 200 iterations: measured 0.135 px RMS left, phase SSIM 0.994, the fitted
+    map scale 1.0205 / rotation 1.28 deg / shear 0.014 against 1.0199 / 1.66 / 0.020
+    (the truth's own fit, random errors included; seed 12; seed 11: 0.036 px, 1.0240 /
+    1.28 / 0.012 against 1.0243 / 1.38 / 0.013). In 100 iterations seed 11 ends at 0.9 px."""
     simulation, result, rms, ssim = _positions_run("positions off 1.5 px + affine", 12, 200)
     assert rms <= 0.3, rms
     assert ssim >= 0.98, ssim
