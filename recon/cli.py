@@ -123,7 +123,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="PX",
         help="with --refine-positions: radius of the search for positions several pixels "
-        "off (default: an eighth of the detector's side; 0: gradient steps only)",
+        "off (default: an eighth of the detector's side with 100 iterations or more; "
+        "0: gradient steps only)",
     )
     parser.add_argument(
         "--patch-model",

@@ -105,9 +105,12 @@ class ReconOptions:
     shift within this radius whose modelled pattern best matches its measured one (the
     amplitude misfit under the current object and probe); the scale, rotation and shear
     part of those moves is left to the gradient steps, which then run from 60 %. None: an
-    eighth of the detector's side (8 px at 64 px); 0: no search (the gradient steps from
-    ``position_start``). The object grows by 1.5 radii so moved windows fit. Each pass
-    costs about as much as 10 iterations at the default radius."""
+    eighth of the detector's side (8 px at 64 px) in runs of 100 iterations or more, no
+    search in shorter ones (in 60 iterations the object has too little form by then: a
+    1 px error case fell from 0.997 to 0.993 phase SSIM); 0: no search (the gradient
+    steps from ``position_start``). The object grows by 1.5 radii so moved windows fit. Each pass
+    costs about as much as 10 iterations at the default radius. The coarse levels of
+    ``coarse_levels`` do not search (gradient steps only); the full view does."""
 
     coarse_levels: int = 0
     """Multi-resolution start: first reconstruct the view from the central half of every

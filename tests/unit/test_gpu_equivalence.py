@@ -274,8 +274,12 @@ def true_probe_view(cp):
 
 @pytest.mark.parametrize(
     "changes",
-    [{"probe_modes": 2}, {"refine_positions": True}],
-    ids=["two-modes", "positions"],
+    [
+        {"probe_modes": 2},
+        {"refine_positions": True},
+        {"refine_positions": True, "position_search": 4},  # one search pass, at 17
+    ],
+    ids=["two-modes", "positions", "position-search"],
 )
 def test_whole_run_with_modes_or_positions_matches_numpy(cp, true_probe_view, changes):
     simulation, scan = true_probe_view
