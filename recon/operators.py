@@ -106,7 +106,7 @@ class BilinearPatches:
     ``adj``: patches (N_POS, PATCH_H, PATCH_W) -> object (OBJ_H, OBJ_W), the
     overlapping contributions summed.
 
-    positions : (N_POS, 2) float32
+    positions : (N_POS, 2) float32 or float64
         (row, col) of each patch's top-left corner in object pixels. Patch pixel
         (i, j) samples the object at (row + i, col + j) by bilinear interpolation,
         so every patch reads a (PATCH_H + 1, PATCH_W + 1) integer window.
@@ -255,7 +255,10 @@ class Ptycho:
     ``fwd_probe(probe, patches) = F(shift(probe) * patches)`` with adjoint ``adj_probe``
     (``patches = S(obj)``, (N_POS, H, W)). Object (OBJ_H, OBJ_W), probe (MODES, H, W).
 
-    positions : (N_POS, 2) float32, top-left corners in object pixels (sub-pixel).
+    positions : (N_POS, 2) float32 or float64, top-left corners in object pixels (sub-pixel).
+        The split into integer corners and float32 sub-pixel rests is done in the
+        positions' dtype: float64 positions give rests rounded once, independent of the
+        grid's origin (the solver passes float64; ``recon.ptycho._Partition``).
     """
 
     def __init__(

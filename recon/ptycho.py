@@ -410,7 +410,13 @@ class _Partition:
         """(Re)build every chunk's operators for ``positions`` (N_POS_ALL, 2), host."""
         with self.context():
             for chunk in self.chunks:
-                local = (positions[chunk.indices] - self.origin).astype(REAL)
+                # float64 down to the model's split into an integer corner and a float32
+                # sub-pixel rest: ``positions - origin`` is exact in float64, so the rest is
+                # the global position's, rounded once, whatever this partition's origin.
+                # Rounded to float32 first, it would carry an error of up to half a float32
+                # ulp of ``positions - origin`` (1e-6 px at 30 px), different on every
+                # partition layout and padding (the shifted probes then differ by ~1e-7).
+                local = np.asarray(positions[chunk.indices], dtype=np.float64) - self.origin
                 chunk.model = Ptycho(
                     to_device(local, self.xp, self.device),
                     self.shape,
