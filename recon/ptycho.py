@@ -453,9 +453,10 @@ class _Reconstruction:
         # and ``reported_grid`` give the reported positions' grid).
         self.pad = reach if self.search_radius else 0
         if self.pad:
-            # float32 like the reported ones, so every partition's local positions (less an
-            # integer origin) are exact and the partitions agree.
-            padded = (np.asarray(scan.positions, dtype=np.float64) + self.pad).astype(REAL)
+            # In float64: the solver's positions stay float64 down to the split into an
+            # integer window and a float32 sub-pixel rest, so the rest does not depend on
+            # the pad or on a partition's origin.
+            padded = np.asarray(scan.positions, dtype=np.float64) + self.pad
             scan = dataclasses.replace(scan, positions=padded)
         self.object_shape = object_shape_for(scan.positions, scan.detector_shape, extra=reach)
         self.initial_positions = np.asarray(scan.positions, dtype=np.float64)

@@ -38,11 +38,9 @@ def test_coarse_start_runs_and_reports_the_full_views_positions():
     options = ReconOptions(iterations=6, refine_positions=True, backend="numpy", coarse_levels=1)
     result = reconstruct(scan, options)
     flat = reconstruct(scan, options.replace(coarse_levels=0))
-    # Same grid origin; it may extend further or less far where the coarse level moved
-    # positions (its position search moves them by up to its radius, 2 coarse pixels, so
-    # 4 here, at each end).
-    assert abs(result.object.shape[0] - flat.object.shape[0]) <= 8
-    assert abs(result.object.shape[1] - flat.object.shape[1]) <= 8
+    # Same grid origin; it may extend further where the coarse level moved positions out.
+    assert result.object.shape[0] >= flat.object.shape[0] - 1
+    assert result.object.shape[1] >= flat.object.shape[1] - 1
     assert len(result.cost) == 7  # the fine level's iterations only
     np.testing.assert_array_equal(result.positions, scan.positions)
     assert result.refined_positions.shape == scan.positions.shape
