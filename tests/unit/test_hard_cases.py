@@ -229,3 +229,27 @@ def test_partitions_agree_with_the_position_search():
     np.testing.assert_allclose(two.refined_positions, one.refined_positions, atol=1e-3)
     np.testing.assert_allclose(two.cost, one.cost, rtol=1e-4)
     assert one.object.shape == two.object.shape
+
+
+def test_the_search_stops_once_positions_have_settled(monkeypatch):
+    """Positions that are right already: after two passes in a row that move them by less
+    than POSITION_SEARCH_SETTLED_PX, no more passes run (each costs about 10 iterations);
+    the first pass always runs."""
+    import recon.ptycho as ptycho
+
+    moves = []
+    original = ptycho._Reconstruction.position_search
+
+    def counted(self, radius, stride=1):
+        moved = original(self, radius, stride)
+        moves.append(moved)
+        return moved
+
+    monkeypatch.setattr(ptycho._Reconstruction, "position_search", counted)
+    simulation = simulate_hard_scan(detector=32, n_positions=40, photons=1e6, seed=2)
+    options = ReconOptions(iterations=100, refine_positions=True, backend="numpy")
+    scheduled = position_search_iterations(options, (32, 32))
+    assert len(scheduled) == 10
+    reconstruct(simulation.to_scan(), options)
+    assert 2 <= len(moves) < len(scheduled), moves
+    assert all(m < ptycho.POSITION_SEARCH_SETTLED_PX for m in moves[-2:]), moves
