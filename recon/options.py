@@ -110,20 +110,24 @@ class ReconOptions:
     1 px error case fell from 0.997 to 0.993 phase SSIM); 0: no search (the gradient
     steps from ``position_start``). The object grows by 1.5 radii so moved windows fit. Each pass
     costs about as much as 10 iterations at the default radius. The coarse levels of
-    ``coarse_levels`` do not search (gradient steps only); the full view does."""
+    ``coarse_levels`` neither search nor take position steps; the full view does both."""
 
-    coarse_levels: int = 0
+    coarse_levels: int | None = None
     """Multi-resolution start: first reconstruct the view from the central half of every
-    pattern (object pixels twice as large, position errors half as many pixels, phase
-    steps half as steep), refining positions there when ``refine_positions``, and start
-    the full view from that object, probe and positions; repeated ``coarse_levels``
-    times. Each coarser level runs half the iterations at a quarter of the cost (about
-    +20 % time at one level). Measured (60 iterations, 64 px, ``recon.simulate_hard``):
-    a 2.5 pi phase star 0.58 / 0.41 phase SSIM without, 0.999 / 0.998 with one level
-    (FFTW and pocketfft alike); the tomography views 0.990-0.991 -> 0.992-0.997; the
-    other existing cases within 0.003. 0 (the default) starts at full resolution from a flat
-    object: with one level, a 1 px position error from a Gaussian guess fell to 0.37 and the
-    beamline layouts' zone-plate runs to 0.12 (slow tests), so it is opt-in for now."""
+    pattern (object pixels twice as large, phase steps half as steep) with the reported
+    positions, and start the full view from that object and probe; repeated
+    ``coarse_levels`` times. Positions are refined in the full view only (the coarse
+    levels keep the reported ones). Each coarser level runs half the iterations at a
+    quarter of the cost (about +20 % time at one level). None (the default): one level
+    when the central half of the patterns holds at least half of their counts (summed
+    over the scan; ``ReconResult.coarse_levels`` says what ran), none when the beam's
+    light falls mostly outside it: there the half-resolution model, a probe band-limited
+    to the central half, cannot represent the beam (a defocused zone-plate pupil filling
+    the detector, 22 % in the central half, fell from 0.80 to 0.10 phase SSIM with a
+    coarse level). Measured (64 px, ``recon.simulate_hard``, 60 iterations): a 2.5 pi
+    phase star 0.39 / 0.36 phase SSIM at full resolution, 0.988 / 0.998 with the default
+    level; the other simulated cases within 0.004 (README, issue 18). 0: always start at
+    full resolution from a flat object."""
 
     dark_floor: float = 0.0
     """Fade the costs' pull in pixels the model leaves dark below this fraction of the data's
@@ -198,7 +202,8 @@ class ReconOptions:
                 f"option probe_modes={self.probe_modes} is more than {MAX_PROBE_MODES}"
             )
         _check_int("holdout_patience", self.holdout_patience, minimum=1)
-        _check_int("coarse_levels", self.coarse_levels, minimum=0)
+        if self.coarse_levels is not None:
+            _check_int("coarse_levels", self.coarse_levels, minimum=0)
         if self.position_search is not None:
             _check_int("position_search", self.position_search, minimum=0)
         start = self.amplitude_start

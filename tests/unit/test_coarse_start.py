@@ -1,12 +1,21 @@
 """The multi-resolution start (``coarse_levels``): the half-resolution view and the
 band-limited resampling that carries its object and probe to the full view."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from recon.errors import OptionsError
 from recon.options import ReconOptions
-from recon.ptycho import _fourier_resample, coarse_scan, reconstruct
+from recon.ptycho import (
+    COARSE_MIN_CENTRAL_FRACTION,
+    _fourier_resample,
+    central_fraction,
+    coarse_levels_for,
+    coarse_scan,
+    reconstruct,
+)
 from recon.simulate_fourier import simulate_scan
 
 
@@ -51,4 +60,32 @@ def test_coarse_start_runs_and_reports_the_full_views_positions():
 def test_coarse_levels_must_be_a_count():
     with pytest.raises(OptionsError, match="coarse_levels"):
         ReconOptions(coarse_levels=-1)
-    assert ReconOptions().coarse_levels == 0
+    assert ReconOptions().coarse_levels is None  # chosen from the data
+
+
+def test_default_uses_one_level_unless_the_beam_fills_the_detector():
+    scan = simulate_scan(detector=32, n_positions=20, seed=0).to_scan()
+    options = ReconOptions()
+    # A focused beam: most counts in the central half (the simulated cases: 0.77-0.97).
+    assert central_fraction(scan) > 0.9
+    assert coarse_levels_for(scan, options) == 1
+    # Light spread evenly over the detector: the central half holds a quarter of it.
+    flat = dataclasses.replace(scan, data=np.ones_like(scan.data))
+    assert central_fraction(flat) == pytest.approx(0.25)
+    assert coarse_levels_for(flat, options) == 0
+    # The same light, but the pixels outside the central half masked: all of it kept.
+    mask = np.zeros(scan.detector_shape, dtype=bool)
+    mask[8:24, 8:24] = True
+    assert central_fraction(dataclasses.replace(flat, mask=mask)) == pytest.approx(1.0)
+    # Just above and below the threshold.
+    edge = np.ones_like(scan.data)
+    inner = COARSE_MIN_CENTRAL_FRACTION / (1 - COARSE_MIN_CENTRAL_FRACTION) * 3  # x outer/inner px
+    edge[:, 8:24, 8:24] = inner * 1.01
+    assert coarse_levels_for(dataclasses.replace(scan, data=edge), options) == 1
+    edge[:, 8:24, 8:24] = inner * 0.99
+    assert coarse_levels_for(dataclasses.replace(scan, data=edge), options) == 0
+    # An explicit count wins; patterns under 32 px are not binned by default.
+    assert coarse_levels_for(flat, options.replace(coarse_levels=2)) == 2
+    assert coarse_levels_for(scan, options.replace(coarse_levels=0)) == 0
+    small = simulate_scan(detector=16, n_positions=10, seed=0).to_scan()
+    assert coarse_levels_for(small, options) == 0
