@@ -29,6 +29,9 @@
     python bench/recon.py --cases star two-mode --skip-ptychi
     python bench/recon.py --cases hard --skip-ptychi
     python bench/recon.py --cases low-dose sparse --no-repeat   # issue 18 items 1-2
+    python bench/recon.py --cases strong-phase --no-repeat --ours-also coarse_levels=1
+    python bench/recon.py --cases positions-1.5 --iterations 200 --no-repeat \
+        --ptychi-positions both --seeds 11            # one kind, one seed: ~N min
     python bench/recon.py --speed --skip-fidelity
 
 Pty-chi needs the bench extra: ``pip install -e '.[bench]'``.
@@ -130,6 +133,11 @@ CASE_KEYS = {
     "sparse": [c.name for c in HARD if c.hard == "sparse overlap"],
     "strong-phase": [c.name for c in HARD if c.hard == "strong phase 2.5pi"],
     "positions-far": [c.name for c in HARD if c.hard.startswith("positions")],  # type: ignore[union-attr]
+    # one kind of positions-far at a time (the slowest cases, 200 iterations)
+    "positions-1.5": [c.name for c in HARD if c.hard == "positions off 1.5 px"],
+    "positions-2.5": [c.name for c in HARD if c.hard == "positions off 2.5 px"],
+    "positions-1.5-affine": [c.name for c in HARD if c.hard == "positions off 1.5 px + affine"],
+    "positions-2.5-affine": [c.name for c in HARD if c.hard == "positions off 2.5 px + affine"],
 }
 #: The cases run without --cases: those of issue 10 (the hard ones by name, or ``hard``).
 DEFAULT_CASE_KEYS = ["star", "poisson", "positions", "two-mode", "tomo"]
@@ -196,22 +204,31 @@ def scorer(sim: FourierSimulation):
     return score
 
 
-def our_options(case: Case, iterations: int) -> tuple[ReconOptions, str]:
+def our_options(
+    case: Case, iterations: int, overrides: dict[str, Any] | None = None
+) -> tuple[ReconOptions, str]:
     """Our options for the case: probe modes and position refinement when ReconOptions
-    has those fields (they arrive with the solver work of issue 10)."""
+    has those fields (they arrive with the solver work of issue 10), then ``overrides``
+    (``--ours-also``: an opt-in such as ``coarse_levels=1``)."""
     fields = set(ReconOptions.field_names())
     extra: dict[str, Any] = {}
     if case.modes > 1 and "probe_modes" in fields:
         extra["probe_modes"] = case.modes
     if case.refines_positions and "refine_positions" in fields:
         extra["refine_positions"] = True
+    extra.update(overrides or {})
     options = ReconOptions(iterations=iterations, backend="numpy", **extra)
     label = ", ".join(f"{k}={v}" for k, v in extra.items()) or "defaults"
     return options, label
 
 
-def run_ours(sim: FourierSimulation, case: Case, iterations: int) -> dict[str, Any]:
-    options, label = our_options(case, iterations)
+def run_ours(
+    sim: FourierSimulation,
+    case: Case,
+    iterations: int,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    options, label = our_options(case, iterations, overrides)
     scan = sim.to_scan()
     start = time.perf_counter()
     result = reconstruct(scan, options)
@@ -260,14 +277,29 @@ def keep_faster(run: dict[str, Any], again: dict[str, Any]) -> None:
 
 
 def run_ptychi_settings(
-    sim: FourierSimulation, case: Case, iterations: int, settings: list, threads: int
+    sim: FourierSimulation,
+    case: Case,
+    iterations: int,
+    settings: list,
+    threads: int,
+    position_correction: tuple[bool, ...] | None = None,
 ) -> list[dict[str, Any]]:
+    """Each setting once per entry of ``position_correction`` (default: on exactly when
+    the case refines positions); ``index`` in a run is the setting's index in
+    ``settings``, ``refine_positions`` whether Pty-chi corrected positions."""
     from bench.ptychi_runner import run_ptychi
 
     scan = sim.to_scan()
     guess = initial_probe(scan)  # the file's Gaussian, scaled to the data, as ours starts
+    if position_correction is None:
+        position_correction = (case.refines_positions,)
     runs = []
-    for index, (engine, setting) in enumerate(settings):
+    jobs = [
+        (index, engine, setting, refine)
+        for index, (engine, setting) in enumerate(settings)
+        for refine in position_correction
+    ]
+    for index, engine, setting, refine in jobs:
         setting = dict(setting)
         fraction = setting.pop("batch_size_fraction", None)
         if fraction is not None:
@@ -283,7 +315,7 @@ def run_ptychi_settings(
                 wavelength=scan.wavelength,
                 threads=threads,
                 modes=case.modes,
-                refine_positions=case.refines_positions,
+                refine_positions=refine,
                 **setting,
             )
         except Exception as err:  # a setting that breaks inside Pty-chi is a result too
@@ -292,13 +324,16 @@ def run_ptychi_settings(
         label = ", ".join(f"{k}={v}" for k, v in setting.items())
         if case.modes > 1:
             label += f", modes={case.modes}"
-        if case.refines_positions:
+        if refine:
             label += ", position correction"
+        elif case.refines_positions:
+            label += ", no position correction"
         runs.append(
             {
                 "solver": f"Pty-chi {engine.upper() if engine == 'lsqml' else 'rPIE'}",
                 "setting": label,
                 "index": index,
+                "refine_positions": refine,
                 "per_iteration": result.seconds_per_iteration,
                 "total": result.seconds_total,
                 "object": result.object,
@@ -316,7 +351,9 @@ def fidelity_tables(args: argparse.Namespace) -> None:
     keys = [k for key in args.cases for k in (HARD_KEYS if key == "hard" else [key])]
     names = [n for key in keys for n in CASE_KEYS[key]]
     cases = [
-        dataclasses.replace(c, seed=c.seed + args.seed_offset) for c in CASES if c.name in names
+        dataclasses.replace(c, seed=c.seed + args.seed_offset)
+        for c in CASES
+        if c.name in names and (args.seeds is None or c.hard is None or c.seed in args.seeds)
     ]
     have_ptychi = not args.skip_ptychi
     if have_ptychi:
@@ -328,19 +365,36 @@ def fidelity_tables(args: argparse.Namespace) -> None:
             print(f"Pty-chi is not installed ({err}); pip install -e '.[bench]'")
             have_ptychi = False
 
+    settings = PTYCHI_SETTINGS[size]
+    if args.ptychi_settings is not None:
+        settings = [settings[i] for i in args.ptychi_settings]
+    correction = {"on": (True,), "off": (False,), "both": (True, False)}
     rows, summary, position_rows = [], [], []
     for case in cases:
         sim = simulate_case(case, detector, n_positions)
         score = scorer(sim)
-        runs = [run_ours(sim, case, iterations)]
-        refined = runs[0].pop("refined_positions")
-        if refined is not None:
-            position_rows.append(position_row(case, sim, refined))
-            print(f"  {position_rows[-1]}", file=sys.stderr, flush=True)
-        print(f"  {case.name}: ours done", file=sys.stderr, flush=True)
+        variants: list[dict[str, Any] | None] = [None, *args.ours_also]
+        runs = []
+        for overrides in variants:
+            runs.append(run_ours(sim, case, iterations, overrides))
+            refined = runs[-1].pop("refined_positions")
+            if refined is not None:
+                position_rows.append(position_row(case, sim, refined))
+                if overrides:
+                    position_rows[-1][0] += " (" + runs[-1]["setting"] + ")"
+                print(f"  {position_rows[-1]}", file=sys.stderr, flush=True)
+            print(f"  {case.name}: ours ({runs[-1]['setting']}) done", file=sys.stderr, flush=True)
+        n_ours = len(runs)
         if have_ptychi:
             runs += run_ptychi_settings(
-                sim, case, iterations, PTYCHI_SETTINGS[size], threads=threads
+                sim,
+                case,
+                iterations,
+                settings,
+                threads=threads,
+                position_correction=(
+                    correction[args.ptychi_positions] if case.refines_positions else None
+                ),
             )
         for run in runs:
             run["ssim"] = score(run.pop("object"))
@@ -350,13 +404,18 @@ def fidelity_tables(args: argparse.Namespace) -> None:
             again = run_ours(sim, case, iterations)
             again.pop("refined_positions")
             keep_faster(runs[0], again)
-            peers = [r for r in runs[1:] if np.isfinite(r["ssim"])]
+            peers = [r for r in runs[n_ours:] if np.isfinite(r["ssim"])]
             if peers:
                 top = max(peers, key=lambda r: r["ssim"])
                 engine = "lsqml" if "LSQML" in top["solver"] else "rpie"
-                setting = dict(PTYCHI_SETTINGS[size][top["index"]][1])
+                setting = dict(settings[top["index"]][1])
                 again = run_ptychi_settings(
-                    sim, case, iterations, [(engine, setting)], threads=threads
+                    sim,
+                    case,
+                    iterations,
+                    [(engine, setting)],
+                    threads=threads,
+                    position_correction=(top["refine_positions"],),
                 )
                 if again:
                     keep_faster(top, again[0])
@@ -381,20 +440,22 @@ def fidelity_tables(args: argparse.Namespace) -> None:
                 ]
             )
             print(f"  {rows[-1]}", file=sys.stderr, flush=True)
-        ours = runs[0]
         peers = [r for name, r in best.items() if name.startswith("Pty") and np.isfinite(r["ssim"])]
         if peers:
             peer = max(peers, key=lambda r: r["ssim"])
-            goal = ours["ssim"] >= peer["ssim"] and ours["total"] <= 0.5 * peer["total"]
-            summary.append(
-                [
-                    case.name,
-                    _ssim_text(ours["ssim"]),
-                    f"{peer['solver']} {_ssim_text(peer['ssim'])}",
-                    f"{ours['total'] / peer['total']:.2f}",
-                    "yes" if goal else "no",
-                ]
-            )
+            for ours in runs[:n_ours]:
+                goal = ours["ssim"] >= peer["ssim"] and ours["total"] <= 0.5 * peer["total"]
+                summary.append(
+                    [
+                        case.name,
+                        ours["setting"],
+                        f"{_ssim_text(ours['ssim'])} ({ours['total']:.1f} s)",
+                        f"{peer['solver']} {_ssim_text(peer['ssim'])} ({peer['setting']}; "
+                        f"{peer['total']:.1f} s)",
+                        f"{ours['total'] / peer['total']:.2f}",
+                        "yes" if goal else "no",
+                    ]
+                )
     timing = "; ours and each best Pty-chi setting timed twice, the shorter kept"
     timing = timing if args.repeat else ""
     print_table(
@@ -416,9 +477,31 @@ def fidelity_tables(args: argparse.Namespace) -> None:
     if summary:
         print_table(
             "Against the best Pty-chi engine (goal: SSIM >= theirs in <= 0.5x their time)",
-            ["case", "ours SSIM", "best Pty-chi", "our time / theirs", "goal met"],
+            ["case", "our setting", "ours SSIM", "best Pty-chi", "our time / theirs", "goal met"],
             summary,
         )
+
+
+def _overrides(text: str) -> dict[str, Any]:
+    """``"coarse_levels=1,iterations=30"`` -> ``{"coarse_levels": 1, "iterations": 30}``:
+    each value read as a Python literal (numbers, True/False, None), else kept as text;
+    each key must be a ReconOptions field."""
+    import ast
+
+    fields = set(ReconOptions.field_names())
+    result: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected KEY=VALUE, KEY a ReconOptions field"
+            )
+        try:
+            result[key] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            result[key] = value.strip()
+    return result
 
 
 def _ssim_text(value: float) -> str:
@@ -506,6 +589,38 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="added to every case's simulation seed (noise, position errors): the same "
         "cases with other noise",
+    )
+    parser.add_argument(
+        "--ours-also",
+        nargs="+",
+        type=_overrides,
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="also run our solver with these ReconOptions changed, one extra run per "
+        "argument (e.g. coarse_levels=1 for the opt-in multi-resolution start)",
+    )
+    parser.add_argument(
+        "--ptychi-settings",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="INDEX",
+        help="only these of the size's Pty-chi settings (indices into PTYCHI_SETTINGS; "
+        "quick: 0 LSQML Gaussian, 1 LSQML Poisson, 2 rPIE alpha 0.1, 3 rPIE alpha 0.5)",
+    )
+    parser.add_argument(
+        "--ptychi-positions",
+        choices=["on", "off", "both"],
+        default="on",
+        help="Pty-chi's position correction on the cases with position errors: on (the "
+        "default, like ours), off, or both (every setting run twice)",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="only the hard cases of these seeds (11, 12; before --seed-offset)",
     )
     parser.add_argument("--skip-ptychi", action="store_true", help="our solver only")
     parser.add_argument(
