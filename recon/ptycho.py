@@ -933,7 +933,11 @@ class _Reconstruction:
             self.initial_positions - self.max_correction,
             self.initial_positions + self.max_correction,
         )
-        new = np.clip(new, low, high)
+        return self._move_positions(np.clip(new, low, high))
+
+    def _move_positions(self, new: np.ndarray) -> float:
+        """Take the positions ``new`` (solver grid): every partition's model, the far
+        fields and the object's preconditioner follow. Returns the RMS move (pixels)."""
         moved = float(np.sqrt(np.mean(np.sum((new - self.positions) ** 2, axis=1))))
         self.positions = new
         for part in self.parts:
@@ -1054,14 +1058,7 @@ class _Reconstruction:
         centred = self.positions - self.positions.mean(axis=0)
         linear, *_ = np.linalg.lstsq(centred, moves, rcond=None)
         moves -= centred @ linear
-        new = np.clip(self.positions + moves, low, high)
-        moved = float(np.sqrt(np.mean(np.sum((new - self.positions) ** 2, axis=1))))
-        self.positions = new
-        for part in self.parts:
-            part.set_positions(self.positions)
-        self._forward_all()
-        self._object_precond = None
-        self._object_changed()
+        moved = self._move_positions(np.clip(self.positions + moves, low, high))
         self.object_cg.restart()
         self.probe_cg.restart()
         return moved
