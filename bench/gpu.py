@@ -6,6 +6,12 @@ to a JSON file. About 3 minutes on one H200.
     python bench/gpu.py                       # everything, numbers to gpu-bench.json
     python bench/gpu.py --json $OUT/gpu.json --skip-tests
     python bench/gpu.py --star PATH           # the real Siemens star (516 x 128 x 128)
+    python bench/gpu.py --dry-run             # no GPU: every part, small, on NumPy
+
+``--dry-run`` checks this script on a machine without a GPU, so that the short GPU time is
+not spent on a bug in it: every part runs, on small views, with the GPU's algorithmic path
+on NumPy (``PTYCHOFLOW_GPU_PATH_ON_CPU=1``) in place of CuPy, tracemalloc in place of the
+memory pool, and no kernel profiler. Its numbers say nothing about a GPU.
 
 1. ``pytest -m gpu`` on the GPU test files (CuPy against the NumPy twins, the solver step
    by step, whole runs against the simulated truth, partitions sharing one GPU).
@@ -38,6 +44,10 @@ import subprocess
 import sys
 import time
 import traceback
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -68,6 +78,102 @@ VARIANTS = (
     ("2 modes", {"probe_modes": 2, "modes_start": 0}),
     ("positions", {"refine_positions": True, "position_start": 0}),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """The views of each part: the GPU's, or the dry run's small ones."""
+
+    medium: tuple[int, int] = (1800, 128)  # patterns, detector: the paper's catalyst view
+    large: tuple[int, int] = (8192, 256)
+    largest: tuple[int, int] = (32768, 256)  # the paper's eight-GPU Siemens star
+    speed_iterations: tuple[int, int] = (12, 5)  # medium views, the large view
+    differences_detector: int = 64
+    differences_positions: int = 120
+    differences_iterations: tuple[int, int] = (1, 30)
+    largest_iterations: int = 4
+
+
+GPU_SIZES = Sizes()
+DRY_SIZES = Sizes(
+    medium=(96, 32),
+    large=(48, 64),
+    largest=(1024, 32),
+    speed_iterations=(4, 3),
+    differences_detector=64,
+    differences_positions=120,
+    differences_iterations=(1, 3),
+    largest_iterations=2,
+)
+#: "Free GPU memory" in the dry run: small enough that the largest view needs chunks.
+DRY_FREE_BYTES = 48 * 2**20
+
+
+class DryRunPool:
+    """CuPy's memory pool, as the dry run measures it: tracemalloc's peak since the last
+    ``free_all_blocks`` (the GPU path on NumPy allocates what the GPU would hold)."""
+
+    def __init__(self) -> None:
+        if not tracemalloc.is_tracing():
+            tracemalloc.start()
+        self._base = 0
+
+    def free_all_blocks(self) -> None:
+        tracemalloc.reset_peak()
+        self._base = tracemalloc.get_traced_memory()[0]
+
+    def total_bytes(self) -> int:
+        return max(0, tracemalloc.get_traced_memory()[1] - self._base)
+
+
+def dry_run_cupy() -> Any:
+    """What this script uses of CuPy, for ``--dry-run``: the arrays are NumPy's (``xp``),
+    the solver runs on NumPy with the GPU's algorithmic path."""
+    pool = DryRunPool()
+    runtime = SimpleNamespace(
+        memGetInfo=lambda: (DRY_FREE_BYTES, DRY_FREE_BYTES),
+        getDeviceProperties=lambda device: {"name": "none: dry run, GPU path on NumPy"},
+        runtimeGetVersion=lambda: 0,
+    )
+    return SimpleNamespace(
+        __version__="none (dry run)",
+        xp=np,
+        backend="numpy",
+        dry_run=True,
+        get_default_memory_pool=lambda: pool,
+        cuda=SimpleNamespace(
+            Device=lambda device: SimpleNamespace(synchronize=lambda: None), runtime=runtime
+        ),
+    )
+
+
+def array_module(cp: Any) -> Any:
+    """The module of the arrays: CuPy, or NumPy in the dry run."""
+    return getattr(cp, "xp", cp)
+
+
+def backend_of(cp: Any) -> str:
+    return getattr(cp, "backend", "cupy")
+
+
+@contextmanager
+def gpu_side(cp: Any) -> Iterator[None]:
+    """Within: the solver runs the GPU's path (CuPy; in the dry run, NumPy with
+    ``PTYCHOFLOW_GPU_PATH_ON_CPU=1``)."""
+    if not getattr(cp, "dry_run", False):
+        yield
+        return
+    from recon.primitives import GPU_PATH_ON_CPU
+
+    before = os.environ.get(GPU_PATH_ON_CPU)
+    os.environ[GPU_PATH_ON_CPU] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(GPU_PATH_ON_CPU, None)
+        else:
+            os.environ[GPU_PATH_ON_CPU] = before
 
 
 def run_tests() -> dict[str, Any]:
@@ -101,10 +207,15 @@ def time_view(cp: Any, scan: Any, changes: dict[str, Any], iterations: int) -> d
     pool.free_all_blocks()
     timer = Timer()
     options = ReconOptions(
-        iterations=iterations, backend="cupy", probe_warmup=0, amplitude_start=0.0, **changes
+        iterations=iterations,
+        backend=backend_of(cp),
+        probe_warmup=0,
+        amplitude_start=0.0,
+        **changes,
     )
     started = time.perf_counter()
-    reconstruct(scan, options, progress=timer)
+    with gpu_side(cp):
+        reconstruct(scan, options, progress=timer)
     total = time.perf_counter() - started
     warm = timer.seconds[2:] or timer.seconds
     peak = pool.total_bytes()
@@ -118,28 +229,35 @@ def time_view(cp: Any, scan: Any, changes: dict[str, Any], iterations: int) -> d
     }
 
 
-def speed(cp: Any, star: pathlib.Path | None, quick: bool) -> list[dict[str, Any]]:
+def speed(
+    cp: Any, star: pathlib.Path | None, quick: bool, sizes: Sizes = GPU_SIZES
+) -> list[dict[str, Any]]:
     from recon.cxi import load_scan
     from recon.simulate import simulate_view
 
+    medium_iterations, large_iterations = sizes.speed_iterations
     views = []
     if star is not None:
-        views.append(("real star 516x128^2", lambda: load_scan(star), 12))
+        views.append(("real star 516x128^2", lambda: load_scan(star), medium_iterations))
     else:
         print("the real Siemens star was not found (--star PATH): its row is left out")
+    n, d = sizes.medium
     views.append(
         (
-            "1800x128^2",
-            lambda: simulate_view(detector=128, n_positions=1800, photons=1e6, seed=0).scan,
-            12,
+            f"{n}x{d}^2",
+            lambda: simulate_view(detector=d, n_positions=n, photons=1e6, seed=0).scan,
+            medium_iterations,
         )
     )
     if not quick:
+        n_large, d_large = sizes.large
         views.append(
             (
-                "8192x256^2",
-                lambda: simulate_view(detector=256, n_positions=8192, photons=1e7, seed=0).scan,
-                5,
+                f"{n_large}x{d_large}^2",
+                lambda: (
+                    simulate_view(detector=d_large, n_positions=n_large, photons=1e7, seed=0).scan
+                ),
+                large_iterations,
             )
         )
     rows = []
@@ -148,7 +266,7 @@ def speed(cp: Any, star: pathlib.Path | None, quick: bool) -> list[dict[str, Any
         scan = make()
         made = time.perf_counter() - started
         variants = list(VARIANTS)
-        if name.startswith("1800"):  # the fused kernels against the same code unfused
+        if name.startswith(f"{n}x"):  # the fused kernels against the same code unfused
             variants.append(("defaults, unfused", {}))
         for variant, changes in variants:
             unfused = variant.endswith("unfused")
@@ -178,15 +296,25 @@ def speed(cp: Any, star: pathlib.Path | None, quick: bool) -> list[dict[str, Any
     return rows
 
 
-def differences() -> list[dict[str, Any]]:
+def ssim_or_nan(phase_ssim: Any, result: Any, simulation: Any) -> float:
+    """Phase SSIM against the truth, or nan where it is undefined: after one iteration the
+    object is still nearly flat, and locating it on the truth can leave too little overlap."""
+    try:
+        return float(phase_ssim(result, simulation))
+    except ValueError:
+        return float("nan")
+
+
+def differences(cp: Any, sizes: Sizes = GPU_SIZES) -> list[dict[str, Any]]:
     sys.path.insert(0, str(REPO))
     from recon.simulate_fourier import simulate_scan
     from tests.unit.equivalence import phase_ssim, rel
 
+    d, n = sizes.differences_detector, sizes.differences_positions
     sims = {
-        "star": simulate_scan(detector=64, n_positions=120, seed=1),
+        "star": simulate_scan(detector=d, n_positions=n, seed=1),
         "modes, positions off 1 px": simulate_scan(
-            detector=64, n_positions=120, seed=5, mode_powers=(0.8, 0.2), position_error_px=1.0
+            detector=d, n_positions=n, seed=5, mode_powers=(0.8, 0.2), position_error_px=1.0
         ),
     }
     cases = (
@@ -198,10 +326,11 @@ def differences() -> list[dict[str, Any]]:
     for floor in (0.0, 1e-5):
         for sim_name, variant, changes in cases:
             sim = sims[sim_name]
-            for iterations in (1, 30):
+            for iterations in sizes.differences_iterations:
                 options = ReconOptions(iterations=iterations, dark_floor=floor, **changes)
                 cpu = reconstruct(sim.to_scan(), options.replace(backend="numpy"))
-                gpu = reconstruct(sim.to_scan(), options.replace(backend="cupy"))
+                with gpu_side(cp):
+                    gpu = reconstruct(sim.to_scan(), options.replace(backend=backend_of(cp)))
                 row = {
                     "view": sim_name,
                     "variant": variant,
@@ -210,8 +339,8 @@ def differences() -> list[dict[str, Any]]:
                     "object": rel(gpu.object, cpu.object),
                     "probe": rel(gpu.probe, cpu.probe),
                     "cost": abs(gpu.cost[-1] / cpu.cost[-1] - 1),
-                    "ssim_cpu": phase_ssim(cpu, sim),
-                    "ssim_gpu": phase_ssim(gpu, sim),
+                    "ssim_cpu": ssim_or_nan(phase_ssim, cpu, sim),
+                    "ssim_gpu": ssim_or_nan(phase_ssim, gpu, sim),
                 }
                 if cpu.refined_positions is not None:
                     row["positions_px"] = float(
@@ -241,33 +370,45 @@ def differences() -> list[dict[str, Any]]:
     return rows
 
 
-def kernel_profile(cp: Any) -> dict[str, Any]:
-    try:
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-    except ImportError:
-        print("PyTorch is not installed: no kernel profile")
-        return {}
+def kernel_profile(cp: Any, sizes: Sizes = GPU_SIZES) -> dict[str, Any]:
     from recon.ptycho import _Reconstruction
     from recon.simulate import simulate_view
 
-    del torch
-    scan = simulate_view(detector=128, n_positions=1800, photons=1e6, seed=0).scan
-    state = _Reconstruction(scan, ReconOptions(backend="cupy"), cp, [0])
-    for _ in range(2):  # warm-up: plans, kernels compiled
-        state.object_step()
-        state.probe_step()
-        state.probe_step()
-    cp.cuda.Device(0).synchronize()
+    dry = getattr(cp, "dry_run", False)
+    if dry:
+        profile = None  # no CUDA kernels to profile: the steps run, unprofiled
+    else:
+        try:
+            from torch.profiler import ProfilerActivity, profile
+        except ImportError:
+            print("PyTorch is not installed: no kernel profile")
+            return {}
+    n, d = sizes.medium
+    scan = simulate_view(detector=d, n_positions=n, photons=1e6, seed=0).scan
     iterations = 5
-    started = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iterations):
+    with gpu_side(cp):
+        state = _Reconstruction(scan, ReconOptions(backend=backend_of(cp)), array_module(cp), [0])
+        for _ in range(2):  # warm-up: plans, kernels compiled
             state.object_step()
             state.probe_step()
             state.probe_step()
         cp.cuda.Device(0).synchronize()
-    wall = (time.perf_counter() - started) / iterations
+        started = time.perf_counter()
+        if profile is None:
+            for _ in range(iterations):
+                state.object_step()
+                state.probe_step()
+                state.probe_step()
+            wall = (time.perf_counter() - started) / iterations
+            print(f"dry run: {1e3 * wall:.1f} ms per iteration on NumPy, no kernel profile")
+            return {"wall_ms": 1e3 * wall, "dry_run": True}
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(iterations):
+                state.object_step()
+                state.probe_step()
+                state.probe_step()
+            cp.cuda.Device(0).synchronize()
+        wall = (time.perf_counter() - started) / iterations
     by_name: dict[str, float] = {}
     launches = 0
     for event in prof.key_averages():
@@ -281,7 +422,7 @@ def kernel_profile(cp: Any) -> dict[str, Any]:
     busy = sum(by_name.values())
     top = sorted(by_name.items(), key=lambda item: -item[1])[:12]
     print_table(
-        f"Kernel time, 1800x128^2, defaults: {busy:.1f} ms busy of {1e3 * wall:.1f} ms wall "
+        f"Kernel time, {n}x{d}^2, defaults: {busy:.1f} ms busy of {1e3 * wall:.1f} ms wall "
         f"per iteration, {launches / iterations:.0f} launches",
         ["kernel", "ms per iteration"],
         [[name[:70], f"{ms:.2f}"] for name, ms in top],
@@ -294,9 +435,6 @@ def kernel_profile(cp: Any) -> dict[str, Any]:
     }
 
 
-#: The largest view: the paper's 32768 x 256^2 Siemens star (eight A100s there).
-LARGEST_PATTERNS = 32768
-LARGEST_DETECTOR = 256
 #: Part of the free GPU memory the largest view may be sized to (the rest: CUDA's own).
 LARGEST_FREE_FRACTION = 0.92
 
@@ -359,7 +497,7 @@ def patterns_that_fit(
     return n
 
 
-def largest(cp: Any) -> dict[str, Any]:
+def largest(cp: Any, sizes: Sizes = GPU_SIZES) -> dict[str, Any]:
     """The 32768 x 256^2 view, or as many of its patterns as the GPU estimate fits."""
     from recon.memory import (
         estimate_gpu_bytes,
@@ -368,9 +506,10 @@ def largest(cp: Any) -> dict[str, Any]:
         object_shape_estimate,
     )
 
-    det = (LARGEST_DETECTOR, LARGEST_DETECTOR)
+    patterns, detector = sizes.largest
+    det = (detector, detector)
     started = time.perf_counter()
-    scan = simulate_on_gpu(cp, LARGEST_PATTERNS, LARGEST_DETECTOR, photons=1e7)
+    scan = simulate_on_gpu(array_module(cp), patterns, detector, photons=1e7)
     made = time.perf_counter() - started
     pool = cp.get_default_memory_pool()
     pool.free_all_blocks()
@@ -385,23 +524,35 @@ def largest(cp: Any) -> dict[str, Any]:
     def needed(n: int) -> float:
         return estimate_gpu_bytes(n, det, shape, chunks=chunks(n))[0]
 
-    n = patterns_that_fit(allowed, LARGEST_PATTERNS, det, shape)
-    if n < LARGEST_PATTERNS:
+    n = patterns_that_fit(allowed, patterns, det, shape)
+    if n < patterns:
         scan = dataclasses.replace(
             scan, data=scan.data[:n].copy(), positions=scan.positions[:n].copy()
         )
-    whole = format_bytes(needed(LARGEST_PATTERNS))
+    whole = format_bytes(needed(patterns))
     print(
-        f"  largest: {LARGEST_PATTERNS} patterns need about {whole} by the estimate; "
+        f"  largest: {patterns} patterns need about {whole} by the estimate; "
         f"{format_bytes(free)} free of {format_bytes(total)}: running {n} in "
         f"{chunks(n)} chunks",
         flush=True,
     )
-    numbers = time_view(cp, scan, {}, iterations=4)
+    # The solver sizes its chunks from the same limit as this script (by default it would
+    # take all the free memory, and choose fewer chunks than the count printed above).
+    from recon.memory import GPU_MEMORY_LIMIT_ENV
+
+    before = os.environ.get(GPU_MEMORY_LIMIT_ENV)
+    os.environ[GPU_MEMORY_LIMIT_ENV] = str(int(allowed))
+    try:
+        numbers = time_view(cp, scan, {}, iterations=sizes.largest_iterations)
+    finally:
+        if before is None:
+            os.environ.pop(GPU_MEMORY_LIMIT_ENV, None)
+        else:
+            os.environ[GPU_MEMORY_LIMIT_ENV] = before
     row = {
-        "view": f"{n}x{LARGEST_DETECTOR}^2",
+        "view": f"{n}x{detector}^2",
         "patterns": n,
-        "fits_whole_view": n == LARGEST_PATTERNS,
+        "fits_whole_view": n == patterns,
         "estimate_bytes": needed(n),
         "chunks_by_estimate": chunks(n),
         "free_bytes": int(free),
@@ -410,7 +561,8 @@ def largest(cp: Any) -> dict[str, Any]:
         **numbers,
     }
     print_table(
-        "The largest view on one GPU (defaults, 4 iterations; memory-pool peak vs estimate)",
+        f"The largest view on one GPU (defaults, {sizes.largest_iterations} iterations; "
+        "memory-pool peak vs estimate)",
         [
             "view",
             "chunks",
@@ -447,16 +599,24 @@ def main(argv: list[str] | None = None) -> int:
         default=["tests", "speed", "differences", "kernels", "largest"],
         choices=["tests", "speed", "differences", "kernels", "largest"],
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="no GPU needed: every part on small views, NumPy on the GPU's path (checks "
+        "this script; its numbers say nothing about a GPU)",
+    )
     args = parser.parse_args(argv)
-    cp = cupy_module()
+    sizes = DRY_SIZES if args.dry_run else GPU_SIZES
+    cp = dry_run_cupy() if args.dry_run else cupy_module()
     if cp is None:
-        print("bench/gpu.py needs CuPy and a GPU")
+        print("bench/gpu.py needs CuPy and a GPU (or --dry-run)")
         return 1
     star = pathlib.Path(args.star) if args.star else None
-    if star is None:
+    if star is None and not args.dry_run:
         star = next((p for p in STAR_CANDIDATES if p.exists()), None)
     props = cp.cuda.runtime.getDeviceProperties(0)
     numbers: dict[str, Any] = {
+        "dry_run": bool(args.dry_run),
         "gpu": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
         "cupy": cp.__version__,
         "numpy": np.__version__,
@@ -466,12 +626,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     parts = {
         "tests": run_tests,
-        "speed": lambda: speed(cp, star, args.quick),
-        "differences": differences,
-        "kernels": lambda: kernel_profile(cp),
-        "largest": lambda: largest(cp),
+        "speed": lambda: speed(cp, star, args.quick, sizes),
+        "differences": lambda: differences(cp, sizes),
+        "kernels": lambda: kernel_profile(cp, sizes),
+        "largest": lambda: largest(cp, sizes),
     }
-    if args.skip_tests:
+    if args.skip_tests or args.dry_run:  # without CuPy every gpu test skips
         parts.pop("tests")
     for name, part in parts.items():
         if name not in args.parts:
@@ -485,6 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     numbers["seconds"] = time.perf_counter() - started
     pathlib.Path(args.json).write_text(json.dumps(numbers, indent=1, default=to_json))
     print(f"numbers written to {args.json} ({numbers['seconds']:.0f} s)")
+    failed = [
+        name for name, value in numbers.items() if isinstance(value, dict) and "error" in value
+    ]
+    if failed:
+        print(f"these parts failed (their tracebacks are above): {', '.join(failed)}")
+        return 1
     return 0
 
 
