@@ -157,23 +157,26 @@ def backend_of(cp: Any) -> str:
 
 
 @contextmanager
-def gpu_side(cp: Any) -> Iterator[None]:
-    """Within: the solver runs the GPU's path (CuPy; in the dry run, NumPy with
-    ``PTYCHOFLOW_GPU_PATH_ON_CPU=1``)."""
-    if not getattr(cp, "dry_run", False):
-        yield
-        return
-    from recon.primitives import GPU_PATH_ON_CPU
-
-    before = os.environ.get(GPU_PATH_ON_CPU)
-    os.environ[GPU_PATH_ON_CPU] = "1"
+def environment(name: str, value: str | None) -> Iterator[None]:
+    """Within: ``name`` set to ``value`` (None: left as it is); restored after."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop(GPU_PATH_ON_CPU, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[GPU_PATH_ON_CPU] = before
+            os.environ[name] = before
+
+
+def gpu_side(cp: Any) -> Any:
+    """Within: the solver runs the GPU's path (CuPy; in the dry run, NumPy with
+    ``PTYCHOFLOW_GPU_PATH_ON_CPU=1``)."""
+    from recon.primitives import GPU_PATH_ON_CPU
+
+    return environment(GPU_PATH_ON_CPU, "1" if getattr(cp, "dry_run", False) else None)
 
 
 def run_tests() -> dict[str, Any]:
@@ -539,15 +542,8 @@ def largest(cp: Any, sizes: Sizes = GPU_SIZES) -> dict[str, Any]:
     # take all the free memory, and choose fewer chunks than the count printed above).
     from recon.memory import GPU_MEMORY_LIMIT_ENV
 
-    before = os.environ.get(GPU_MEMORY_LIMIT_ENV)
-    os.environ[GPU_MEMORY_LIMIT_ENV] = str(int(allowed))
-    try:
+    with environment(GPU_MEMORY_LIMIT_ENV, str(int(allowed))):
         numbers = time_view(cp, scan, {}, iterations=sizes.largest_iterations)
-    finally:
-        if before is None:
-            os.environ.pop(GPU_MEMORY_LIMIT_ENV, None)
-        else:
-            os.environ[GPU_MEMORY_LIMIT_ENV] = before
     row = {
         "view": f"{n}x{detector}^2",
         "patterns": n,
