@@ -155,10 +155,9 @@ def test_result_file_names_the_path_that_ran(tmp_path, gpu_path):
     assert read_result(summary["output"])["backend"] == "numpy-gpu-path"
 
 
-def test_streamed_line_search_in_chunks_steps_like_one_chunk(view, monkeypatch):
-    """A partition split into 4 chunks (what the GPU path does when one chunk would not fit
-    its memory): the line search keeps no far fields and computes them again for the
-    update; every step agrees with one chunk to float32 rounding."""
+def test_partition_in_chunks_steps_like_one_chunk(view, monkeypatch):
+    """A partition split into 4 chunks (``PTYCHOFLOW_GPU_CHUNKS``): every step agrees with
+    one chunk to float32 rounding."""
     monkeypatch.setenv(primitives.GPU_PATH_ON_CPU, "1")
     monkeypatch.setenv("PTYCHOFLOW_GPU_CHUNKS", "1")
     whole = stepwise(view, np)
