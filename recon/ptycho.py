@@ -1002,20 +1002,28 @@ class _Reconstruction:
         limit = np.array(part.shape) - np.array(part.patch_shape)
         corner = to_host(model.patches.corner) + offsets
         corner = np.clip(corner, 0, limit)
-        patches = gather_windows(
-            xp, part.object, to_device(corner.astype(np.int64), xp, part.device), part.patch_shape
-        )
-        intensity = _intensity(model.farfield(chunk.probes_at, patches))
+        corner = to_device(corner.astype(np.int64), xp, part.device)
         cost = chunk.cost
-        amplitude = getattr(cost, "amplitude", None)
-        if amplitude is None:
-            amplitude = xp.sqrt(cost.data)
-        residual = xp.sqrt(intensity)
-        residual -= amplitude
-        residual *= residual
-        if cost.mask is not None:
-            residual *= cost.mask
-        return residual.sum(axis=(1, 2), dtype=ACCUMULATE_REAL)
+        h, w = part.patch_shape
+        sums = []
+        # A block of patterns at a time (one block on the default CPU path): on the GPU path
+        # no pattern-sized arrays beyond the chunk's own.
+        for block in window_blocks(xp, model.n, h * w * chunk.probes_at.shape[1]):
+            patches = gather_windows(xp, part.object, corner[block], part.patch_shape)
+            probes_at = chunk.probes_at
+            if probes_at.shape[0] != 1:
+                probes_at = probes_at[block]
+            far = model.farfield(probes_at, patches, overwrite_patches=True)
+            del patches
+            residual = xp.sqrt(_intensity(far))
+            del far
+            residual -= xp.sqrt(cost.data[block])
+            residual *= residual
+            if cost.mask is not None:
+                residual *= cost.mask
+            sums.append(residual.sum(axis=(1, 2), dtype=ACCUMULATE_REAL))
+            del residual
+        return sums[0] if len(sums) == 1 else xp.concatenate(sums)
 
     def _search_chunk(
         self,
