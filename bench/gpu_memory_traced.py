@@ -6,7 +6,10 @@ traced peak (tracemalloc) of ``PTYCHOFLOW_GPU_PATH_ON_CPU=1`` stands in for the 
 memory-pool peak, less cuFFT's work areas. pocketfft is used because FFTW's plan cache
 keeps arrays on the host that a GPU does not. Two iterations of simulated views
 (``recon.simulate_fourier``), with defaults, two modes, positions refined and the bilinear
-model; ``PTYCHOFLOW_GPU_CHUNKS=N`` splits each partition into N chunks.
+model, after one untraced warm-up run (modules imported on first use are not counted);
+``PTYCHOFLOW_GPU_CHUNKS=N`` splits each partition into N chunks. What the proxy cannot
+show: cuFFT's work areas, CuPy's pool rounding, copies CuPy might make of non-contiguous
+FFT inputs (``bench/gpu_notes.md``).
 
     python bench/gpu_memory_traced.py
     PTYCHOFLOW_GPU_CHUNKS=8 python bench/gpu_memory_traced.py

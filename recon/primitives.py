@@ -13,7 +13,11 @@ primitive              CPU path (NumPy)              GPU path (CuPy, or NumPy tw
                        per window, in order          parts (CuPy: atomics; NumPy: ``np.add.at``)
 ``chunk_patterns``     chunks of about 4 MiB per     one chunk per partition
                        complex array (cache-sized)
-``fft2`` / ``ifft2``   FFTW or pocketfft, unitary    cuFFT, unitary (NumPy twin: the CPU FFT)
+``fft2`` / ``ifft2``   FFTW or pocketfft, unitary,   cuFFT, unitary, in place where the
+                       out of place                  input is not needed again (NumPy twin:
+                                                     the CPU FFT with ``overwrite_x``)
+``window_blocks``      one block (the chunk)         object patches gathered a block of
+                                                     patterns at a time where used
 =====================  ============================  ======================================
 
 ``PTYCHOFLOW_GPU_PATH_ON_CPU=1`` makes NumPy arrays take the GPU path, so the GPU's
