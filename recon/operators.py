@@ -404,8 +404,8 @@ class Ptycho:
         memory of ``probes_at`` (N_POS, MODES, H, W), which is destroyed, and the patches
         gathered a block of patterns at a time (``recon.primitives.window_blocks``): no
         second pattern-sized array. (1, MODES, H, W) ``probes_at`` (the bilinear model)
-        is not overwritten."""
-        if probes_at.shape[0] != self.n:
+        is not overwritten (it may be a view of the probe)."""
+        if self.shift is None:
             return self.farfield(probes_at, self.patches.fwd(obj), overwrite_patches=True)
         xp = self.xp
         h, w = self.patch_shape

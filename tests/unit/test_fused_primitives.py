@@ -322,3 +322,18 @@ def test_operators_in_blocks_are_the_whole_operators(path, model, modes):
         np.testing.assert_array_equal(
             ptycho.shift.derivative(probe, part), ptycho.shift.derivative(probe)[:, part]
         )
+
+
+def test_farfield_gathering_keeps_the_bilinear_models_shared_probe(path):
+    """The bilinear model's probes at every position are the probe itself (a view): with
+    one position they have the far fields' leading size, and must still not be written."""
+    from recon.operators import Ptycho
+
+    rng = np.random.default_rng(8)
+    obj = (rng.standard_normal((30, 30)) + 1j).astype(np.complex64)
+    probe = (rng.standard_normal((1, 16, 12)) + 1j).astype(np.complex64)
+    ptycho = Ptycho(np.array([[3.25, 4.5]]), (30, 30), (16, 12), "bilinear")
+    before = probe.copy()
+    far = ptycho.farfield_gathering(ptycho.probes_at(probe), obj)
+    np.testing.assert_array_equal(probe, before)
+    np.testing.assert_array_equal(far, ptycho.fwd_object(obj, ptycho.probes_at(probe)))
