@@ -494,8 +494,8 @@ class _Reconstruction:
         # One dark floor for the whole view, whatever the chunks and devices (recon.cost).
         floor = dark_floor(data_corner, mask_corner, options.dark_floor)
         groups = partition_positions(scan.positions, len(devices))
-        # On the GPU path a partition is one chunk, or several when it would not fit the
-        # GPU's memory otherwise: the gradient's work arrays are then one chunk's.
+        # On the GPU path a partition is one chunk, or as many as PTYCHOFLOW_GPU_CHUNKS asks
+        # for (recon.memory: they no longer lower the peak).
         gpu_chunks = 1
         if gpu_path(xp):
             extent = np.ptp(self.initial_positions, axis=0)
