@@ -487,11 +487,11 @@ def patterns_that_fit(
     allowed: float, patterns: int, detector: tuple[int, int], object_shape: tuple[float, float]
 ) -> int:
     """The most of ``patterns`` (all, or 90 % steps down) that GPU 0 holds within
-    ``allowed`` bytes by the GPU estimate, split into as many chunks as that takes."""
-    from recon.memory import GPU_CHUNK_COUNTS, estimate_gpu_bytes
+    ``allowed`` bytes by the GPU estimate."""
+    from recon.memory import estimate_gpu_bytes
 
     def needed(n: int) -> float:
-        return estimate_gpu_bytes(n, detector, object_shape, chunks=GPU_CHUNK_COUNTS[-1])[0]
+        return estimate_gpu_bytes(n, detector, object_shape)[0]
 
     n = patterns
     while n > 256 and needed(n) > allowed:

@@ -6,7 +6,10 @@ traced peak (tracemalloc) of ``PTYCHOFLOW_GPU_PATH_ON_CPU=1`` stands in for the 
 memory-pool peak, less cuFFT's work areas. pocketfft is used because FFTW's plan cache
 keeps arrays on the host that a GPU does not. Two iterations of simulated views
 (``recon.simulate_fourier``), with defaults, two modes, positions refined and the bilinear
-model; ``PTYCHOFLOW_GPU_CHUNKS=N`` splits each partition into N chunks.
+model, after one untraced warm-up run (modules imported on first use are not counted);
+``PTYCHOFLOW_GPU_CHUNKS=N`` splits each partition into N chunks. What the proxy cannot
+show: cuFFT's work areas, CuPy's pool rounding, copies CuPy might make of non-contiguous
+FFT inputs (``bench/gpu_notes.md``).
 
     python bench/gpu_memory_traced.py
     PTYCHOFLOW_GPU_CHUNKS=8 python bench/gpu_memory_traced.py
@@ -38,6 +41,10 @@ def main() -> None:
     from recon.ptycho import reconstruct
     from recon.simulate_fourier import simulate_scan
 
+    # One untraced run first, so modules imported on first use and caches filled once are
+    # not counted against the view (the estimate's fixed part covers them).
+    warm = simulate_scan(detector=32, n_positions=20, seed=5).to_scan()
+    reconstruct(warm, ReconOptions(iterations=1, backend="numpy", refine_positions=True))
     print(f"{'view':<12} {'options':<10} {'chunks':>6} {'traced B/px':>11} {'estimate B/px':>13}")
     for n, detector in ((400, 64), (150, 128)):
         scan = simulate_scan(detector=detector, n_positions=n, seed=5).to_scan()

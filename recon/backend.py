@@ -149,19 +149,36 @@ def cpu_fft_name() -> str:
     return "fftw" if "pyfftw" in _cpu_fft().__name__ else "pocketfft"
 
 
-def fft2(x: Any) -> Any:
-    """Unitary 2-D FFT over the last two axes (zero frequency at the corner), dtype kept."""
+def fft2(x: Any, overwrite_x: bool = False) -> Any:
+    """Unitary 2-D FFT over the last two axes (zero frequency at the corner), dtype kept.
+
+    ``overwrite_x``: ``x`` may be destroyed; a complex ``x`` is then transformed in place
+    where the library can (cuFFT through ``cupyx.scipy.fft``, pocketfft), and the result
+    shares its memory. Without it, a new array."""
     xp = get_array_module(x)
     if is_cupy(xp):
+        if overwrite_x:
+            import cupyx.scipy.fft  # type: ignore[import-not-found]
+
+            return cupyx.scipy.fft.fft2(x, norm="ortho", overwrite_x=True)
         return xp.fft.fft2(x, norm="ortho")
+    if overwrite_x:
+        return _cpu_fft().fft2(x, norm="ortho", workers=CPU_FFT_THREADS, overwrite_x=True)
     return _cpu_fft().fft2(x, norm="ortho", workers=CPU_FFT_THREADS)
 
 
-def ifft2(x: Any) -> Any:
-    """Inverse of :func:`fft2` (also its adjoint, since it is unitary)."""
+def ifft2(x: Any, overwrite_x: bool = False) -> Any:
+    """Inverse of :func:`fft2` (also its adjoint, since it is unitary); ``overwrite_x`` as
+    there."""
     xp = get_array_module(x)
     if is_cupy(xp):
+        if overwrite_x:
+            import cupyx.scipy.fft  # type: ignore[import-not-found]
+
+            return cupyx.scipy.fft.ifft2(x, norm="ortho", overwrite_x=True)
         return xp.fft.ifft2(x, norm="ortho")
+    if overwrite_x:
+        return _cpu_fft().ifft2(x, norm="ortho", workers=CPU_FFT_THREADS, overwrite_x=True)
     return _cpu_fft().ifft2(x, norm="ortho", workers=CPU_FFT_THREADS)
 
 

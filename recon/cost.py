@@ -136,21 +136,29 @@ class GaussianCost:
     """
 
     def __init__(self, data: Any, mask: Any = None, tau: float = 0.0):
-        xp = get_array_module(data)
-        self.amplitude = xp.sqrt(data)
+        # The counts, not their square roots: those are formed where they are used (a
+        # pass of one chunk on the CPU, in registers in the GPU's fused kernels), so a
+        # staged start holds no second pattern-sized array for this cost.
+        self.data = data
         self.mask = mask
         self.tau = tau
 
+    @property
+    def amplitude(self) -> Any:
+        """``sqrt(d)``, a new array on each call."""
+        return get_array_module(self.data).sqrt(self.data)
+
     def value(self, intensity: Any) -> float:
         xp = get_array_module(intensity)
+        amplitude = self.amplitude
         root = xp.sqrt(intensity)
-        residual = root - self.amplitude
+        residual = root - amplitude
         if self.tau:
-            root *= self.amplitude  # sqrt(I d)
+            root *= amplitude  # sqrt(I d)
             root += self.tau
             angle = xp.arctan(self.tau**0.5 * residual / root)
             angle *= 2 * self.tau**0.5
-            angle *= self.amplitude
+            angle *= amplitude
         residual *= residual
         if self.tau:
             residual += angle

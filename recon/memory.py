@@ -259,17 +259,23 @@ def estimate_reconstruction_bytes(
     )
 
 
-#: GPU bytes per pattern pixel on a device with one probe mode: its partitions' counts
-#: (and their square roots for the amplitude start), far fields, intensities, probes at
-#: every position, cached object patches, line-search terms and work arrays. Measured as
-#: traced peaks of the GPU path on NumPy (pocketfft, whose plans hold no arrays), 2
-#: iterations: 75-83 with defaults, 89 with positions refined, 62-64 with the bilinear
-#: model (400 x 64^2 and 150 x 128^2, ``bench/memory_estimate.py``); plus 8 for cuFFT's work
-#: areas (up to one far field, kept in CuPy's pool with the plans).
-GPU_BYTES_PER_PATTERN_PIXEL = 98
-#: GPU bytes per pattern pixel for each probe mode beyond the first (measured 35-43, plus
-#: cuFFT's work area).
-GPU_BYTES_PER_EXTRA_MODE_PIXEL = 52
+#: GPU bytes per pattern pixel on a device with one probe mode. At the peak (the line
+#: search, or a gradient) a device holds its partitions' counts (4), far fields (8), probes
+#: at every position (8, Fourier model), intensities (4) and one work array of far-field
+#: size (8: the direction's far fields, or the far field weighted by the gradient factor,
+#: transformed in place): 32. Nothing else is pattern-sized: the line terms are formed in
+#: the trial-cost pass, the amplitude ``sqrt(d)`` in registers, cost values in one pass,
+#: object patches gathered a block of patterns at a time, the probe direction at every
+#: position computed again for the update (``recon.ptycho``, ``recon.primitives``).
+#: Measured as traced peaks of the GPU path on NumPy (pocketfft, whose plans hold no
+#: arrays), 2 iterations: 36.0-36.1 with defaults, 36.3-36.4 with positions refined, 27.8-27.9
+#: with the bilinear model (400 x 64^2 and 150 x 128^2, ``bench/gpu_memory_traced.py``; the
+#: 4 above 32 are object-sized arrays and the twins' blocks); plus 8 for cuFFT's work areas
+#: (up to one far field, kept in CuPy's pool with the plans; not measurable here).
+GPU_BYTES_PER_PATTERN_PIXEL = 40
+#: GPU bytes per pattern pixel for each probe mode beyond the first: far fields, probes at
+#: every position and the work array, 8 each (measured 24.0-24.5), plus cuFFT's work area.
+GPU_BYTES_PER_EXTRA_MODE_PIXEL = 32
 #: GPU bytes per object pixel, on each device (the first holds the whole object, its
 #: gradient, CG history and double-precision accumulators; the others their regions).
 GPU_BYTES_PER_OBJECT_PIXEL = BYTES_PER_OBJECT_PIXEL
@@ -278,30 +284,16 @@ GPU_BYTES_PER_OBJECT_PIXEL = BYTES_PER_OBJECT_PIXEL
 GPU_FIXED_OVERHEAD_BYTES = 16 * 2**20
 
 
-#: With a partition split into chunks (when one would not fit), per pattern pixel: what
-#: stays for the whole view (counts, far fields, intensities, probes at every position,
-#: cached patches, the line search's cross term and intensity, cuFFT's work area) ...
-GPU_STREAMED_BYTES_PER_PATTERN_PIXEL = 56
-#: ... plus the work arrays of one chunk (gradient, the direction's far fields), divided by
-#: the number of chunks. Traced peaks of the GPU path on NumPy with one mode: 53-60 with 4
-#: chunks, 49-56 with 8 (positions refined: 54 and 49; ``bench/memory_estimate.py`` with
-#: ``PTYCHOFLOW_GPU_CHUNKS``).
-GPU_CHUNK_WORK_BYTES_PER_PATTERN_PIXEL = 40
-#: Chunks per partition tried, in order, until a view fits (``PTYCHOFLOW_GPU_CHUNKS`` sets
-#: the count): each chunk's kernels run one after the other, so more cost launches.
-GPU_CHUNK_COUNTS = (1, 2, 4, 8, 16)
+#: Chunks per partition on the GPU path when ``PTYCHOFLOW_GPU_CHUNKS`` sets them (default
+#: one). Splitting a partition divides only the gradient's work array, which is no longer
+#: above the line search's peak (traced: 36.0 B/px with 1, 2, 4 and 8 chunks), so the
+#: estimate does not depend on it and the solver no longer splits on its own; each chunk
+#: costs its own kernel launches.
 GPU_CHUNKS_ENV = "PTYCHOFLOW_GPU_CHUNKS"
 
 
-def _gpu_bytes_per_pattern_pixel(probe_modes: int, chunks: int) -> float:
-    extra = GPU_BYTES_PER_EXTRA_MODE_PIXEL * (probe_modes - 1)
-    if chunks <= 1:
-        return GPU_BYTES_PER_PATTERN_PIXEL + extra
-    modes = 1 + (probe_modes - 1) * GPU_BYTES_PER_EXTRA_MODE_PIXEL / GPU_BYTES_PER_PATTERN_PIXEL
-    return (
-        GPU_STREAMED_BYTES_PER_PATTERN_PIXEL * modes
-        + GPU_CHUNK_WORK_BYTES_PER_PATTERN_PIXEL * modes / chunks
-    )
+def _gpu_bytes_per_pattern_pixel(probe_modes: int) -> float:
+    return GPU_BYTES_PER_PATTERN_PIXEL + GPU_BYTES_PER_EXTRA_MODE_PIXEL * (probe_modes - 1)
 
 
 def estimate_gpu_bytes(
@@ -314,13 +306,14 @@ def estimate_gpu_bytes(
 ) -> dict[int, float]:
     """Peak bytes on each GPU (device id -> bytes) when the view's patterns are split over
     ``devices`` (one partition per entry; a GPU named twice holds both partitions), each
-    partition in ``chunks`` chunks. Partitions hold near-equal counts
+    partition in ``chunks`` chunks (which do not change the peak: :data:`GPU_CHUNKS_ENV`).
+    Partitions hold near-equal counts
     (``recon.ptycho.partition_positions``); each is counted with the whole object, an
     upper bound for all but the first."""
     parts = max(len(devices), 1)
     pattern_pixels = float(math.ceil(n_patterns / parts)) * detector_shape[0] * detector_shape[1]
     object_pixels = float(object_shape[0]) * float(object_shape[1])
-    per_pixel = _gpu_bytes_per_pattern_pixel(probe_modes, chunks)
+    per_pixel = _gpu_bytes_per_pattern_pixel(probe_modes)
     per_partition = pattern_pixels * per_pixel + object_pixels * GPU_BYTES_PER_OBJECT_PIXEL
     needed: dict[int, float] = {}
     for device in devices or (0,):
@@ -380,24 +373,16 @@ def gpu_chunks_for(
     devices: Sequence[int],
     limits: dict[int, int | None] | None = None,
 ) -> int:
-    """Chunks per partition on the GPU path: ``PTYCHOFLOW_GPU_CHUNKS`` when set, else the
-    fewest of :data:`GPU_CHUNK_COUNTS` with which every claimed GPU holds its share
-    (the most when none does: :func:`check_gpu_memory` refuses that view)."""
+    """Chunks per partition on the GPU path: ``PTYCHOFLOW_GPU_CHUNKS`` when set, else one
+    (more chunks do not lower the peak; :data:`GPU_CHUNKS_ENV`). The other arguments are
+    those of :func:`estimate_gpu_bytes`, kept for callers that choose by memory."""
     text = os.environ.get(GPU_CHUNKS_ENV)
     if text:
         try:
             return max(1, int(text))
         except ValueError:
             raise OptionsError(f"{GPU_CHUNKS_ENV}={text!r} is not a whole number") from None
-    if limits is None:
-        limits, _ = gpu_memory_limits(sorted(set(devices)))
-    for chunks in GPU_CHUNK_COUNTS:
-        needed = estimate_gpu_bytes(
-            n_patterns, detector_shape, object_shape, probe_modes, devices, chunks
-        )
-        if all(limits.get(d) is None or b <= limits[d] for d, b in needed.items()):
-            return chunks
-    return GPU_CHUNK_COUNTS[-1]
+    return 1
 
 
 def check_gpu_memory(

@@ -33,8 +33,11 @@ from recon.primitives import (
     fft2,
     gather_windows,
     ifft2,
+    ifft2_into,
     multiply_conj,
     scatter_windows,
+    sum_modes,
+    window_blocks,
 )
 
 #: The patch models, by option value.
@@ -80,9 +83,11 @@ class WindowPatches:
         self.n = int(corner.shape[0])
         _check_fits("WindowPatches", self.corner, self.object_shape, self.patch_shape)
 
-    def fwd(self, obj: Any) -> Any:
+    def fwd(self, obj: Any, part: slice | None = None) -> Any:
+        """The patches (N_POS, PATCH_H, PATCH_W), or those of the positions ``part``."""
         _check_shape("WindowPatches.fwd", obj, self.object_shape, "object")
-        return gather_windows(self.xp, obj, self.corner, self.patch_shape)
+        corner = self.corner if part is None else self.corner[part]
+        return gather_windows(self.xp, obj, corner, self.patch_shape)
 
     def adj(self, patches: Any, out: Any = None) -> Any:
         """Sum the patches back into an object; adds into ``out`` when given.
@@ -129,15 +134,26 @@ class BilinearPatches:
         self.weights = ((1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc)
         self.n = int(positions.shape[0])
 
-    def fwd(self, obj: Any) -> Any:
+    def fwd(self, obj: Any, part: slice | None = None) -> Any:
+        """The patches (N_POS, PATCH_H, PATCH_W), or those of the positions ``part``."""
         _check_shape("BilinearPatches.fwd", obj, self.object_shape, "object")
         ph, pw = self.patch_shape
-        w00, w01, w10, w11 = self.weights
-        win = gather_windows(self.xp, obj, self.corner, (ph + 1, pw + 1))
-        out = win[:, :-1, :-1] * w00
-        out += win[:, :-1, 1:] * w01
-        out += win[:, 1:, :-1] * w10
-        out += win[:, 1:, 1:] * w11
+        corner, weights = self.corner, self.weights
+        if part is not None:
+            corner, weights = corner[part], tuple(weight[part] for weight in weights)
+        n = corner.shape[0]
+        out = self.xp.empty((n, ph, pw), dtype=obj.dtype)
+        # A block of windows at a time (one block on the default CPU path): no array of
+        # every (PATCH_H + 1, PATCH_W + 1) window, no pattern-sized temporaries.
+        for block in window_blocks(self.xp, n, (ph + 1) * (pw + 1)):
+            w00, w01, w10, w11 = (weight[block] for weight in weights)
+            win = gather_windows(self.xp, obj, corner[block], (ph + 1, pw + 1))
+            patches = win[:, :-1, :-1] * w00
+            patches += win[:, :-1, 1:] * w01
+            patches += win[:, 1:, :-1] * w10
+            patches += win[:, 1:, 1:] * w11
+            out[block] = patches
+            del win, patches
         return out
 
     def adj(self, patches: Any, out: Any = None) -> Any:
@@ -146,16 +162,20 @@ class BilinearPatches:
         xp = self.xp
         _check_shape("BilinearPatches.adj", patches, (self.n, *self.patch_shape), "patches")
         ph, pw = self.patch_shape
-        w00, w01, w10, w11 = self.weights
-        win = xp.zeros((self.n, ph + 1, pw + 1), dtype=patches.dtype)
-        win[:, :-1, :-1] += patches * w00
-        win[:, :-1, 1:] += patches * w01
-        win[:, 1:, :-1] += patches * w10
-        win[:, 1:, 1:] += patches * w11
         if out is None:
             out = xp.zeros(self.object_shape, dtype=patches.dtype)
         _check_shape("BilinearPatches.adj", out, self.object_shape, "out")
-        scatter_windows(xp, out, win, self.corner)
+        # A block of windows at a time, as in ``fwd``; the blocks are added in order.
+        for block in window_blocks(xp, self.n, (ph + 1) * (pw + 1)):
+            w00, w01, w10, w11 = (weight[block] for weight in self.weights)
+            part = patches[block]
+            win = xp.zeros((part.shape[0], ph + 1, pw + 1), dtype=patches.dtype)
+            win[:, :-1, :-1] += part * w00
+            win[:, :-1, 1:] += part * w01
+            win[:, 1:, :-1] += part * w10
+            win[:, 1:, 1:] += part * w11
+            scatter_windows(xp, out, win, self.corner[block])
+            del win
         return out
 
 
@@ -197,13 +217,15 @@ class FourierShift:
 
     def fwd(self, probe: Any) -> Any:
         _check_shape("FourierShift.fwd", probe, (None, *self.patch_shape), "probe")
-        return ifft2(apply_ramp(self.xp, fft2(probe)[None], self.ramp_rows, self.ramp_cols))
+        spectrum = apply_ramp(self.xp, fft2(probe)[None], self.ramp_rows, self.ramp_cols)
+        return ifft2(spectrum, overwrite=True)
 
-    def adj(self, shifted: Any, out: Any = None) -> Any:
+    def adj(self, shifted: Any, out: Any = None, overwrite: bool = False) -> Any:
         """Shift every position back and sum; adds into ``out`` when given (which may
-        be complex128 to accumulate in double precision)."""
+        be complex128 to accumulate in double precision). ``overwrite``: ``shifted`` may
+        be destroyed (the GPU path transforms it in place)."""
         _check_shape("FourierShift.adj", shifted, (self.n, None, *self.patch_shape), "shifted")
-        spectrum = fft2(shifted)
+        spectrum = fft2(shifted, overwrite=overwrite)
         apply_ramp(self.xp, spectrum, self.ramp_rows, self.ramp_cols, conj=True, out=spectrum)
         dtype = out.dtype if out is not None else spectrum.dtype
         total = ifft2(spectrum.sum(axis=0, dtype=dtype))
@@ -212,13 +234,23 @@ class FourierShift:
         out += total
         return out
 
-    def derivative(self, probe: Any) -> Any:
-        """d/d shift of ``fwd(probe)``: (2, N_POS, MODES, H, W), rows then columns."""
+    def derivative(self, probe: Any, part: slice | None = None) -> Any:
+        """d/d shift of ``fwd(probe)``: (2, N_POS, MODES, H, W), rows then columns; or of
+        the positions ``part`` only."""
         xp = self.xp
-        spectrum = apply_ramp(xp, fft2(probe)[None], self.ramp_rows, self.ramp_cols)
+        rows, cols = self.ramp_rows, self.ramp_cols
+        if part is not None:
+            rows, cols = rows[part], cols[part]
+        spectrum = apply_ramp(xp, fft2(probe)[None], rows, cols)
         d_rows = (-2j * math.pi * self.freq_rows).astype(xp.complex64)[None, None, :, None]
         d_cols = (-2j * math.pi * self.freq_cols).astype(xp.complex64)[None, None, None, :]
-        return xp.stack([ifft2(spectrum * d_rows), ifft2(spectrum * d_cols)])
+        out = xp.empty((2, *spectrum.shape), dtype=spectrum.dtype)
+        xp.multiply(spectrum, d_rows, out=out[0])
+        xp.multiply(spectrum, d_cols, out=out[1])
+        del spectrum
+        ifft2_into(out[0])
+        ifft2_into(out[1])
+        return out
 
 
 class Propagation:
@@ -229,11 +261,13 @@ class Propagation:
     ``adj``: the inverse FFT, which is the adjoint because the FFT is unitary.
     """
 
-    def fwd(self, x: Any) -> Any:
-        return fft2(x)
+    def fwd(self, x: Any, overwrite: bool = False) -> Any:
+        """``overwrite``: ``x`` may be destroyed (``recon.primitives.fft2``)."""
+        return fft2(x, overwrite=overwrite)
 
-    def adj(self, y: Any) -> Any:
-        return ifft2(y)
+    def adj(self, y: Any, overwrite: bool = False) -> Any:
+        """``overwrite``: ``y`` may be destroyed (``recon.primitives.ifft2``)."""
+        return ifft2(y, overwrite=overwrite)
 
 
 def split_positions(positions: Any) -> tuple[Any, Any]:
@@ -296,33 +330,97 @@ class Ptycho:
             return probe[None]
         return self.shift.fwd(probe)
 
-    def adj_probes_at(self, shifted: Any, out: Any = None) -> Any:
-        """Adjoint of :meth:`probes_at`: (N_POS, MODES, H, W) -> (MODES, H, W)."""
+    def adj_probes_at(self, shifted: Any, out: Any = None, overwrite: bool = False) -> Any:
+        """Adjoint of :meth:`probes_at`: (N_POS, MODES, H, W) -> (MODES, H, W);
+        ``overwrite``: ``shifted`` may be destroyed."""
         if self.shift is None:
             total = shifted.sum(axis=0, dtype=out.dtype if out is not None else None)
             if out is None:
                 return total
             out += total
             return out
-        return self.shift.adj(shifted, out=out)
+        return self.shift.adj(shifted, out=out, overwrite=overwrite)
 
     def fwd_object(self, obj: Any, probes_at: Any) -> Any:
-        return self.propagation.fwd(probes_at * self.patches.fwd(obj)[:, None])
+        if probes_at.shape[1] == 1:  # the exit waves formed in the fresh patches' memory
+            return self.farfield(probes_at, self.patches.fwd(obj), overwrite_patches=True)
+        # Several modes: the exit waves are a new array, into which the patches are
+        # multiplied a block of patterns at a time (one block on the default CPU path).
+        xp = self.xp
+        exit_waves = xp.empty(
+            (self.n, *probes_at.shape[1:]), dtype=xp.result_type(probes_at.dtype, obj.dtype)
+        )
+        h, w = self.patch_shape
+        for part in window_blocks(xp, self.n, h * w):
+            source = probes_at if probes_at.shape[0] == 1 else probes_at[part]
+            xp.multiply(source, self.patches.fwd(obj, part)[:, None], out=exit_waves[part])
+        return self.propagation.fwd(exit_waves, overwrite=True)
 
-    def adj_object(self, farfield: Any, probes_at: Any, out: Any = None) -> Any:
-        back = multiply_conj(self.xp, self.propagation.adj(farfield), probes_at)
-        return self.patches.adj(back.sum(axis=1), out=out)
+    def adj_object(
+        self, farfield: Any, probes_at: Any, out: Any = None, overwrite: bool = False
+    ) -> Any:
+        """Adjoint of :meth:`fwd_object`; ``overwrite``: ``farfield`` may be destroyed."""
+        back = multiply_conj(self.xp, self.propagation.adj(farfield, overwrite), probes_at)
+        return self.patches.adj(sum_modes(self.xp, back), out=out)
 
     def fwd_probe(self, probe: Any, patches: Any) -> Any:
         return self.farfield(self.probes_at(probe), patches)
 
-    def farfield(self, probes_at: Any, patches: Any) -> Any:
-        """Far fields (N_POS, MODES, H, W) of ``probes_at`` times object ``patches``."""
-        return self.propagation.fwd(probes_at * patches[:, None])
+    def farfield(self, probes_at: Any, patches: Any, overwrite_patches: bool = False) -> Any:
+        """Far fields (N_POS, MODES, H, W) of ``probes_at`` times object ``patches``.
 
-    def adj_probe(self, farfield: Any, patches: Any, out: Any = None) -> Any:
-        back = multiply_conj(self.xp, self.propagation.adj(farfield), patches[:, None])
-        return self.adj_probes_at(back, out=out)
+        ``overwrite_patches``: ``patches`` may be destroyed; with one mode the exit waves
+        are then formed in their memory (the product is the same numbers). The exit waves
+        are transformed in place on the GPU path (``recon.primitives.fft2``)."""
+        patches = patches[:, None]
+        if overwrite_patches and probes_at.shape[1] == 1:
+            exit_waves = self.xp.multiply(probes_at, patches, out=patches)
+        else:
+            exit_waves = probes_at * patches
+        del patches
+        return self.propagation.fwd(exit_waves, overwrite=True)
+
+    def adj_probe_gathering(
+        self, farfield: Any, obj: Any, out: Any = None, overwrite: bool = False, power: Any = None
+    ) -> Any:
+        """:meth:`adj_probe` of the object ``obj``'s patches, gathered a block of patterns at
+        a time (``recon.primitives.window_blocks``) instead of passed whole: no array of
+        every patch. ``power``: adds ``sum_n |patches_n|^2`` (H, W) into it when given."""
+        xp = self.xp
+        back = self.propagation.adj(farfield, overwrite)
+        h, w = self.patch_shape
+        for part in window_blocks(xp, self.n, h * w):
+            patches = self.patches.fwd(obj, part)
+            if power is not None:
+                square = patches.real * patches.real + patches.imag * patches.imag
+                power += square.sum(axis=0, dtype=power.dtype)
+                del square
+            multiply_conj(xp, back[part], patches[:, None])
+            del patches
+        return self.adj_probes_at(back, out=out, overwrite=True)
+
+    def farfield_gathering(self, probes_at: Any, obj: Any) -> Any:
+        """:meth:`farfield` of the object ``obj``'s patches, with the exit waves formed in the
+        memory of ``probes_at`` (N_POS, MODES, H, W), which is destroyed, and the patches
+        gathered a block of patterns at a time (``recon.primitives.window_blocks``): no
+        second pattern-sized array. (1, MODES, H, W) ``probes_at`` (the bilinear model)
+        is not overwritten (it may be a view of the probe)."""
+        if self.shift is None:
+            return self.farfield(probes_at, self.patches.fwd(obj), overwrite_patches=True)
+        xp = self.xp
+        h, w = self.patch_shape
+        for part in window_blocks(xp, self.n, h * w):
+            block = probes_at[part]
+            xp.multiply(block, self.patches.fwd(obj, part)[:, None], out=block)
+        return self.propagation.fwd(probes_at, overwrite=True)
+
+    def adj_probe(
+        self, farfield: Any, patches: Any, out: Any = None, overwrite: bool = False
+    ) -> Any:
+        """Adjoint of :meth:`fwd_probe`; ``overwrite``: ``farfield`` may be destroyed."""
+        back = multiply_conj(self.xp, self.propagation.adj(farfield, overwrite), patches[:, None])
+        # ``back`` is this call's own (a new array, or ``farfield`` given to overwrite).
+        return self.adj_probes_at(back, out=out, overwrite=True)
 
     def intensity(self, obj: Any, probe: Any) -> Any:
         """Modelled intensity (N_POS, H, W), zero frequency at the corner."""

@@ -13,7 +13,11 @@ primitive              CPU path (NumPy)              GPU path (CuPy, or NumPy tw
                        per window, in order          parts (CuPy: atomics; NumPy: ``np.add.at``)
 ``chunk_patterns``     chunks of about 4 MiB per     one chunk per partition
                        complex array (cache-sized)
-``fft2`` / ``ifft2``   FFTW or pocketfft, unitary    cuFFT, unitary (NumPy twin: the CPU FFT)
+``fft2`` / ``ifft2``   FFTW or pocketfft, unitary,   cuFFT, unitary, in place where the
+                       out of place                  input is not needed again (NumPy twin:
+                                                     the CPU FFT with ``overwrite_x``)
+``window_blocks``      one block (the chunk)         object patches gathered a block of
+                                                     patterns at a time where used
 =====================  ============================  ======================================
 
 ``PTYCHOFLOW_GPU_PATH_ON_CPU=1`` makes NumPy arrays take the GPU path, so the GPU's
@@ -32,29 +36,39 @@ from typing import Any
 
 import numpy as np
 
-from recon.backend import fft2, ifft2, is_cupy
+from recon.backend import fft2 as _fft2
+from recon.backend import get_array_module, is_cupy
+from recon.backend import ifft2 as _ifft2
 
 __all__ = [
     "CPU_CHUNK_BYTES",
     "GPU_PATH_ON_CPU",
     "CostTerms",
+    "LineSearchTerms",
     "add_scaled",
     "apply_ramp",
     "backend_name",
     "chunk_patterns",
     "cost_terms",
+    "cost_value",
+    "farfield_trial_costs",
     "fft2",
     "gather_windows",
     "gpu_path",
     "gradient_farfield",
     "ifft2",
+    "ifft2_into",
+    "line_search_terms",
     "line_terms",
+    "line_trial_costs",
     "mode_intensity",
     "multiply_conj",
     "scatter_windows",
+    "sum_modes",
     "trial_batch",
     "trial_costs",
     "update_farfield",
+    "window_blocks",
 ]
 
 #: The environment variable that makes NumPy take the GPU's algorithmic path.
@@ -64,6 +78,33 @@ GPU_PATH_ON_CPU = "PTYCHOFLOW_GPU_PATH_ON_CPU"
 #: are about this large, so temporaries stay in cache and are reused by the allocator
 #: instead of being mapped and zeroed anew by the kernel. The GPU path uses one chunk.
 CPU_CHUNK_BYTES = 4 * 2**20
+
+
+def fft2(x: Any, overwrite: bool = False) -> Any:
+    """Unitary 2-D FFT over the last two axes (``recon.backend.fft2``).
+
+    ``overwrite=True``: the caller no longer needs ``x``. On the GPU path the transform then
+    runs in place, so no second array of ``x``'s size is allocated (CuPy: cuFFT's in-place
+    c2c through ``cupyx.scipy.fft``; the NumPy twin: the CPU FFT with ``overwrite_x``, in
+    place with pocketfft, so the traced memory of the GPU path on NumPy shows it). The
+    result may share ``x``'s memory; use the result, not ``x``. The default CPU path keeps
+    its out-of-place transforms (an in-place FFTW plan may round differently)."""
+    return _fft2(x, overwrite_x=overwrite and gpu_path(get_array_module(x)))
+
+
+def ifft2(x: Any, overwrite: bool = False) -> Any:
+    """Inverse of :func:`fft2`, with ``overwrite`` as there."""
+    return _ifft2(x, overwrite_x=overwrite and gpu_path(get_array_module(x)))
+
+
+def ifft2_into(x: Any) -> Any:
+    """``x`` replaced by its inverse FFT, and returned: in place on the GPU path, copied
+    back into ``x`` on the default CPU path (whose FFT is out of place)."""
+    xp = get_array_module(x)
+    result = ifft2(x, overwrite=True)
+    if not xp.may_share_memory(result, x):
+        x[...] = result
+    return x
 
 
 def gpu_path(xp: Any) -> bool:
@@ -230,7 +271,8 @@ class CostTerms:
 
     kind : ``poisson`` (``g(I) = I - d - d log(...)``) or ``amplitude``
         (``(sqrt(I) - sqrt(d))^2`` with the dark floor's arctan term);
-    data : (N, H, W) float32, the counts ``d`` (poisson) or their square roots (amplitude);
+    data : (N, H, W) float32, the counts ``d`` (both kinds: the amplitude passes take
+        ``sqrt(d)`` per element, so no array of square roots is stored);
     data2 : ``d^2 + tau^2`` (poisson with a dark floor), else None;
     mask : (H, W) float32 0/1 or None; tau : the dark floor in counts (0: textbook).
     """
@@ -249,7 +291,7 @@ def cost_terms(cost: Any) -> CostTerms:
     if isinstance(cost, PoissonCost):
         return CostTerms(POISSON, cost.data, cost._data2, cost.mask, float(cost.tau))
     if isinstance(cost, GaussianCost):
-        return CostTerms(AMPLITUDE, cost.amplitude, None, cost.mask, float(cost.tau))
+        return CostTerms(AMPLITUDE, cost.data, None, cost.mask, float(cost.tau))
     raise TypeError(f"no fused cost terms for {type(cost).__name__}")
 
 
@@ -258,16 +300,44 @@ def trial_batch(xp: Any) -> int:
     return GPU_TRIAL_BATCH if gpu_path(xp) else 1
 
 
-def _block(n_patterns: int, pattern_pixels: int) -> int:
+#: Blocks of the NumPy twins on the GPU path hold at most this many bytes of complex64
+#: (when ``CPU_CHUNK_BYTES`` is not smaller): the fused kernels they stand for allocate no
+#: temporaries, so the twins' per-block temporaries are an artefact of the traced memory
+#: (``bench/gpu_memory_traced.py``) that is kept small against the views it measures.
+GPU_TWIN_BLOCK_BYTES = 2**20
+
+
+def _block(n_patterns: int, pattern_pixels: int, xp: Any = np) -> int:
     """Patterns per block of a NumPy twin: a default-path chunk is one block."""
-    return max(1, CPU_CHUNK_BYTES // max(8 * pattern_pixels, 1))
+    size = CPU_CHUNK_BYTES
+    if gpu_path(xp):
+        size = min(size, GPU_TWIN_BLOCK_BYTES)
+    return max(1, size // max(8 * pattern_pixels, 1))
+
+
+#: Where the GPU path gathers object patches a block of patterns at a time instead of
+#: keeping them (:func:`window_blocks`), a block on CuPy holds this many bytes of complex64.
+GPU_WINDOW_BLOCK_BYTES = 32 * 2**20
+
+
+def window_blocks(xp: Any, n_patterns: int, pattern_pixels: int) -> list[slice]:
+    """Blocks of patterns for work that gathers object patches a block at a time: on
+    CuPy :data:`GPU_WINDOW_BLOCK_BYTES` of patches, on the GPU path's NumPy twin the
+    twins' blocks, on the default CPU path one block (the chunk)."""
+    if is_cupy(xp):
+        size = max(1, GPU_WINDOW_BLOCK_BYTES // max(8 * pattern_pixels, 1))
+    elif gpu_path(xp):
+        size = _block(n_patterns, pattern_pixels, xp)
+    else:
+        size = max(n_patterns, 1)
+    return [slice(first, first + size) for first in range(0, n_patterns, size)]
 
 
 def _blocks(n_patterns: int, pattern_pixels: int, xp: Any = np) -> list[slice]:
     """Blocks of patterns for a twin: one on CuPy (the twins' code run unfused there)."""
     if is_cupy(xp):
         return [slice(0, n_patterns)]
-    size = _block(n_patterns, pattern_pixels)
+    size = _block(n_patterns, pattern_pixels, xp)
     return [slice(first, first + size) for first in range(0, n_patterns, size)]
 
 
@@ -377,6 +447,24 @@ def add_scaled(xp: Any, y: Any, x: Any, step: float) -> Any:
     return y
 
 
+def sum_modes(xp: Any, back: Any) -> Any:
+    """(N, H, W) ``back.sum(axis=1)`` of (N, MODES, H, W) ``back``, which may be destroyed.
+
+    One mode: the view ``back[:, 0]``, no copy. Several on the GPU path: accumulated in
+    place into ``back[:, 0]`` in mode order (``((b0 + b1) + b2) ...``, the order of NumPy's
+    sum over fewer than 8 terms and of CuPy's reduction over the axis), no new array. The
+    default CPU path: ``back.sum(axis=1)``."""
+    modes = back.shape[1]
+    if modes == 1:
+        return back[:, 0]
+    if not gpu_path(xp) or modes >= 8:
+        return back.sum(axis=1)
+    total = back[:, 0]
+    for mode in range(1, modes):
+        total += back[:, mode]
+    return total
+
+
 # -- products with conjugates and phase ramps, in place ---------------------------------
 
 
@@ -425,10 +513,12 @@ def apply_ramp(
 
 
 def _gradient_factor_numpy(xp: Any, terms: CostTerms, intensity: Any, data: Any, mask: Any) -> Any:
-    """``recon.cost``'s ``gradient_factor``, expression for expression."""
+    """``recon.cost``'s ``gradient_factor``, expression for expression (``data``: counts)."""
     from recon.cost import EPSILON
 
     tau = terms.tau
+    if terms.kind == AMPLITUDE:
+        data = xp.sqrt(data)
     if terms.kind == POISSON:
         if tau:
             denominator = intensity * intensity
@@ -483,10 +573,12 @@ def gradient_farfield(xp: Any, terms: CostTerms, intensity: Any, farfield: Any) 
 
 def _cost_terms_numpy(xp: Any, terms: CostTerms, intensity: Any, data: Any, data2: Any) -> Any:
     """``recon.cost``'s ``value`` terms (before the mask and the sum), expression for
-    expression. ``intensity`` may be overwritten."""
+    expression (``data``: counts). ``intensity`` may be overwritten."""
     from recon.cost import EPSILON
 
     tau = terms.tau
+    if terms.kind == AMPLITUDE:
+        data = xp.sqrt(data)
     if terms.kind == POISSON:
         if tau:
             ratio = intensity * intensity
@@ -545,6 +637,89 @@ def trial_costs(
     return sums
 
 
+def cost_value(xp: Any, cost: Any, intensity: Any) -> float:
+    """The value of a ``recon.cost`` cost at ``intensity`` (N, H, W) float32, a Python float.
+
+    The default CPU path: ``cost.value(intensity)`` itself. The GPU path: one trial-cost
+    pass (:func:`trial_costs`) at step 0 with ``intensity`` as its own line terms, whose
+    trial intensity ``max(((I t + I) t) + I, 0)`` at ``t = 0`` is ``I`` exactly (``I``
+    finite and >= 0), so the terms are ``cost.value``'s; only the float64 summation order
+    differs. No pattern-sized temporaries (``cost.value`` forms several on a GPU)."""
+    if not gpu_path(xp):
+        return cost.value(intensity)
+    sums = trial_costs(xp, cost_terms(cost), intensity, intensity, intensity, [0.0])
+    return float(sums[0])
+
+
+def farfield_trial_costs(
+    xp: Any,
+    terms: CostTerms,
+    intensity: Any,
+    psi: Any,
+    far: Any,
+    steps: Sequence[float],
+) -> Any:
+    """:func:`trial_costs` with the line terms formed in the same pass from the far fields
+    ``psi`` and the direction's far fields ``far`` (N, MODES, H, W) complex64, as
+    :func:`line_terms` forms them: the line search stores no cross term and no ``|far|^2``
+    (8 bytes per pattern pixel), at the price of reading the two far fields (16 bytes) in
+    each pass instead of the two terms (8). Equal to ``trial_costs(..., *line_terms(xp,
+    psi, far), steps)`` bit for bit on NumPy (the same blocks, in the same order)."""
+    steps = [float(step) for step in steps]
+    if not 1 <= len(steps) <= MAX_TRIAL_BATCH:
+        raise ValueError(f"1 to {MAX_TRIAL_BATCH} trial steps per pass, got {len(steps)}")
+    if _fused(xp):
+        return _trial_costs_cupy(xp, terms, intensity, psi, far, steps, fields=True)
+    n, h, w = intensity.shape
+    sums = xp.zeros(len(steps), dtype=np.float64)
+    for part in _blocks(n, h * w, xp):
+        # One block's terms at a time (on the default path a chunk is one block).
+        cross, far2 = line_terms(xp, psi[part], far[part])
+        sub = CostTerms(
+            terms.kind,
+            terms.data[part],
+            None if terms.data2 is None else terms.data2[part],
+            terms.mask,
+            terms.tau,
+        )
+        sums += trial_costs(xp, sub, intensity[part], cross, far2, steps)
+        del cross, far2
+    return sums
+
+
+@dataclasses.dataclass
+class LineSearchTerms:
+    """What a line search keeps of a chunk besides its far fields (:func:`line_search_terms`):
+    the direction's far fields ``far``, and either the stored ``cross`` and ``far2`` of
+    :func:`line_terms` (the default CPU path: a trial then reads two float32 arrays) or
+    none, the far fields ``psi`` being read again in every trial pass (the GPU path:
+    8 bytes per pattern pixel less, and no pass to form the terms)."""
+
+    psi: Any
+    far: Any
+    cross: Any = None
+    far2: Any = None
+
+
+def line_search_terms(xp: Any, psi: Any, far: Any) -> LineSearchTerms:
+    """The line search's terms of far fields ``psi`` and a direction's far fields ``far``
+    (both (N, MODES, H, W) complex64; neither may change until the line search ends)."""
+    if gpu_path(xp):
+        return LineSearchTerms(psi, far)
+    cross, far2 = line_terms(xp, psi, far)
+    return LineSearchTerms(psi, far, cross, far2)
+
+
+def line_trial_costs(
+    xp: Any, terms: CostTerms, intensity: Any, line: LineSearchTerms, steps: Sequence[float]
+) -> Any:
+    """The costs at ``steps`` (:func:`trial_costs`) from :func:`line_search_terms`: the
+    same numbers whichever terms were kept."""
+    if line.cross is None:
+        return farfield_trial_costs(xp, terms, intensity, line.psi, line.far, steps)
+    return trial_costs(xp, terms, intensity, line.cross, line.far2, steps)
+
+
 #: Threads per block of the trial-cost kernel (a power of two: the block reduction halves).
 _TRIAL_THREADS = 256
 #: At most this many blocks: each thread strides over the arrays and the per-block float64
@@ -553,11 +728,25 @@ _TRIAL_BLOCKS = 1024
 
 
 def _trial_costs_cupy(
-    cp: Any, terms: CostTerms, intensity: Any, cross: Any, far2: Any, steps: list[float]
+    cp: Any,
+    terms: CostTerms,
+    intensity: Any,
+    first: Any,
+    second: Any,
+    steps: list[float],
+    fields: bool = False,
 ) -> Any:
+    """``first``, ``second``: the terms ``cross``, ``far2`` (N, H, W) float32, or with
+    ``fields`` the far fields ``psi``, ``far`` (N, MODES, H, W) complex64."""
     n = intensity.size
     hw = intensity.shape[-1] * intensity.shape[-2]
-    arrays = [cp.ascontiguousarray(a, dtype=np.float32) for a in (intensity, cross, far2)]
+    dtype = np.complex64 if fields else np.float32
+    arrays = [
+        cp.ascontiguousarray(intensity, dtype=np.float32),
+        cp.ascontiguousarray(first, dtype=dtype),
+        cp.ascontiguousarray(second, dtype=dtype),
+    ]
+    modes = (np.int32(first.shape[1]),) if fields else ()
     data = cp.ascontiguousarray(terms.data, dtype=np.float32)
     aux = data if terms.data2 is None else cp.ascontiguousarray(terms.data2, dtype=np.float32)
     mask = data if terms.mask is None else cp.ascontiguousarray(terms.mask, dtype=np.float32)
@@ -571,7 +760,7 @@ def _trial_costs_cupy(
         constants = (np.float32(tau * tau), np.float32(0.0), np.float32(0.0))
     else:
         constants = (np.float32(tau), np.float32(tau**0.5), np.float32(2 * tau**0.5))
-    _cupy_kernels(cp)["trial_costs"](
+    _cupy_kernels(cp)["trial_costs_fields" if fields else "trial_costs"](
         (blocks,),
         (_TRIAL_THREADS,),
         (
@@ -587,6 +776,7 @@ def _trial_costs_cupy(
             np.int32(terms.mask is not None),
             np.int32(bool(tau)),
             *constants,
+            *modes,
             partial,
         ),
     )
@@ -614,27 +804,29 @@ _GRADIENT_BODY = {
         f = __fsub_rn(1.0f, __fdiv_rn(__fmul_rn(d, inten), den));
     }
     """,
-    # 1 - a / (sqrt(inten) + EPSILON), or 1 - sqrt(inten) a / (inten + tau); times the mask.
+    # 1 - a / (sqrt(inten) + EPSILON), or 1 - sqrt(inten) a / (inten + tau), a = sqrt(d);
+    # times the mask.
     AMPLITUDE: """
     float f;
+    const float a = sqrtf(d);
     if (tau == 0.0f) {
-        f = __fsub_rn(1.0f, __fdiv_rn(d, __fadd_rn(sqrtf(inten), 1e-6f)));
+        f = __fsub_rn(1.0f, __fdiv_rn(a, __fadd_rn(sqrtf(inten), 1e-6f)));
     } else {
-        f = __fdiv_rn(__fmul_rn(sqrtf(inten), d), __fadd_rn(inten, tau));
+        f = __fdiv_rn(__fmul_rn(sqrtf(inten), a), __fadd_rn(inten, tau));
         f = __fsub_rn(1.0f, f);
     }
     """,
 }
 
 _TRIAL_COSTS_SOURCE = r"""
-extern "C" __global__ void ptychoflow_trial_costs(
-    const float* I0, const float* cross, const float* bb, const float* d,
+extern "C" __global__ void %(name)s(
+    const float* I0, %(line_args)s const float* d,
     const float* aux, const float* mask,
     const double s0, const double s1, const double s2, const double s3,
     const double s4, const double s5, const double s6, const double s7,
     const long long n, const long long hw, const int K, const int kind,
     const int has_mask, const int has_tau, const float c0, const float c1, const float c2,
-    double* partial)
+    %(extra_args)s double* partial)
 {
     __shared__ double shared[%(threads)d];
     // The steps come as scalars (no copy to the device); rounded to float32 as NumPy does.
@@ -645,9 +837,8 @@ extern "C" __global__ void ptychoflow_trial_costs(
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         const float i0 = I0[i];
-        const float c = cross[i];
-        const float b = bb[i];
-        const float dd = d[i];
+%(load)s
+        const float dd = (kind == 0) ? d[i] : sqrtf(d[i]);  // the amplitude sqrt(d)
         const float x = has_tau ? aux[i] : 0.0f;
         const float m = has_mask ? mask[i %% hw] : 1.0f;
         for (int k = 0; k < K; ++k) {
@@ -664,7 +855,7 @@ extern "C" __global__ void ptychoflow_trial_costs(
                     const float ratio = __fdiv_rn(__fadd_rn(It, 1e-6f), __fadd_rn(dd, 1e-6f));
                     term = __fsub_rn(diff, __fmul_rn(dd, logf(ratio)));
                 }
-            } else {  // amplitude; dd is sqrt(d)
+            } else {  // amplitude; dd is sqrt(d), as NumPy's float32 sqrt rounds it
                 const float root = sqrtf(It);
                 const float r = __fsub_rn(root, dd);
                 term = __fmul_rn(r, r);
@@ -691,6 +882,40 @@ extern "C" __global__ void ptychoflow_trial_costs(
     }
 }
 """
+
+
+# The line terms of the trial-cost kernel: read as stored, or formed from the far fields
+# (complex64 as float pairs) in mode order as the ``line_terms`` kernel forms them.
+_TRIAL_LOAD_TERMS = {
+    "name": "ptychoflow_trial_costs",
+    "line_args": "const float* cross, const float* bb,",
+    "extra_args": "",
+    "load": """
+        const float c = cross[i];
+        const float b = bb[i];""",
+}
+_TRIAL_LOAD_FIELDS = {
+    "name": "ptychoflow_trial_costs_fields",
+    "line_args": "const float* psi, const float* far,",
+    "extra_args": "const int modes,",
+    "load": """
+        const long long pat = i / hw;
+        const long long p = i - pat * hw;
+        float c = 0.0f, b = 0.0f;
+        for (int m = 0; m < modes; ++m) {
+            const long long j = 2 * ((pat * modes + m) * hw + p);
+            const float ur = psi[j], ui = psi[j + 1], vr = far[j], vi = far[j + 1];
+            const float cm = __fadd_rn(__fmul_rn(ur, vr), __fmul_rn(ui, vi));
+            const float a = __fadd_rn(__fmul_rn(vr, vr), __fmul_rn(vi, vi));
+            c = (m == 0) ? cm : __fadd_rn(c, cm);
+            b = (m == 0) ? a : __fadd_rn(b, a);
+        }
+        c = __fmul_rn(c, 2.0f);""",
+}
+
+
+def _trial_costs_source(load: dict[str, str]) -> str:
+    return _TRIAL_COSTS_SOURCE % {"threads": _TRIAL_THREADS, "max_k": MAX_TRIAL_BATCH, **load}
 
 
 @functools.cache
@@ -753,8 +978,10 @@ def _cupy_kernel_table(cp: Any) -> dict[str, Any]:
             "ptychoflow_update_farfield",
         ),
         "trial_costs": cp.RawKernel(
-            _TRIAL_COSTS_SOURCE % {"threads": _TRIAL_THREADS, "max_k": MAX_TRIAL_BATCH},
-            "ptychoflow_trial_costs",
+            _trial_costs_source(_TRIAL_LOAD_TERMS), "ptychoflow_trial_costs"
+        ),
+        "trial_costs_fields": cp.RawKernel(
+            _trial_costs_source(_TRIAL_LOAD_FIELDS), "ptychoflow_trial_costs_fields"
         ),
     }
     # Window gather and scatter: (N, H, W) windows at ``corner`` (N, 2) of a C-ordered

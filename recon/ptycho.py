@@ -61,15 +61,17 @@ from recon.primitives import (
     backend_name,
     chunk_patterns,
     cost_terms,
+    cost_value,
     gather_windows,
     gpu_path,
     gradient_farfield,
-    line_terms,
+    line_search_terms,
+    line_trial_costs,
     mode_intensity,
     trial_batch,
     update_farfield,
+    window_blocks,
 )
-from recon.primitives import trial_costs as trial_cost_sums
 from recon.regularise import tv_gradient, tv_value, tv_weight
 from recon.scan import ScanData
 from recon.solver import CGState, batched_backtracking, dai_yuan_beta
@@ -372,7 +374,7 @@ class _Chunk:
         self.start_cost: Any = None  # the amplitude cost of a staged start, if any
         self.patches: Any = None  # object patches during a probe step
         self.direction_at: Any = None  # the probe direction at every position, during LS
-        self.line: tuple[Any, Any, Any] | None = None  # (far, cross, |far|^2) during LS
+        self.line: Any = None  # the line search's terms (recon.primitives), during LS
 
 
 class _Partition:
@@ -492,9 +494,8 @@ class _Reconstruction:
         # One dark floor for the whole view, whatever the chunks and devices (recon.cost).
         floor = dark_floor(data_corner, mask_corner, options.dark_floor)
         groups = partition_positions(scan.positions, len(devices))
-        # On the GPU path a partition is one chunk, or several when it would not fit the
-        # GPU's memory otherwise; then the line search keeps no far fields of the direction
-        # (they are computed again for the update, one chunk at a time).
+        # On the GPU path a partition is one chunk, or as many as PTYCHOFLOW_GPU_CHUNKS asks
+        # for (recon.memory: they no longer lower the peak).
         gpu_chunks = 1
         if gpu_path(xp):
             extent = np.ptp(self.initial_positions, axis=0)
@@ -505,7 +506,17 @@ class _Reconstruction:
                 options.probe_modes,
                 tuple(devices),
             )
-        self.stream_line_search = gpu_chunks > 1
+        # Object patches cached over a probe step's gradient and line search and the next
+        # probe step (the default CPU path), or gathered again where they are used (the
+        # GPU path: 8 bytes per pattern pixel less at the line search's peak, for two
+        # window gathers more per probe step, which move no more memory than one
+        # elementwise pass).
+        self.cache_patches = not gpu_path(xp)
+        # The probe direction at every position, kept from the line search's far fields
+        # to the update of the probes at every position (the default CPU path), or
+        # computed again for the update (the GPU path: 8 bytes per pattern pixel less at
+        # the line search's peak, for one FFT and one elementwise pass more per probe step).
+        self.keep_probe_direction = not gpu_path(xp)
         self.parts = [
             _Partition(
                 xp,
@@ -522,6 +533,7 @@ class _Reconstruction:
             )
             for dev, idx in zip(devices, groups, strict=True)
         ]
+        del data_corner, mask_corner  # the chunks hold their own copies of the patterns
         # Extra modes enter later (``add_modes``) when their start is staged.
         probe = initial_probe(scan, 1 if modes_start_iteration(options) else options.probe_modes)
         first_object = np.ones(self.object_shape, dtype=COMPLEX)
@@ -578,14 +590,14 @@ class _Reconstruction:
         chunk = self.parts[0].chunks[0]
         if chunk.cost is chunk.final_cost:
             return self.cost
-        return self._total(lambda chunk: chunk.final_cost.value(chunk.intensity))
+        return self._total(lambda chunk: cost_value(self.xp, chunk.final_cost, chunk.intensity))
 
     def use_cost(self, start: bool) -> None:
         """Switch every chunk to the start (amplitude) cost or the chosen one."""
         for part in self.parts:
             for chunk in part.chunks:
                 chunk.cost = chunk.start_cost if start else chunk.final_cost
-        self.cost = self._total(lambda chunk: chunk.cost.value(chunk.intensity))
+        self.cost = self._total(lambda chunk: cost_value(self.xp, chunk.cost, chunk.intensity))
         self.object_cg.restart()
         self.probe_cg.restart()
 
@@ -597,7 +609,7 @@ class _Reconstruction:
                     chunk.probes_at = chunk.model.probes_at(part.probe)
                     chunk.farfield = chunk.model.fwd_object(part.object, chunk.probes_at)
                     chunk.intensity = _intensity(chunk.farfield)
-        self.cost = self._total(lambda chunk: chunk.cost.value(chunk.intensity))
+        self.cost = self._total(lambda chunk: cost_value(self.xp, chunk.cost, chunk.intensity))
 
     # -- reductions in a fixed order -------------------------------------------------
 
@@ -638,12 +650,13 @@ class _Reconstruction:
         precond: Any,
         scatter: Callable[[_Partition, Any], Any],
         far_direction: Callable[[_Partition, _Chunk, Any], Any],
-        update_chunk: Callable[[_Chunk, float], None] | None = None,
+        update_chunk: Callable[[_Partition, _Chunk, Any, float], None] | None = None,
         penalty: Callable[[Any, float], float] | None = None,
     ) -> tuple[Any, list[Any], float]:
         """DIR, LS: returns (direction on home, per-partition pieces, accepted step).
 
-        ``update_chunk(chunk, step)`` runs after each chunk's far fields took the step.
+        ``update_chunk(part, chunk, piece, step)`` runs after each chunk's far fields took
+        the step and its direction's far fields were dropped.
         ``penalty(direction, step)``: a term added to the cost in the line search (the
         object's regulariser at the trial step, on home); ``grad`` already holds its
         gradient. ``self.cost`` stays the data cost."""
@@ -665,15 +678,12 @@ class _Reconstruction:
             with part.context():
                 piece = scatter(part, direction)
                 for chunk in part.chunks:
-                    far = far_direction(part, chunk, piece)
                     # sum_m |psi_m + t b_m|^2 = I + t (2 Re sum_m conj(psi_m) b_m
-                    # + t sum_m |b_m|^2): no FFT per trial.
-                    cross, far2 = line_terms(xp, chunk.farfield, far)
-                    if self.stream_line_search:  # computed again for the update
-                        far = None
-                        chunk.direction_at = None
-                    chunk.line = (far, cross, far2)
-                    del far, cross, far2
+                    # + t sum_m |b_m|^2): no FFT per trial. On the GPU path the terms are
+                    # formed in each trial pass from the far fields (recon.primitives).
+                    chunk.line = line_search_terms(
+                        xp, chunk.farfield, far_direction(part, chunk, piece)
+                    )
             pieces.append(piece)
 
         def trial_costs(steps: list[float]) -> list[float]:
@@ -685,9 +695,8 @@ class _Reconstruction:
             for part in self.parts:
                 with part.context():
                     for chunk in part.chunks:
-                        _, cross, far2 = chunk.line
-                        costs = trial_cost_sums(
-                            xp, cost_terms(chunk.cost), chunk.intensity, cross, far2, steps
+                        costs = line_trial_costs(
+                            xp, cost_terms(chunk.cost), chunk.intensity, chunk.line, steps
                         )
                         with device_context(xp, self.home):
                             costs = copy_to(costs, xp, self.home)
@@ -725,15 +734,13 @@ class _Reconstruction:
         for part, piece in zip(self.parts, pieces, strict=True):
             with part.context():
                 for chunk in part.chunks:
-                    far = chunk.line[0]
+                    far = chunk.line.far
                     chunk.line = None  # cross and |far|^2 go before the update
                     if search.step > 0:  # the new intensity overwrites the old
-                        if far is None:  # the same far field, computed again
-                            far = far_direction(part, chunk, piece)
                         update_farfield(xp, chunk.farfield, far, search.step, out=chunk.intensity)
-                        if update_chunk is not None:
-                            update_chunk(chunk, search.step)
-                    del far
+                    del far  # before the chunk's update: one direction far field at a time
+                    if search.step > 0 and update_chunk is not None:
+                        update_chunk(part, chunk, piece, search.step)
         if search.step > 0:
             self.cost = search.cost
             state.step = search.step
@@ -757,11 +764,13 @@ class _Reconstruction:
                     weighted = gradient_farfield(
                         xp, cost_terms(chunk.cost), chunk.intensity, chunk.farfield
                     )
-                    chunk.model.adj_object(weighted, chunk.probes_at, out=grad)
+                    chunk.model.adj_object(weighted, chunk.probes_at, out=grad, overwrite=True)
+                    del weighted  # not held through the line search
                     if illum is not None:
                         power = _intensity(chunk.probes_at)
                         power = xp.broadcast_to(power, (chunk.model.n, *power.shape[1:]))
                         chunk.model.patches.adj(power, out=illum)
+                        del power  # not held through the line search
                 grads.append(grad)
                 illums.append(illum)
         grad = self._gather_object(grads, COMPLEX)
@@ -805,20 +814,27 @@ class _Reconstruction:
         xp = self.xp
         grads, powers = [], []
         # Patches and the probe preconditioner depend on the object (and positions) only:
-        # consecutive probe steps share them.
+        # consecutive probe steps share them (the patches only on the CPU path; the GPU
+        # path gathers them again where they are used: ``cache_patches``).
         fresh = self._probe_precond is None
         for part in self.parts:  # GRAD
             with part.context():
                 grad = xp.zeros(part.probe.shape, dtype=ACCUMULATE_COMPLEX)
                 power = xp.zeros(part.probe.shape[1:], dtype=ACCUMULATE_REAL) if fresh else None
                 for chunk in part.chunks:
-                    if fresh:
+                    if self.cache_patches and fresh:
                         chunk.patches = chunk.model.patches.fwd(part.object)
                         power += _abs2(chunk.patches).sum(axis=0, dtype=ACCUMULATE_REAL)
                     weighted = gradient_farfield(
                         xp, cost_terms(chunk.cost), chunk.intensity, chunk.farfield
                     )
-                    chunk.model.adj_probe(weighted, chunk.patches, out=grad)
+                    if self.cache_patches:
+                        chunk.model.adj_probe(weighted, chunk.patches, out=grad, overwrite=True)
+                    else:  # the patches gathered a block at a time, never whole
+                        chunk.model.adj_probe_gathering(
+                            weighted, part.object, out=grad, overwrite=True, power=power
+                        )
+                    del weighted  # not held through the line search
                 grads.append(grad)
                 powers.append(power)
         grad = self._gather_probe(grads, COMPLEX)
@@ -832,14 +848,26 @@ class _Reconstruction:
             return copy_to(direction, xp, part.device)
 
         def far_direction(part: _Partition, chunk: _Chunk, piece: Any) -> Any:
-            chunk.direction_at = chunk.model.probes_at(piece)
-            return chunk.model.farfield(chunk.direction_at, chunk.patches)
+            direction_at = chunk.model.probes_at(piece)
+            if self.keep_probe_direction:
+                chunk.direction_at = direction_at
+            if chunk.patches is not None:
+                return chunk.model.farfield(direction_at, chunk.patches)
+            if self.keep_probe_direction:
+                patches = chunk.model.patches.fwd(part.object)  # not cached: gathered again
+                return chunk.model.farfield(direction_at, patches, overwrite_patches=True)
+            # Neither kept: the exit waves formed in the direction's memory, the patches
+            # gathered a block at a time.
+            return chunk.model.farfield_gathering(direction_at, part.object)
 
-        def update_chunk(chunk: _Chunk, step: float) -> None:
-            # Chunk by chunk, with its far field: the direction at every position is
-            # held for one chunk at a time when the line search streams.
-            if chunk.model.shift is not None:  # linear in the probe: no FFT
-                add_scaled(xp, chunk.probes_at, chunk.direction_at, step)
+        def update_chunk(part: _Partition, chunk: _Chunk, piece: Any, step: float) -> None:
+            # After the chunk's far fields took the step (and its direction's far fields
+            # are gone): the probes at every position, linear in the probe.
+            if chunk.model.shift is not None:
+                direction_at = chunk.direction_at
+                if direction_at is None:  # not kept: computed again, the same numbers
+                    direction_at = chunk.model.probes_at(piece)
+                add_scaled(xp, chunk.probes_at, direction_at, step)
             chunk.direction_at = None
 
         direction, pieces, step = self._step(
@@ -899,28 +927,12 @@ class _Reconstruction:
             with part.context():
                 for chunk in part.chunks:
                     model = chunk.model
-                    # Exit-wave residual of an amplitude projection, (N, MODES, H, W).
-                    factor = chunk.cost.projection_factor(chunk.intensity)
-                    residual = model.propagation.adj(factor[:, None] * chunk.farfield)
-                    patches = chunk.patches
-                    if patches is None:
-                        patches = model.patches.fwd(part.object)
-                    patches = patches[:, None]
-                    slopes = model.shift.derivative(part.probe)  # (2, N, MODES, H, W)
-                    slopes *= patches[None]
-                    axes = (1, 2, 3)
-                    a00 = _abs2(slopes[0]).sum(axis=axes, dtype=ACCUMULATE_REAL)
-                    a11 = _abs2(slopes[1]).sum(axis=axes, dtype=ACCUMULATE_REAL)
-                    a01 = _real_dot(slopes[0], slopes[1], axes)
-                    b0 = _real_dot(slopes[0], residual, axes)
-                    b1 = _real_dot(slopes[1], residual, axes)
-                    ridge = POSITION_REGULARISATION * (a00 + a11) + 1e-30
-                    a00 += ridge
-                    a11 += ridge
-                    det = a00 * a11 - a01 * a01
-                    # Delta = -A^-1 b: the shift that best explains the residual.
-                    move = xp.stack([-(a11 * b0 - a01 * b1) / det, -(a00 * b1 - a01 * b0) / det])
-                    moves[chunk.indices] = to_host(move).T
+                    h, w = part.patch_shape
+                    pattern_pixels = 2 * part.probe.shape[0] * h * w  # slopes per position
+                    # A block of positions at a time (one block on the default CPU path):
+                    # the residual, patches and slopes are never whole on the GPU path.
+                    for block in window_blocks(xp, model.n, pattern_pixels):
+                        moves[chunk.indices[block]] = self._position_moves(part, chunk, block)
         moves *= POSITION_STEP_GAIN
         moves = np.clip(moves, -MAX_POSITION_STEP, MAX_POSITION_STEP)
         moves -= moves.mean(axis=0)  # no global drift
@@ -934,6 +946,40 @@ class _Reconstruction:
             self.initial_positions + self.max_correction,
         )
         return self._move_positions(np.clip(new, low, high))
+
+    def _position_moves(self, part: _Partition, chunk: _Chunk, block: slice) -> np.ndarray:
+        """(N_BLOCK, 2) host: the Gauss-Newton moves of the positions ``block`` of
+        ``chunk`` (before the gain, the clip and the mean's removal)."""
+        xp = self.xp
+        model = chunk.model
+        cost = chunk.cost
+        # The cost of the block's patterns (recon.cost), for its projection factor.
+        block_cost = type(cost)(cost.data[block], cost.mask, cost.tau)
+        # Exit-wave residual of an amplitude projection, (N_BLOCK, MODES, H, W).
+        factor = block_cost.projection_factor(chunk.intensity[block])
+        residual = model.propagation.adj(factor[:, None] * chunk.farfield[block], overwrite=True)
+        del factor
+        if chunk.patches is not None:
+            patches = chunk.patches[block]
+        else:
+            patches = model.patches.fwd(part.object, block)
+        slopes = model.shift.derivative(part.probe, block)  # (2, N_BLOCK, MODES, H, W)
+        slopes *= patches[:, None][None]
+        del patches
+        axes = (1, 2, 3)
+        a00 = _abs2(slopes[0]).sum(axis=axes, dtype=ACCUMULATE_REAL)
+        a11 = _abs2(slopes[1]).sum(axis=axes, dtype=ACCUMULATE_REAL)
+        a01 = _real_dot(slopes[0], slopes[1], axes)
+        b0 = _real_dot(slopes[0], residual, axes)
+        b1 = _real_dot(slopes[1], residual, axes)
+        del slopes, residual
+        ridge = POSITION_REGULARISATION * (a00 + a11) + 1e-30
+        a00 += ridge
+        a11 += ridge
+        det = a00 * a11 - a01 * a01
+        # Delta = -A^-1 b: the shift that best explains the residual.
+        move = xp.stack([-(a11 * b0 - a01 * b1) / det, -(a00 * b1 - a01 * b0) / det])
+        return to_host(move).T
 
     def _move_positions(self, new: np.ndarray) -> float:
         """Take the positions ``new`` (solver grid): every partition's model, the far
@@ -956,20 +1002,28 @@ class _Reconstruction:
         limit = np.array(part.shape) - np.array(part.patch_shape)
         corner = to_host(model.patches.corner) + offsets
         corner = np.clip(corner, 0, limit)
-        patches = gather_windows(
-            xp, part.object, to_device(corner.astype(np.int64), xp, part.device), part.patch_shape
-        )
-        intensity = _intensity(model.farfield(chunk.probes_at, patches))
+        corner = to_device(corner.astype(np.int64), xp, part.device)
         cost = chunk.cost
-        amplitude = getattr(cost, "amplitude", None)
-        if amplitude is None:
-            amplitude = xp.sqrt(cost.data)
-        residual = xp.sqrt(intensity)
-        residual -= amplitude
-        residual *= residual
-        if cost.mask is not None:
-            residual *= cost.mask
-        return residual.sum(axis=(1, 2), dtype=ACCUMULATE_REAL)
+        h, w = part.patch_shape
+        sums = []
+        # A block of patterns at a time (one block on the default CPU path): on the GPU path
+        # no pattern-sized arrays beyond the chunk's own.
+        for block in window_blocks(xp, model.n, h * w * chunk.probes_at.shape[1]):
+            patches = gather_windows(xp, part.object, corner[block], part.patch_shape)
+            probes_at = chunk.probes_at
+            if probes_at.shape[0] != 1:
+                probes_at = probes_at[block]
+            far = model.farfield(probes_at, patches, overwrite_patches=True)
+            del patches
+            residual = xp.sqrt(_intensity(far))
+            del far
+            residual -= xp.sqrt(cost.data[block])
+            residual *= residual
+            if cost.mask is not None:
+                residual *= cost.mask
+            sums.append(residual.sum(axis=(1, 2), dtype=ACCUMULATE_REAL))
+            del residual
+        return sums[0] if len(sums) == 1 else xp.concatenate(sums)
 
     def _search_chunk(
         self,
@@ -1506,6 +1560,7 @@ def _coarse_to_fine(
         holdout_fraction=0.0,
     )
     first = reconstruct(coarse, coarse_options, device_ids=devices)
+    del coarse  # its patterns are not needed by the full view
     obj = first.object
     start_object = _fourier_resample(obj, (2 * obj.shape[0], 2 * obj.shape[1])).astype(COMPLEX)
     probe = _fourier_resample(first.probe[0], det).astype(COMPLEX)

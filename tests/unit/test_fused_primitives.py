@@ -193,3 +193,147 @@ def test_add_scaled_is_the_plain_update(path):
     out = primitives.add_scaled(np, psi, far, 0.375)
     assert out is psi
     np.testing.assert_array_equal(psi, expected)
+
+
+# -- the GPU path's memory (issue 20): terms formed in the pass, in-place transforms, blocks ----
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+@pytest.mark.parametrize(("kind", "floor", "masked"), COST_CASES, ids=COST_IDS)
+def test_farfield_trial_costs_are_the_trial_costs_of_the_stored_terms(
+    path, kind, floor, masked, modes
+):
+    """Line terms formed from the far fields in the trial pass (the GPU path stores none):
+    the same sums as from the stored terms, bit for bit (the same blocks, same order)."""
+    psi, far, counts = far_fields(modes=modes)
+    far[:, :, 7] *= 30  # large directions: some trials clipped at zero
+    cost = cost_for(kind, floor, masked, counts)
+    terms = primitives.cost_terms(cost)
+    intensity = plain_intensity(psi)
+    cross, far2 = primitives.line_terms(np, psi, far)
+    stored = primitives.trial_costs(np, terms, intensity, cross, far2, STEPS)
+    formed = primitives.farfield_trial_costs(np, terms, intensity, psi, far, STEPS)
+    assert formed.tolist() == stored.tolist()
+    line = primitives.line_search_terms(np, psi, far)
+    assert (line.cross is None) == (path != "cpu")  # the GPU path keeps no terms
+    assert primitives.line_trial_costs(np, terms, intensity, line, STEPS).tolist() == (
+        stored.tolist()
+    )
+    with pytest.raises(ValueError, match="trial steps"):
+        primitives.farfield_trial_costs(np, terms, intensity, psi, far, [1.0] * 9)
+
+
+@pytest.mark.parametrize(("kind", "floor", "masked"), COST_CASES, ids=COST_IDS)
+def test_cost_value_is_the_costs_value(path, kind, floor, masked):
+    """The CPU path calls ``cost.value``; the GPU path's one pass at step 0 gives the same
+    terms, summed in float64 in another order."""
+    psi, _, counts = far_fields()
+    cost = cost_for(kind, floor, masked, counts)
+    intensity = plain_intensity(psi)
+    value = primitives.cost_value(np, cost, intensity)
+    if path == "cpu":
+        assert value == cost.value(intensity)
+    else:
+        assert value == pytest.approx(cost.value(intensity), rel=1e-12)
+
+
+def test_amplitude_cost_keeps_the_counts_not_their_roots():
+    """The amplitude cost's terms read the counts; ``sqrt(d)`` is formed where it is used."""
+    _, _, counts = far_fields()
+    cost = cost_for("gaussian", 0.0, False, counts)
+    assert cost.data is counts and primitives.cost_terms(cost).data is counts
+    np.testing.assert_array_equal(cost.amplitude, np.sqrt(counts))
+
+
+@pytest.mark.parametrize("modes", [1, 2, 3])
+def test_sum_modes_is_the_plain_mode_sum(path, modes):
+    psi, _, _ = far_fields(modes=modes)
+    expected = psi.sum(axis=1)
+    summed = primitives.sum_modes(np, psi.copy())
+    np.testing.assert_array_equal(summed, expected)
+    if modes == 1 or path != "cpu":  # no new array: a view, or the sum in place
+        work = psi.copy()
+        assert np.shares_memory(primitives.sum_modes(np, work), work)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_overwriting_ffts_transform_in_place_on_the_gpu_path(path, monkeypatch, inverse):
+    """``overwrite=True`` on the GPU path: the transform in the input's memory (pocketfft,
+    as cuFFT does), the same numbers; on the default CPU path a new array as before."""
+    from recon import backend
+
+    monkeypatch.setenv("PTYCHOFLOW_FFT", "scipy")
+    backend._cpu_fft.cache_clear()
+    try:
+        psi, _, _ = far_fields(modes=2)
+        transform = primitives.ifft2 if inverse else primitives.fft2
+        expected = transform(psi)
+        work = psi.copy()
+        out = transform(work, overwrite=True)
+        np.testing.assert_array_equal(out, expected)
+        assert np.shares_memory(out, work) == (path != "cpu")
+        work = psi.copy()
+        into = primitives.ifft2_into(work)
+        assert into is work
+        np.testing.assert_array_equal(work, primitives.ifft2(psi))
+    finally:
+        backend._cpu_fft.cache_clear()
+
+
+def test_window_blocks_cover_the_patterns_once(path):
+    blocks = primitives.window_blocks(np, 1000, 16 * 12)
+    covered = np.concatenate([np.arange(1000)[block] for block in blocks])
+    np.testing.assert_array_equal(covered, np.arange(1000))
+    assert (len(blocks) == 1) == (path == "cpu")
+
+
+@pytest.mark.parametrize("model", ["fourier", "bilinear"])
+@pytest.mark.parametrize("modes", [1, 2])
+def test_operators_in_blocks_are_the_whole_operators(path, model, modes):
+    """What the GPU path computes a block of patterns at a time (patches gathered per
+    block, exit waves in the direction's memory, the position derivative per block)
+    equals the whole-array operators of the default path."""
+    from recon.operators import Ptycho
+
+    rng = np.random.default_rng(7)
+    positions = rng.uniform(0, 20, (40, 2))
+    shape, det = (40, 38), (16, 12)
+    obj = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+    probe = (rng.standard_normal((modes, *det)) + 1j).astype(np.complex64)
+    ptycho = Ptycho(positions, shape, det, model)
+    probes_at = ptycho.probes_at(probe)
+    patches = ptycho.patches.fwd(obj)
+    whole = ptycho.farfield(probes_at, patches)
+    np.testing.assert_array_equal(ptycho.fwd_object(obj, probes_at), whole)
+    np.testing.assert_array_equal(ptycho.farfield_gathering(probes_at.copy(), obj), whole)
+    far = whole * np.float32(0.5)
+    expected = ptycho.adj_probe(far.copy(), patches)
+    np.testing.assert_array_equal(ptycho.adj_probe_gathering(far.copy(), obj), expected)
+    power = np.zeros(det)
+    ptycho.adj_probe_gathering(far.copy(), obj, power=power)
+    np.testing.assert_allclose(
+        power, (np.abs(patches.astype(np.complex128)) ** 2).sum(axis=0), rtol=1e-6
+    )
+    grad = ptycho.adj_object(far.copy(), probes_at, out=np.zeros(shape, np.complex128))
+    reference = ptycho.adj_object(far, probes_at, out=np.zeros(shape, np.complex128))
+    np.testing.assert_allclose(grad, reference, rtol=1e-12, atol=1e-12)
+    if model == "fourier":
+        part = slice(5, 23)
+        np.testing.assert_array_equal(
+            ptycho.shift.derivative(probe, part), ptycho.shift.derivative(probe)[:, part]
+        )
+
+
+def test_farfield_gathering_keeps_the_bilinear_models_shared_probe(path):
+    """The bilinear model's probes at every position are the probe itself (a view): with
+    one position they have the far fields' leading size, and must still not be written."""
+    from recon.operators import Ptycho
+
+    rng = np.random.default_rng(8)
+    obj = (rng.standard_normal((30, 30)) + 1j).astype(np.complex64)
+    probe = (rng.standard_normal((1, 16, 12)) + 1j).astype(np.complex64)
+    ptycho = Ptycho(np.array([[3.25, 4.5]]), (30, 30), (16, 12), "bilinear")
+    before = probe.copy()
+    far = ptycho.farfield_gathering(ptycho.probes_at(probe), obj)
+    np.testing.assert_array_equal(probe, before)
+    np.testing.assert_array_equal(far, ptycho.fwd_object(obj, ptycho.probes_at(probe)))

@@ -182,6 +182,50 @@ def test_fused_cost_passes_match_the_numpy_twins(cp, monkeypatch, kind, floor, m
     np.testing.assert_allclose(to_host(gpu_costs), host_costs, rtol=1e-6, atol=1e-6 * scale)
 
 
+@pytest.mark.parametrize("modes", [1, 2])
+@pytest.mark.parametrize(("kind", "floor", "masked"), COST_CASES, ids=COST_IDS)
+def test_farfield_trial_costs_and_cost_value_match_the_numpy_twins(
+    cp, monkeypatch, kind, floor, masked, modes
+):
+    """The trial-cost kernel that forms the line terms from the far fields (and takes
+    ``sqrt(d)`` of the counts itself), and the one-pass cost value, against the twins: to
+    the tolerance of ``trial_costs`` above."""
+    monkeypatch.setenv(primitives.GPU_PATH_ON_CPU, "1")
+    psi, far, counts = far_fields(modes=modes)
+    far[:, :, 7] *= 30  # clipped trials
+    cost = cost_for(kind, floor, masked, counts)
+    gpu_cost = cost_for(kind, floor, masked, cp.asarray(counts))
+    intensity = plain_intensity(psi)
+    terms, gpu_terms = primitives.cost_terms(cost), primitives.cost_terms(gpu_cost)
+    host = primitives.farfield_trial_costs(np, terms, intensity, psi, far, STEPS)
+    gpu = primitives.farfield_trial_costs(
+        cp, gpu_terms, cp.asarray(intensity), cp.asarray(psi), cp.asarray(far), STEPS
+    )
+    scale = np.abs(host).max()
+    np.testing.assert_allclose(to_host(gpu), host, rtol=1e-6, atol=1e-6 * scale)
+    value = primitives.cost_value(np, cost, intensity)
+    gpu_value = primitives.cost_value(cp, gpu_cost, cp.asarray(intensity))
+    assert gpu_value == pytest.approx(value, rel=1e-6, abs=1e-6 * abs(value))
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_in_place_ffts_and_mode_sums_match_numpy(cp, inverse):
+    """cuFFT in place (``cupyx.scipy.fft`` with ``overwrite_x``) shares the input's memory
+    and gives the out-of-place numbers to float32 rounding; ``sum_modes`` in place is the
+    mode sum."""
+    psi, _, _ = far_fields(modes=3)
+    transform = primitives.ifft2 if inverse else primitives.fft2
+    work = cp.asarray(psi)
+    pointer = work.data.ptr
+    out = transform(work, overwrite=True)
+    assert out.data.ptr == pointer
+    expected = transform(psi)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(to_host(out), expected, rtol=1e-5, atol=1e-6 * scale)
+    summed = primitives.sum_modes(cp, cp.asarray(psi))
+    np.testing.assert_array_equal(to_host(summed), psi.sum(axis=1))
+
+
 # -- 2. step by step -----------------------------------------------------------------------
 
 

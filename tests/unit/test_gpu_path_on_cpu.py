@@ -155,12 +155,37 @@ def test_result_file_names_the_path_that_ran(tmp_path, gpu_path):
     assert read_result(summary["output"])["backend"] == "numpy-gpu-path"
 
 
-def test_streamed_line_search_in_chunks_steps_like_one_chunk(view, monkeypatch):
-    """A partition split into 4 chunks (what the GPU path does when one chunk would not fit
-    its memory): the line search keeps no far fields and computes them again for the
-    update; every step agrees with one chunk to float32 rounding."""
+def test_partition_in_chunks_steps_like_one_chunk(view, monkeypatch):
+    """A partition split into 4 chunks (``PTYCHOFLOW_GPU_CHUNKS``): every step agrees with
+    one chunk to float32 rounding."""
     monkeypatch.setenv(primitives.GPU_PATH_ON_CPU, "1")
     monkeypatch.setenv("PTYCHOFLOW_GPU_CHUNKS", "1")
     whole = stepwise(view, np)
     monkeypatch.setenv("PTYCHOFLOW_GPU_CHUNKS", "4")
     assert compare_stepwise(whole, stepwise(view, np)) == []
+
+
+def test_position_search_and_step_in_blocks_move_like_the_cpu_path(view, monkeypatch):
+    """The GPU path runs the position search's misfits and the Gauss-Newton position step a
+    block of patterns at a time (``recon.primitives.window_blocks``; here blocks of 8
+    patterns): the same moves as the default path's whole chunk."""
+    from recon.ptycho import _Reconstruction
+
+    options = ReconOptions(iterations=100, backend="numpy", refine_positions=True)
+
+    def moved() -> np.ndarray:
+        state = _Reconstruction(view, options, np, [0])
+        for _ in range(3):
+            state.object_step()
+            state.probe_step()
+        state.position_search(3)
+        state.position_step()
+        return state.positions
+
+    monkeypatch.delenv(primitives.GPU_PATH_ON_CPU, raising=False)
+    cpu = moved()
+    assert np.abs(cpu - _Reconstruction(view, options, np, [0]).positions).max() > 0.05
+    monkeypatch.setenv(primitives.GPU_PATH_ON_CPU, "1")
+    monkeypatch.setattr(primitives, "GPU_TWIN_BLOCK_BYTES", 8 * 8 * 64 * 64)
+    assert len(primitives.window_blocks(np, 100, 64 * 64)) == 13
+    np.testing.assert_allclose(moved(), cpu, rtol=0, atol=1e-4)
