@@ -147,9 +147,9 @@ def test_one_search_pass_finds_positions_pixels_off_under_the_true_object_and_pr
     assert np.all(np.abs(linear) < 1e-6)
 
 
-def test_search_passes_run_from_30_to_60_percent_and_move_the_gradient_steps_there():
+def test_search_passes_run_from_30_to_80_percent_and_move_the_gradient_steps_there():
     options = ReconOptions(iterations=100, refine_positions=True)
-    assert sorted(position_search_iterations(options, (64, 64))) == list(range(30, 60, 3))
+    assert sorted(position_search_iterations(options, (64, 64))) == list(range(30, 80, 3))
     assert not position_search_iterations(options.replace(position_search=0), (64, 64))
     assert not position_search_iterations(options.replace(refine_positions=False), (64, 64))
     # A given gradient start ends the passes there (at least one pass).
@@ -157,10 +157,12 @@ def test_search_passes_run_from_30_to_60_percent_and_move_the_gradient_steps_the
     # Under 100 iterations no search unless asked for; its first pass not before 30.
     short = options.replace(iterations=60)
     assert not position_search_iterations(short, (64, 64))
-    assert sorted(position_search_iterations(short.replace(position_search=8), (64, 64))) == [
-        30,
-        33,
-    ]
+    assert sorted(position_search_iterations(short.replace(position_search=8), (64, 64))) == list(
+        range(30, 48, 3)
+    )
+    # At most POSITION_SEARCH_PASSES passes.
+    long = options.replace(iterations=1000)
+    assert len(position_search_iterations(long, (64, 64))) == 30
     with pytest.raises(OptionsError, match="position_search"):
         ReconOptions(position_search=-1)
 
@@ -233,25 +235,41 @@ def test_partitions_agree_with_the_position_search():
     assert one.object.shape == two.object.shape
 
 
-def test_the_search_stops_once_positions_have_settled(monkeypatch):
-    """Positions that are right already: after two passes in a row that move them by less
-    than POSITION_SEARCH_SETTLED_PX, no more passes run (each costs about 10 iterations);
-    the first pass always runs."""
+def test_the_search_stops_once_positions_have_settled_and_the_gradient_steps_take_over(
+    monkeypatch,
+):
+    """Positions that are right already: after POSITION_SEARCH_SETTLED_PASSES passes in a
+    row that move them by less than POSITION_SEARCH_SETTLED_PX, no more passes run (each
+    costs about 10 iterations), and the gradient steps start at once instead of at 80 %
+    of the run; the first pass always runs."""
     import recon.ptycho as ptycho
 
-    moves = []
-    original = ptycho._Reconstruction.position_search
+    events = []
+    search, step = ptycho._Reconstruction.position_search, ptycho._Reconstruction.position_step
 
     def counted(self, radius, stride=1):
-        moved = original(self, radius, stride)
-        moves.append(moved)
+        moved = search(self, radius, stride)
+        events.append(moved)
         return moved
 
+    def stepped(self):
+        events.append("step")
+        return step(self)
+
     monkeypatch.setattr(ptycho._Reconstruction, "position_search", counted)
+    monkeypatch.setattr(ptycho._Reconstruction, "position_step", stepped)
     simulation = simulate_hard_scan(detector=32, n_positions=40, photons=1e6, seed=2)
     options = ReconOptions(iterations=100, refine_positions=True, backend="numpy")
     scheduled = position_search_iterations(options, (32, 32))
-    assert len(scheduled) == 10
+    assert len(scheduled) == 17
     reconstruct(simulation.to_scan(), options)
-    assert 2 <= len(moves) < len(scheduled), moves
-    assert all(m < ptycho.POSITION_SEARCH_SETTLED_PX for m in moves[-2:]), moves
+    moves = [e for e in events if e != "step"]
+    settled = ptycho.POSITION_SEARCH_SETTLED_PASSES
+    assert settled <= len(moves) < len(scheduled), moves
+    assert all(m < ptycho.POSITION_SEARCH_SETTLED_PX for m in moves[-settled:]), moves
+    # Gradient steps only after the last pass, from the iteration after it on (the last
+    # pass is iteration 30 + 3 (len(moves) - 1)): more than the 20 from 80 %.
+    first_step = events.index("step")
+    assert first_step == len(moves), events[: first_step + 1]
+    assert events.count("step") == 100 - (30 + 3 * (len(moves) - 1)) - 1, events.count("step")
+    assert events.count("step") > 20
