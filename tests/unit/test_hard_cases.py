@@ -188,23 +188,45 @@ def test_positions_off_by_3_px_of_a_128_px_scan_are_found():
 
 
 @pytest.mark.slow
-def test_positions_off_by_5_px_of_a_128_px_scan_are_found():
+@pytest.mark.parametrize("seed", [11, 13])
+def test_positions_off_by_5_px_of_a_128_px_scan_are_found(seed):
     """2.5 px RMS random errors at 64 px (5 px at 128 px), 200 iterations: measured
-    0.026 px RMS left and phase SSIM 0.999 at seed 11. Not yet robust: at seed 12 the
-    search leaves 0.8 px and a slow scale drift follows (0.86 px, SSIM 0.77), and which
-    seed fails changes with the iteration count and float32 rounding (README)."""
-    _, _, rms, ssim = _positions_run("positions off 2.5 px", 11, 200)
+    0.015 / 0.025 px RMS left and phase SSIM 0.999 / 0.998 (seeds 11 / 13; with the passes
+    to 60 % and the rule of two settled passes, seed 13 ended at 1.18 px). Not yet robust:
+    seeds 12 and 15 stall at 0.9 / 1.3 px (sectors of the star's rim shifted together
+    with their object), seeds 14 / 16 / 17 / 18 end at 0.056 / 0.016 / - / - px (README)."""
+    _, _, rms, ssim = _positions_run("positions off 2.5 px", seed, 200)
     assert rms <= 0.3, rms
     assert ssim >= 0.98, ssim
 
 
 @pytest.mark.slow
+def test_positions_off_by_5_px_plus_a_stage_affine_error_are_found_at_seed_11():
+    """2.5 px RMS random errors plus the stage error of the test below (2 % scale,
+    1.5 degrees, 1 % shear), 200 iterations: measured 0.062 px RMS left, phase SSIM 0.998,
+    fitted scale 1.0261 / rotation 1.13 deg / shear 0.013 against the truth's own fit
+    1.0271 / 1.30 / 0.015 (0.83 px before the longer search). Seed 12 is not solved
+    (1.58 px, README)."""
+    simulation, result, rms, ssim = _positions_run("positions off 2.5 px + affine", 11, 200)
+    assert rms <= 0.3, rms
+    assert ssim >= 0.98, ssim
+    truth = StageAffine.from_matrix(
+        fit_affine(simulation.reported_positions, simulation.true_positions)[:, :2]
+    )
+    fitted = StageAffine.from_matrix(result.position_affine[:, :2])
+    assert fitted.scale == pytest.approx(truth.scale, abs=0.004)
+    assert fitted.rotation_deg == pytest.approx(truth.rotation_deg, abs=0.5)
+    assert fitted.shear == pytest.approx(truth.shear, abs=0.01)
+
+
+@pytest.mark.slow
 def test_a_global_affine_stage_error_is_fitted():
     """1.5 px RMS random errors plus a stage error of 2 % scale, 1.5 degrees rotation and
-    1 % shear, 200 iterations: measured 0.135 px RMS left, phase SSIM 0.994, the fitted
-    map scale 1.0205 / rotation 1.28 deg / shear 0.014 against 1.0199 / 1.66 / 0.020
-    (the truth's own fit, random errors included; seed 12; seed 11: 0.036 px, 1.0240 /
-    1.28 / 0.012 against 1.0243 / 1.38 / 0.013). In 100 iterations seed 11 ends at 0.9 px."""
+    1 % shear, 200 iterations: measured 0.187 px RMS left, phase SSIM 0.992, the fitted
+    map scale 1.0187 / rotation 1.22 deg / shear 0.014 against 1.0199 / 1.66 / 0.020
+    (the truth's own fit, random errors included; seed 12; seed 11: 0.014 px, 1.0244 /
+    1.36 / 0.013 against 1.0243 / 1.38 / 0.013). With the passes to 60 %: 0.135 / 0.036 px.
+    In 100 iterations seed 11 ends at 0.9 px (passes to 60 %)."""
     simulation, result, rms, ssim = _positions_run("positions off 1.5 px + affine", 12, 200)
     assert rms <= 0.3, rms
     assert ssim >= 0.98, ssim
@@ -227,7 +249,7 @@ def test_partitions_agree_with_the_position_search():
     options = ReconOptions(
         iterations=8, probe_warmup=1, refine_positions=True, position_search=3, backend="numpy"
     )
-    assert sorted(position_search_iterations(options, (32, 32))) == [4]
+    assert sorted(position_search_iterations(options, (32, 32))) == [5]
     one, two = (reconstruct(simulation.to_scan(), options.replace(devices=n)) for n in (1, 2))
     assert not np.array_equal(one.refined_positions, one.positions)
     np.testing.assert_allclose(two.refined_positions, one.refined_positions, atol=1e-3)
