@@ -148,7 +148,7 @@ POSITION_SEARCH_MIN_ITERATIONS = 100
 #: warped state (a sector of the star's rim and its object shifted together by 1-2 px)
 #: and then get out of it (seed 13: 1.14 px until the 14th pass, 0.21 px after the 21st;
 #: seed 14: 0.66 px until the 16th, 0.37 after the 20th; the gradient steps take the rest).
-#: To 60 %, at most 10 passes, seeds 11-14 ended at 0.024 / 0.88 / 1.18 / - px (README).
+#: To 60 %, at most 10 passes, seeds 11-14 ended at 0.026 / 0.86 / 1.18 / 0.20 px (README).
 POSITION_SEARCH_END_FRACTION = 0.8
 POSITION_SEARCH_EVERY = 3
 POSITION_SEARCH_PASSES = 30
