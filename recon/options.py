@@ -92,24 +92,27 @@ class ReconOptions:
 
     position_start: int | None = None
     """First iteration (0-based) at which positions are refined by gradient steps, once
-    object and probe have form; None: after 60 % of the iterations with the position search
-    (``position_search``; its passes end there), after 50 % without it (independent scans,
-    1 px RMS errors, Gaussian guess, 60 iterations, three noise seeds, without the search:
-    from 30 % phase SSIM 0.944-0.999, from 40 % 0.979-0.999, from 50 % 0.997-0.999;
-    positions moved earlier follow an object that is still forming)."""
+    object and probe have form; None: with the position search (``position_search``) after
+    80 % of the iterations, where its passes end, or as soon as it has settled; after 50 %
+    without it (independent scans, 1 px RMS errors, Gaussian guess, 60 iterations, three
+    noise seeds, without the search: from 30 % phase SSIM 0.944-0.999, from 40 %
+    0.979-0.999, from 50 % 0.997-0.999; positions moved earlier follow an object that is
+    still forming)."""
 
     position_search: int | None = None
     """With ``refine_positions``: radius in pixels of a search for errors of several pixels
     (random encoder errors, jumps), which the gradient steps alone cannot catch.
-    From 30 % to 60 % of the iterations, every 3 iterations, each position is moved to the
-    shift within this radius whose modelled pattern best matches its measured one (the
-    amplitude misfit under the current object and probe); the scale, rotation and shear
-    part of those moves is left to the gradient steps, which then run from 60 %. None: an
-    eighth of the detector's side (8 px at 64 px) in runs of 100 iterations or more, no
-    search in shorter ones (in 60 iterations the object has too little form by then: a
-    1 px error case fell from 0.997 to 0.993 phase SSIM); 0: no search (the gradient
-    steps from ``position_start``). The object grows by 1.5 radii so moved windows fit. Each pass
-    costs about as much as 10 iterations at the default radius. The coarse levels of
+    From 30 % to 80 % of the iterations, every 3 iterations (at most 30 passes), each
+    position is moved to the shift within this radius whose modelled pattern best matches
+    its measured one (the amplitude misfit under the current object and probe); the scale,
+    rotation and shear part of those moves is left to the gradient steps, which then run
+    from 80 %, or from the end of the search once five passes in a row moved the positions
+    by less than 0.1 px RMS. None: an eighth of the detector's side (8 px at 64 px) in
+    runs of 100 iterations or more, no search in shorter ones (in 60 iterations the object
+    has too little form by then: a 1 px error case fell from 0.997 to 0.993 phase SSIM);
+    0: no search (the gradient steps from ``position_start``). The object grows by 1.5
+    radii so moved windows fit. Each pass costs about as much as 10 iterations at the
+    default radius. The coarse levels of
     ``coarse_levels`` neither search nor take position steps; the full view does both."""
 
     coarse_levels: int | None = None

@@ -147,9 +147,9 @@ def test_one_search_pass_finds_positions_pixels_off_under_the_true_object_and_pr
     assert np.all(np.abs(linear) < 1e-6)
 
 
-def test_search_passes_run_from_30_to_60_percent_and_move_the_gradient_steps_there():
+def test_search_passes_run_from_30_to_80_percent_and_move_the_gradient_steps_there():
     options = ReconOptions(iterations=100, refine_positions=True)
-    assert sorted(position_search_iterations(options, (64, 64))) == list(range(30, 60, 3))
+    assert sorted(position_search_iterations(options, (64, 64))) == list(range(30, 80, 3))
     assert not position_search_iterations(options.replace(position_search=0), (64, 64))
     assert not position_search_iterations(options.replace(refine_positions=False), (64, 64))
     # A given gradient start ends the passes there (at least one pass).
@@ -157,10 +157,12 @@ def test_search_passes_run_from_30_to_60_percent_and_move_the_gradient_steps_the
     # Under 100 iterations no search unless asked for; its first pass not before 30.
     short = options.replace(iterations=60)
     assert not position_search_iterations(short, (64, 64))
-    assert sorted(position_search_iterations(short.replace(position_search=8), (64, 64))) == [
-        30,
-        33,
-    ]
+    assert sorted(position_search_iterations(short.replace(position_search=8), (64, 64))) == list(
+        range(30, 48, 3)
+    )
+    # At most POSITION_SEARCH_PASSES passes.
+    long = options.replace(iterations=1000)
+    assert len(position_search_iterations(long, (64, 64))) == 30
     with pytest.raises(OptionsError, match="position_search"):
         ReconOptions(position_search=-1)
 
@@ -178,31 +180,54 @@ def _positions_run(name, seed, iterations):
 @pytest.mark.slow
 def test_positions_off_by_3_px_of_a_128_px_scan_are_found():
     """1.5 px RMS random errors at 64 px (3 px at 128 px), default options with
-    ``refine_positions``: measured 0.11 / 0.05 px RMS left and phase SSIM 0.998 / 0.999 in
-    100 iterations (seeds 11 / 12; 0.015 / 0.020 px in 200)."""
+    ``refine_positions``: measured 0.030 / 0.049 px RMS left and phase SSIM 0.999 / 0.999
+    in 100 iterations (seeds 11 / 12; 0.011 / 0.011 px in 200)."""
     _, _, rms, ssim = _positions_run("positions off 1.5 px", 11, 100)
     assert rms <= 0.2, rms
     assert ssim >= 0.99, ssim
 
 
 @pytest.mark.slow
-def test_positions_off_by_5_px_of_a_128_px_scan_are_found():
+@pytest.mark.parametrize("seed", [11, 13])
+def test_positions_off_by_5_px_of_a_128_px_scan_are_found(seed):
     """2.5 px RMS random errors at 64 px (5 px at 128 px), 200 iterations: measured
-    0.026 px RMS left and phase SSIM 0.999 at seed 11. Not yet robust: at seed 12 the
-    search leaves 0.8 px and a slow scale drift follows (0.86 px, SSIM 0.77), and which
-    seed fails changes with the iteration count and float32 rounding (README)."""
-    _, _, rms, ssim = _positions_run("positions off 2.5 px", 11, 200)
+    0.015 / 0.025 px RMS left and phase SSIM 0.999 / 0.998 (seeds 11 / 13; with the passes
+    to 60 % and the rule of two settled passes, seed 13 ended at 1.18 px). Not yet robust:
+    seeds 12 and 15 stall at 0.9 / 1.3 px (sectors of the star's rim shifted together
+    with their object), seeds 14 / 16 / 17 / 18 end at 0.056 / 0.016 / 0.013 / 0.020 px
+    (README)."""
+    _, _, rms, ssim = _positions_run("positions off 2.5 px", seed, 200)
     assert rms <= 0.3, rms
     assert ssim >= 0.98, ssim
 
 
 @pytest.mark.slow
+def test_positions_off_by_5_px_plus_a_stage_affine_error_are_found_at_seed_11():
+    """2.5 px RMS random errors plus the stage error of the test below (2 % scale,
+    1.5 degrees, 1 % shear), 200 iterations: measured 0.062 px RMS left, phase SSIM 0.998,
+    fitted scale 1.0261 / rotation 1.13 deg / shear 0.013 against the truth's own fit
+    1.0271 / 1.30 / 0.015 (0.83 px before the longer search). Seed 12 is not solved
+    (1.58 px, README)."""
+    simulation, result, rms, ssim = _positions_run("positions off 2.5 px + affine", 11, 200)
+    assert rms <= 0.3, rms
+    assert ssim >= 0.98, ssim
+    truth = StageAffine.from_matrix(
+        fit_affine(simulation.reported_positions, simulation.true_positions)[:, :2]
+    )
+    fitted = StageAffine.from_matrix(result.position_affine[:, :2])
+    assert fitted.scale == pytest.approx(truth.scale, abs=0.004)
+    assert fitted.rotation_deg == pytest.approx(truth.rotation_deg, abs=0.5)
+    assert fitted.shear == pytest.approx(truth.shear, abs=0.01)
+
+
+@pytest.mark.slow
 def test_a_global_affine_stage_error_is_fitted():
     """1.5 px RMS random errors plus a stage error of 2 % scale, 1.5 degrees rotation and
-    1 % shear, 200 iterations: measured 0.135 px RMS left, phase SSIM 0.994, the fitted
-    map scale 1.0205 / rotation 1.28 deg / shear 0.014 against 1.0199 / 1.66 / 0.020
-    (the truth's own fit, random errors included; seed 12; seed 11: 0.036 px, 1.0240 /
-    1.28 / 0.012 against 1.0243 / 1.38 / 0.013). In 100 iterations seed 11 ends at 0.9 px."""
+    1 % shear, 200 iterations: measured 0.187 px RMS left, phase SSIM 0.992, the fitted
+    map scale 1.0187 / rotation 1.22 deg / shear 0.014 against 1.0199 / 1.66 / 0.020
+    (the truth's own fit, random errors included; seed 12; seed 11: 0.014 px, 1.0244 /
+    1.36 / 0.013 against 1.0243 / 1.38 / 0.013). With the passes to 60 %: 0.135 / 0.036 px.
+    In 100 iterations seed 11 ends at 0.9 px (passes to 60 %)."""
     simulation, result, rms, ssim = _positions_run("positions off 1.5 px + affine", 12, 200)
     assert rms <= 0.3, rms
     assert ssim >= 0.98, ssim
@@ -225,7 +250,7 @@ def test_partitions_agree_with_the_position_search():
     options = ReconOptions(
         iterations=8, probe_warmup=1, refine_positions=True, position_search=3, backend="numpy"
     )
-    assert sorted(position_search_iterations(options, (32, 32))) == [4]
+    assert sorted(position_search_iterations(options, (32, 32))) == [5]
     one, two = (reconstruct(simulation.to_scan(), options.replace(devices=n)) for n in (1, 2))
     assert not np.array_equal(one.refined_positions, one.positions)
     np.testing.assert_allclose(two.refined_positions, one.refined_positions, atol=1e-3)
@@ -233,25 +258,41 @@ def test_partitions_agree_with_the_position_search():
     assert one.object.shape == two.object.shape
 
 
-def test_the_search_stops_once_positions_have_settled(monkeypatch):
-    """Positions that are right already: after two passes in a row that move them by less
-    than POSITION_SEARCH_SETTLED_PX, no more passes run (each costs about 10 iterations);
-    the first pass always runs."""
+def test_the_search_stops_once_positions_have_settled_and_the_gradient_steps_take_over(
+    monkeypatch,
+):
+    """Positions that are right already: after POSITION_SEARCH_SETTLED_PASSES passes in a
+    row that move them by less than POSITION_SEARCH_SETTLED_PX, no more passes run (each
+    costs about 10 iterations), and the gradient steps start at once instead of at 80 %
+    of the run; the first pass always runs."""
     import recon.ptycho as ptycho
 
-    moves = []
-    original = ptycho._Reconstruction.position_search
+    events = []
+    search, step = ptycho._Reconstruction.position_search, ptycho._Reconstruction.position_step
 
     def counted(self, radius, stride=1):
-        moved = original(self, radius, stride)
-        moves.append(moved)
+        moved = search(self, radius, stride)
+        events.append(moved)
         return moved
 
+    def stepped(self):
+        events.append("step")
+        return step(self)
+
     monkeypatch.setattr(ptycho._Reconstruction, "position_search", counted)
+    monkeypatch.setattr(ptycho._Reconstruction, "position_step", stepped)
     simulation = simulate_hard_scan(detector=32, n_positions=40, photons=1e6, seed=2)
     options = ReconOptions(iterations=100, refine_positions=True, backend="numpy")
     scheduled = position_search_iterations(options, (32, 32))
-    assert len(scheduled) == 10
+    assert len(scheduled) == 17
     reconstruct(simulation.to_scan(), options)
-    assert 2 <= len(moves) < len(scheduled), moves
-    assert all(m < ptycho.POSITION_SEARCH_SETTLED_PX for m in moves[-2:]), moves
+    moves = [e for e in events if e != "step"]
+    settled = ptycho.POSITION_SEARCH_SETTLED_PASSES
+    assert settled <= len(moves) < len(scheduled), moves
+    assert all(m < ptycho.POSITION_SEARCH_SETTLED_PX for m in moves[-settled:]), moves
+    # Gradient steps only after the last pass, from the iteration after it on (the last
+    # pass is iteration 30 + 3 (len(moves) - 1)): more than the 20 from 80 %.
+    first_step = events.index("step")
+    assert first_step == len(moves), events[: first_step + 1]
+    assert events.count("step") == 100 - (30 + 3 * (len(moves) - 1)) - 1, events.count("step")
+    assert events.count("step") > 20
