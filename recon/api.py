@@ -141,6 +141,11 @@ def reconstruct_file(
     # the sparse scan's chosen probe defocus.
     if getattr(result, "object_tv", 0.0):
         extra_attrs = {**extra_attrs, "object_tv_applied": float(result.object_tv)}
+    # How far the final model is from explaining the counts to their shot noise (about 1:
+    # it does; several: positions, probe or sample are wrong somewhere).
+    fit_to_noise = getattr(result, "fit_to_noise", None)
+    if fit_to_noise is not None:
+        extra_attrs = {**extra_attrs, "fit_to_noise": float(fit_to_noise)}
     if getattr(result, "start_defocus_px", None) is not None:
         extra_attrs = {**extra_attrs, "start_defocus_px": float(result.start_defocus_px)}
     h5_path, png_path = write_result(
@@ -169,6 +174,7 @@ def reconstruct_file(
         "iterations": iterations,
         "initial_cost": float(result.cost[0]),
         "final_cost": float(result.cost[-1]),
+        "fit_to_noise": None if fit_to_noise is None else float(fit_to_noise),
         "devices": list(result.devices),
         "backend": result.backend,
         "device_names": list(getattr(result, "device_names", None) or []),

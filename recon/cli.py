@@ -358,9 +358,11 @@ def run(args: argparse.Namespace) -> int:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
         bar.close()
+    ratio = summary.get("fit_to_noise")
+    fit = "" if ratio is None else f", {ratio:.2f} x the shot noise's"
     print(
         f"wrote {summary['output']} and {summary['preview']} "
-        f"(cost {summary['initial_cost']:.4g} -> {summary['final_cost']:.4g}, "
+        f"(cost {summary['initial_cost']:.4g} -> {summary['final_cost']:.4g}{fit}, "
         f"{summary['seconds_per_iteration'] * 1000:.0f} ms/iteration on {summary['backend']})"
     )
     if "holdout" in summary:

@@ -46,7 +46,10 @@ summed in float64 and returned as Python floats.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+import numpy as np
 
 from recon.backend import get_array_module
 from recon.options import CostFunction
@@ -186,3 +189,46 @@ def make_cost(
     if kind is CostFunction.POISSON:
         return PoissonCost(data, mask, tau)
     return GaussianCost(data, mask, tau)
+
+
+# -- the cost that Poisson noise alone leaves ---------------------------------------------
+
+#: Above this mean count the expected deviance term is ``1/2 + 1/(12 I) + 1/(12 I^2)``
+#: within 3e-5 (measured against the exact sum); below it, a table of the exact sum.
+_NOISE_TABLE_MAX = 20.0
+_NOISE_TABLE_POINTS = 2001
+
+
+@functools.cache
+def _noise_table() -> tuple[np.ndarray, np.ndarray]:
+    """(sqrt of the mean counts, the expected deviance term there): the exact sum over
+    Poisson counts, on a grid even in ``sqrt(I)`` (the term changes fastest near 0)."""
+    from scipy.special import gammaln
+
+    roots = np.linspace(0.0, np.sqrt(_NOISE_TABLE_MAX), _NOISE_TABLE_POINTS)
+    counts = np.arange(0, 80)[None, :].astype(np.float64)
+    mean = np.maximum(roots**2, 1e-300)[:, None]
+    log_pmf = counts * np.log(mean) - mean - gammaln(counts + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = mean - counts - np.where(counts > 0, counts * np.log(mean / counts), 0.0)
+    values = (np.exp(log_pmf) * terms).sum(axis=1)
+    values[0] = 0.0
+    return roots, values
+
+
+def poisson_noise_terms(intensity: Any) -> Any:
+    """Per pixel, the expected Poisson deviance term ``I - d - d log(I / d)`` of counts
+    ``d`` drawn with mean ``intensity`` (float32, any backend): what a model that is
+    exactly right still costs, from shot noise alone. About 1/2 from a few counts up, less
+    for darker pixels (0.05 at 0.01 counts). Summed over the pixels and compared with
+    the cost reached, it says how far a fit is from the noise: about 1 for a model that
+    explains the counts, several for one that does not (wrong positions, probe or
+    sample). Meaningful only where the patterns are photon counts."""
+    xp = get_array_module(intensity)
+    roots, values = _noise_table()
+    intensity = xp.maximum(intensity, 0)
+    root = xp.sqrt(intensity)
+    low = xp.interp(root, xp.asarray(roots, dtype=np.float32), xp.asarray(values, np.float32))
+    safe = xp.maximum(intensity, np.float32(_NOISE_TABLE_MAX))
+    high = 0.5 + 1 / (12 * safe) + 1 / (12 * safe * safe)
+    return xp.where(intensity < _NOISE_TABLE_MAX, low, high).astype(np.float32)

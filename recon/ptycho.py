@@ -51,7 +51,7 @@ from recon.backend import (
     to_device,
     to_host,
 )
-from recon.cost import dark_floor, make_cost
+from recon.cost import PoissonCost, dark_floor, make_cost, poisson_noise_terms
 from recon.errors import DeviceError, InputError
 from recon.memory import GpuClaim, check_gpu_memory, gpu_chunks_for, object_shape_estimate
 from recon.operators import Ptycho
@@ -250,6 +250,12 @@ class ReconResult:
     coarse_levels: int = 0
     """The half-resolution levels run before the full view (``coarse_levels``; with None
     chosen from the patterns' central fraction)."""
+    fit_to_noise: float | None = None
+    """The final Poisson cost over the cost that shot noise alone would leave if the final
+    model were exactly right (``recon.cost.poisson_noise_terms``): about 1 when the model
+    explains the counts to their noise, several when it does not (positions, probe or
+    sample wrong, or a scan stuck part-way, such as a sector of positions moved with its
+    object). None with the amplitude cost. Assumes the patterns are photon counts."""
 
     @property
     def mode_power_fractions(self) -> list[float]:
@@ -601,6 +607,27 @@ class _Reconstruction:
         if chunk.cost is chunk.final_cost:
             return self.cost
         return self._total(lambda chunk: cost_value(self.xp, chunk.final_cost, chunk.intensity))
+
+    def fit_to_noise(self) -> float | None:
+        """The chosen cost over its expectation from shot noise at the current model
+        (``ReconResult.fit_to_noise``); None unless the chosen cost is Poisson's."""
+        if not isinstance(self.parts[0].chunks[0].final_cost, PoissonCost):
+            return None
+        xp = self.xp
+
+        def noise(chunk: _Chunk) -> float:
+            mask = chunk.final_cost.mask
+            total = 0.0
+            n, h, w = chunk.intensity.shape
+            for block in window_blocks(xp, n, h * w):  # bounded temporaries on the GPU path
+                terms = poisson_noise_terms(chunk.intensity[block])
+                if mask is not None:
+                    terms *= mask
+                total += float(xp.sum(terms, dtype=xp.float64))
+            return total
+
+        expected = self._total(noise)
+        return self.reported_cost() / expected if expected > 0 else None
 
     def use_cost(self, start: bool) -> None:
         """Switch every chunk to the start (amplitude) cost or the chosen one."""
@@ -1383,6 +1410,7 @@ def reconstruct(
         device_names=gpu_names(xp, devices),
         object_tv=state.object_tv,
         start_defocus_px=defocus,
+        fit_to_noise=state.fit_to_noise(),
     )
 
 
