@@ -362,6 +362,7 @@ class ViewCard:
             }
             data["probe_fractions"] = summary.probe_fractions
             data["final_cost"] = summary.cost[-1] if summary.cost else None
+            data["fit_to_noise"] = summary.fit_to_noise
             data["pixel_size"] = summary.pixel_size
             data["iterations"] = summary.iterations
             if detail:

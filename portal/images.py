@@ -89,6 +89,9 @@ class ResultSummary:
     devices: list[Any]
     backend: str | None
     created: str | None
+    fit_to_noise: float | None = None
+    """The final cost over what shot noise alone would leave (``recon`` results since
+    2026-12; None in older files, cached summaries and with the Gaussian cost)."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -346,7 +349,16 @@ def _render(
         devices=list(devices) if isinstance(devices, list) else [],
         backend=str(result["backend"]) if "backend" in result else None,
         created=str(result["created"]) if "created" in result else None,
+        fit_to_noise=_finite_or_none(result.get("fit_to_noise")),
     )
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """A finite number from a result file's attribute, else None (absent, or not one)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
+        return None
+    number = float(value)
+    return number if np.isfinite(number) else None
 
 
 def _subsample(count: int, most: int) -> list[int]:

@@ -70,6 +70,7 @@ def write_sample_result(
         devices=[0],
         timings={"load": 0.1, "solve": 2.0, "write": 0.05},
         backend="numpy",
+        extra_attrs={"fit_to_noise": 1.25},
     )
     return path
 

@@ -86,6 +86,9 @@ def test_view_page_has_images_scale_bar_positions_and_options(client):
     detail = client.get("/api/scans/scan100/views/view001").json()
     assert detail["summary"]["probe_fractions"] == pytest.approx([4 / 7, 2 / 7, 1 / 7])
     assert detail["summary"]["timings"]["solve"] == 2.0
+    # how far the fit is from the shot noise (recon's fit_to_noise attribute)
+    assert "1.25 × the shot noise" in page
+    assert detail["fit_to_noise"] == detail["summary"]["fit_to_noise"] == 1.25
 
 
 def test_files_download_and_images(client, shared_site):

@@ -124,3 +124,17 @@ def test_a_deleted_cache_is_made_again(result, tmp_path):
     assert images.made == 2
     (tmp_path / "cache" / images.summary(result).key / "amplitude.png").unlink()  # one file
     assert images.image(result, "amplitude").is_file()
+
+
+def test_a_summary_cached_before_fit_to_noise_still_reads(result, tmp_path):
+    """Summaries cached on disk by an earlier portal lack ``fit_to_noise``: they are read,
+    without it, instead of failing the view page."""
+    images = ResultImages(tmp_path / "cache")
+    summary = images.summary(result)
+    assert summary.fit_to_noise == 1.25  # the result file's attribute
+    cached = tmp_path / "cache" / summary.key / "summary.json"
+    older = json.loads(cached.read_text())
+    del older["fit_to_noise"]
+    cached.write_text(json.dumps(older))
+    again = ResultImages(tmp_path / "cache").summary(result)
+    assert again.fit_to_noise is None and again.probe_fractions == summary.probe_fractions
