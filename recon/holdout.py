@@ -179,7 +179,10 @@ def reconstruct_with_holdout(
         refined[fitted] = result.refined_positions
     result = dataclasses.replace(result, positions=scan.positions, refined_positions=refined)
     if best["object"] is not None:
-        result = dataclasses.replace(result, object=best["object"], probe=best["probe"])
+        # fit_to_noise described the last iterate, not the one kept
+        result = dataclasses.replace(
+            result, object=best["object"], probe=best["probe"], fit_to_noise=None
+        )
     report = HoldoutReport(
         indices=held,
         cost=np.asarray(history, dtype=np.float64),

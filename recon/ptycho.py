@@ -255,7 +255,8 @@ class ReconResult:
     model were exactly right (``recon.cost.poisson_noise_terms``): about 1 when the model
     explains the counts to their noise, several when it does not (positions, probe or
     sample wrong, or a scan stuck part-way, such as a sector of positions moved with its
-    object). None with the amplitude cost. Assumes the patterns are photon counts."""
+    object). None with the Gaussian cost, and after held-out stopping kept an earlier
+    iterate. Assumes the patterns are photon counts."""
 
     @property
     def mode_power_fractions(self) -> list[float]:

@@ -100,6 +100,8 @@ def test_stops_on_held_out_patterns_and_keeps_the_best_iterate(noisy_view):
         options.replace(iterations=report.best_iteration, holdout_fraction=0.0),
     )
     np.testing.assert_allclose(result.object, short.object, rtol=0, atol=1e-5)
+    # the last iterate's fit to the noise does not describe the iterate kept
+    assert result.fit_to_noise is None and short.fit_to_noise is not None
 
 
 def test_reconstruct_file_records_the_holdout(tmp_path):
